@@ -1,0 +1,44 @@
+"""Hessian of the layer-wise reconstruction objective: H = (2/N) * sum over calibration inputs of x x^T."""
+
+from __future__ import annotations
+
+import torch
+
+
+class HessianAccumulator:
+    """Running mean of 2 x x^T over the rows of every batch it is fed (fp32, on the device of the first batch).
+
+    A running mean (rather than a sum) keeps the magnitude independent of the token count, as in GPTQ.
+    """
+
+    def __init__(self, in_features: int, device: torch.device | str | None = None) -> None:
+        self.in_features = in_features
+        self.device = device
+        self.H: torch.Tensor | None = None  # [in, in]
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """x: [..., in] inputs of the layer (any float dtype)."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs with {self.in_features} features, got shape {tuple(x.shape)}")
+        x = x.reshape(-1, self.in_features)
+        n = x.shape[0]
+        if n == 0:
+            return
+        if self.H is None:
+            device = self.device if self.device is not None else x.device
+            self.H = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=device)
+        x = x.to(device=self.H.device, dtype=torch.float32)
+        if not torch.isfinite(x).all():
+            raise ValueError("calibration activations contain NaN or Inf")
+        total = self.count + n
+        self.H.mul_(self.count / total)
+        # sqrt(2/total) * x so that one matmul adds (2/total) * x^T x.
+        x = x * (2.0 / total) ** 0.5
+        self.H.addmm_(x.t(), x)
+        self.count = total
+
+    def finalize(self) -> torch.Tensor:
+        if self.H is None:
+            raise ValueError("no calibration inputs reached this layer")
+        return self.H

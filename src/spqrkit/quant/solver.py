@@ -1,0 +1,301 @@
+"""SpQR's solver for linear weights: GPTQ with small groups, quantized statistics and unstructured outliers.
+
+`quantize_matrices(weights, H, config)` is a pure tensor function. It reads side by side with SPQR.md's algorithm:
+H -> dead columns -> permutation -> damping -> U = chol(H^-1) upper -> outlier threshold -> column sweep in blocks
+(group statistics fitted at each group's first column on the error-updated weights, outlier-aware) -> unpermute.
+
+Several matrices that read the same input (q, k, v, or gate, up) share H and are solved in one sweep: rows are
+independent in GPTQ, and every per-matrix quantity (the outlier threshold, second-level row groups) is kept per matrix,
+so the result equals solving each matrix alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..config import QuantConfig
+from .minmax import dequantize, minmax_params, quantize, quantize_dequantize, quantize_grouped_stat
+from .representation import QuantizedWeight
+
+# Leave-one-out works on [rows, g, g] tensors; rows are chunked to keep one chunk under this many elements.
+_LOO_CHUNK_ELEMENTS = 1 << 24
+
+
+class SolverError(ValueError):
+    """Inputs the solver cannot quantize (bad shapes, non-finite values, a Hessian that is not positive definite)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Outlier-aware statistics
+# ---------------------------------------------------------------------------------------------------------------------
+def loo_error_reduction(wg: torch.Tensor, dg: torch.Tensor, maxq: int) -> torch.Tensor:
+    """How much each weight's removal from its row's min-max fit lowers the row's Hessian-weighted group error.
+
+    wg: [rows, g] one column group of weights; dg: [g] the diagonal of U (chol(H^-1)) for those columns.
+    The error of a fit is sum_j ((w_j - Q(w_j)) / d_j)^2 over the weights it quantizes; leaving weight k out, it is
+    fitted on and summed over the other g - 1 weights. Returns base_error - loo_error_k, [rows, g], all k at once.
+    """
+    rows, g = wg.shape
+    if g < 2:
+        return torch.zeros_like(wg)
+    inv_d = 1.0 / dg  # [g]
+    scale, zero = minmax_params(wg.amin(1, keepdim=True), wg.amax(1, keepdim=True), maxq)  # [rows, 1]
+    base = ((wg - quantize_dequantize(wg, scale, zero, maxq)) * inv_d).square().sum(1, keepdim=True)  # [rows, 1]
+
+    # Min and max without weight k: the runner-up where w_k is the extreme, else the extreme itself (exact with ties).
+    low2 = wg.topk(2, dim=1, largest=False).values  # [rows, 2]
+    high2 = wg.topk(2, dim=1, largest=True).values  # [rows, 2]
+    loo_min = torch.where(wg == low2[:, :1], low2[:, 1:], low2[:, :1])  # [rows, g]
+    loo_max = torch.where(wg == high2[:, :1], high2[:, 1:], high2[:, :1])  # [rows, g]
+    loo_scale, loo_zero = minmax_params(loo_min, loo_max, maxq)  # [rows, g]
+
+    off_diagonal = ~torch.eye(g, dtype=torch.bool, device=wg.device)  # [g(k), g(j)]
+    loo = torch.empty_like(wg)
+    step = max(1, _LOO_CHUNK_ELEMENTS // (g * g))
+    for r0 in range(0, rows, step):
+        w = wg[r0 : r0 + step, None, :]  # [chunk, 1, g(j)]
+        s, z = loo_scale[r0 : r0 + step, :, None], loo_zero[r0 : r0 + step, :, None]  # [chunk, g(k), 1]
+        err = ((w - quantize_dequantize(w, s, z, maxq)) * inv_d).square()  # [chunk, g(k), g(j)]
+        loo[r0 : r0 + step] = (err * off_diagonal).sum(-1)
+    return base - loo
+
+
+@dataclass
+class _StatStore:
+    """First-level statistics of every column group, as they will be stored."""
+
+    fp: torch.Tensor | None  # fp16 [rows, n_groups]
+    codes: torch.Tensor | None  # uint8 [rows, n_groups]
+    stats: torch.Tensor | None  # fp16 [rows // beta2, n_groups, 2]
+
+    @classmethod
+    def empty(cls, rows: int, n_groups: int, bits: int | None, beta2: int | None, device) -> "_StatStore":
+        if bits is None:
+            return cls(torch.empty(rows, n_groups, dtype=torch.float16, device=device), None, None)
+        return cls(
+            None,
+            torch.empty(rows, n_groups, dtype=torch.uint8, device=device),
+            torch.empty(rows // beta2, n_groups, 2, dtype=torch.float16, device=device),
+        )
+
+    def put(self, group: int, values: torch.Tensor, bits: int | None, beta2: int | None) -> torch.Tensor:
+        """Store one group's statistic [rows] and return its dequantized value [rows] (what the weights see)."""
+        if bits is None:
+            self.fp[:, group] = values.half()
+            return self.fp[:, group].float()
+        codes, stats, deq = quantize_grouped_stat(values, bits, beta2)
+        self.codes[:, group] = codes
+        self.stats[:, group] = stats
+        return deq
+
+    def rows(self, r0: int, r1: int, beta2: int | None):
+        if self.fp is not None:
+            return self.fp[r0:r1], None, None
+        return None, self.codes[r0:r1], self.stats[r0 // beta2 : r1 // beta2]
+
+
+def _fit_group(
+    wg: torch.Tensor, dg: torch.Tensor, threshold: torch.Tensor | None, config: QuantConfig, maxq: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max scale and zero [rows] of one column group, fitted without its likely outliers (SpQR's robust fit)."""
+    if threshold is not None:
+        likely_outlier = loo_error_reduction(wg, dg, maxq) > threshold  # [rows, g]
+        keep = (~likely_outlier).to(wg.dtype)
+        mean_kept = (wg * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)  # [rows, 1]
+        wg = torch.where(likely_outlier, mean_kept, wg)
+    return minmax_params(wg.amin(1), wg.amax(1), maxq, round_zero=config.round_zero)
+
+
+def _quantize_columns(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, d: torch.Tensor, threshold: torch.Tensor | None,
+    maxq: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Quantize columns w [rows, k] with (dequantized) scale, zero [rows, 1]; d [k] = diag(U) of the columns.
+
+    Returns codes, the dequantized columns (outliers keep their fp16-rounded value), the scaled error (w - w_hat) / d
+    that GPTQ propagates, and the outlier mask (None without outliers).
+    """
+    q = quantize(w, scale, zero, maxq)
+    w_hat = dequantize(q, scale, zero)
+    err = (w - w_hat) / d
+    if threshold is None:
+        return q, w_hat, err, None
+    is_outlier = err.square() > threshold
+    w_hat = torch.where(is_outlier, w.half().float(), w_hat)
+    return q, w_hat, (w - w_hat) / d, is_outlier
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The sweep
+# ---------------------------------------------------------------------------------------------------------------------
+def _inverse_cholesky_upper(H: torch.Tensor) -> torch.Tensor:
+    """U with U^T U = H^-1 (upper Cholesky factor of the inverse), computed in fp64 for robustness."""
+    L, info = torch.linalg.cholesky_ex(H.double())
+    if int(info) != 0:
+        raise SolverError("the damped Hessian is not positive definite; raise percdamp")
+    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+    if int(info) != 0:
+        raise SolverError("the inverse Hessian is not positive definite; raise percdamp")
+    return U.float()
+
+
+def _sweep(
+    W: torch.Tensor, U: torch.Tensor | None, d: torch.Tensor, threshold: torch.Tensor | None, config: QuantConfig
+):
+    """GPTQ/SpQR column sweep over W [rows, in] (permuted; updated in place). U None = RTN (no error feedback)."""
+    rows, n = W.shape
+    maxq = 2**config.wbits - 1
+    g1 = config.group_size(n)
+    n_groups = math.ceil(n / g1)
+    # A block must hold whole groups, so that a group is fitted on weights that all received every earlier update.
+    block = config.blocksize if config.beta1 is None else math.ceil(config.blocksize / g1) * g1
+    if U is None:
+        block = g1  # without error feedback a group's columns are independent: quantize a whole group at once
+
+    codes = torch.empty(rows, n, dtype=torch.uint8, device=W.device)
+    w_hat = torch.empty(rows, n, dtype=torch.float32, device=W.device)
+    outliers = torch.zeros(rows, n, dtype=torch.bool, device=W.device)
+    scales = _StatStore.empty(rows, n_groups, config.scale_bits, config.beta2, W.device)
+    zeros = _StatStore.empty(rows, n_groups, config.zero_bits, config.beta2, W.device)
+    thr = None if threshold is None else threshold[:, None]  # [rows, 1]
+
+    def fit(group: int, c0: int, c1: int, wg: torch.Tensor):
+        s, z = _fit_group(wg, d[c0:c1], thr, config, maxq)
+        s_hat = scales.put(group, s, config.scale_bits, config.beta2)
+        z_hat = zeros.put(group, z, config.zero_bits, config.beta2)
+        return s_hat[:, None], z_hat[:, None]  # [rows, 1]
+
+    scale = zero = None
+    for b0 in range(0, n, block):
+        b1 = min(b0 + block, n)
+        Wb = W[:, b0:b1]  # view: the in-block updates land in W
+        if U is None:
+            scale, zero = fit(b0 // g1, b0, b1, Wb)
+            q, wq, _, out = _quantize_columns(Wb, scale, zero, d[b0:b1], thr, maxq)
+            codes[:, b0:b1], w_hat[:, b0:b1] = q.to(torch.uint8), wq
+            if out is not None:
+                outliers[:, b0:b1] = out
+            continue
+        Ub = U[b0:b1, b0:b1]
+        Errb = torch.empty(rows, b1 - b0, dtype=torch.float32, device=W.device)  # [rows, block]
+        for j in range(b1 - b0):
+            col = b0 + j
+            if col % g1 == 0:
+                c1 = min(col + g1, n)
+                scale, zero = fit(col // g1, col, c1, W[:, col:c1])
+            q, wq, err, out = _quantize_columns(Wb[:, j : j + 1], scale, zero, d[col : col + 1], thr, maxq)
+            codes[:, col : col + 1], w_hat[:, col : col + 1] = q.to(torch.uint8), wq
+            if out is not None:
+                outliers[:, col : col + 1] = out
+            Errb[:, j : j + 1] = err
+            Wb[:, j + 1 :].addmm_(err, Ub[j : j + 1, j + 1 :], alpha=-1)  # rank-1: W[:, j+1:] -= err U[j, j+1:]
+        W[:, b1:].addmm_(Errb, U[b0:b1, b1:], alpha=-1)  # the lazy update of the columns right of the block
+    return codes, w_hat, outliers, scales, zeros
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------------------------------
+def outlier_threshold_scale(W: torch.Tensor, d: torch.Tensor) -> float:
+    """SPQR.md step 5: mean over columns of (variance over rows of W[:, j]) / d_j^2, for one matrix."""
+    correction = 1 if W.shape[0] > 1 else 0
+    return float((W.var(dim=0, correction=correction) / d.square()).mean())
+
+
+def quantize_matrices(
+    weights: list[torch.Tensor], H: torch.Tensor | None, config: QuantConfig
+) -> list[QuantizedWeight]:
+    """Quantize matrices [out_i, in] that share one input (hence one Hessian H [in, in]) with SpQR / GPTQ / RTN.
+
+    H is the running mean of 2 x x^T over calibration inputs (fp32); it is ignored (may be None) for RTN.
+    Runs on the device of the weights; the inputs are not modified.
+    """
+    if not weights:
+        raise SolverError("no matrices to quantize")
+    n = weights[0].shape[-1]
+    for i, w in enumerate(weights):
+        if w.dim() != 2 or w.shape[1] != n:
+            raise SolverError(f"matrix {i} has shape {tuple(w.shape)}; all matrices must be 2-D with {n} columns")
+        if config.beta2 is not None and w.shape[0] % config.beta2 != 0:
+            raise SolverError(f"matrix {i} has {w.shape[0]} rows, not divisible by beta2={config.beta2}")
+        if not torch.isfinite(w).all():
+            raise SolverError(f"matrix {i} contains NaN or Inf")
+    device = weights[0].device
+    W = torch.cat([w.detach().to(device=device, dtype=torch.float32) for w in weights])  # [rows, in], a copy
+    row_splits = [w.shape[0] for w in weights]
+
+    if config.algorithm == "rtn":
+        perm = torch.arange(n, device=device)
+        U = None
+        d = torch.ones(n, device=device)  # no Hessian: every column weighs the same
+    else:
+        if H is None:
+            raise SolverError(f"algorithm {config.algorithm!r} needs a Hessian")
+        if H.shape != (n, n):
+            raise SolverError(f"Hessian has shape {tuple(H.shape)}, expected ({n}, {n})")
+        H = H.detach().to(device=device, dtype=torch.float32).clone()
+        if not torch.isfinite(H).all():
+            raise SolverError("Hessian contains NaN or Inf")
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1  # an input that is always zero: any value works, its weights are zeroed
+        W[:, dead] = 0
+        if config.act_order:
+            perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+        else:
+            perm = torch.arange(n, device=device)
+        W = W[:, perm]
+        H = H[perm][:, perm]
+        H.diagonal().add_(config.percdamp * torch.diag(H).mean())
+        U = _inverse_cholesky_upper(H)
+        d = torch.diag(U)
+
+    threshold = None
+    if config.has_outliers:
+        per_matrix = [
+            torch.full((rows,), config.outlier_threshold * outlier_threshold_scale(Wi, d), device=device)
+            for rows, Wi in zip(row_splits, W.split(row_splits))
+        ]
+        threshold = torch.cat(per_matrix)  # [rows]
+
+    # At an outlier, w_hat holds the fp16-rounded weight as it was when its column was reached (after earlier updates).
+    codes, w_hat, outliers, scales, zeros = _sweep(W, U, d, threshold, config)
+
+    results = []
+    r0 = 0
+    for rows in row_splits:
+        r1 = r0 + rows
+        mask = outliers[r0:r1]
+        counts = mask.sum(1)
+        row_ptr = torch.zeros(rows + 1, dtype=torch.int32, device=device)
+        row_ptr[1:] = torch.cumsum(counts, 0)
+        s_fp, s_codes, s_stats = scales.rows(r0, r1, config.beta2)
+        z_fp, z_codes, z_stats = zeros.rows(r0, r1, config.beta2)
+        results.append(
+            QuantizedWeight(
+                config=config,
+                shape=(rows, n),
+                perm=perm.clone(),
+                codes=codes[r0:r1].clone(),
+                scale=None if s_fp is None else s_fp.clone(),
+                zero=None if z_fp is None else z_fp.clone(),
+                scale_codes=None if s_codes is None else s_codes.clone(),
+                scale_stats=None if s_stats is None else s_stats.clone(),
+                zero_codes=None if z_codes is None else z_codes.clone(),
+                zero_stats=None if z_stats is None else z_stats.clone(),
+                outlier_row_ptr=row_ptr,
+                outlier_cols=mask.nonzero()[:, 1].to(torch.int32),  # row-major order = CSR order
+                outlier_values=w_hat[r0:r1][mask].half(),
+            )
+        )
+        r0 = r1
+    return results
+
+
+def layer_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """Relative Hessian-weighted error tr(dW H dW^T) / tr(W H W^T) of a quantized layer."""
+    W, W_hat, H = W.float(), W_hat.float().to(W.device), H.float().to(W.device)
+    dW = W - W_hat
+    return float(((dW @ H) * dW).sum() / ((W @ H) * W).sum())
