@@ -128,7 +128,8 @@ def test_representation_reproduces_the_simulated_weights_exactly():
     U = S._inverse_cholesky_upper(Hp)
     d = torch.diag(U)
     thr = torch.full((W.shape[0],), cfg.outlier_threshold * S.outlier_threshold_scale(Wp[:, perm], d))
-    codes, w_hat, outliers, _, _ = S._sweep(Wp[:, perm].clone(), U, d, thr, cfg)
+    w_hat = Wp[:, perm].clone()
+    codes, outliers, _, _ = S._sweep(w_hat, U, d, thr, cfg)  # leaves the simulated weights in w_hat
     assert torch.equal(qw.codes, codes)
     assert torch.equal(qw.dequantize_permuted(), w_hat)
     assert int(outliers.sum()) == qw.n_outliers

@@ -109,23 +109,43 @@ def _fit_group(
     return minmax_params(wg.amin(1), wg.amax(1), maxq, round_zero=config.round_zero)
 
 
-def _quantize_columns(
-    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, d: torch.Tensor, threshold: torch.Tensor | None,
-    maxq: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Quantize columns w [rows, k] with (dequantized) scale, zero [rows, 1]; d [k] = diag(U) of the columns.
+def sweep_chunk_reference(
+    Wc: torch.Tensor, Uc: torch.Tensor | None, scale: torch.Tensor, zero: torch.Tensor,
+    threshold: torch.Tensor | None, maxq: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Quantize a chunk of consecutive columns Wc [rows, C] that share one group's (dequantized) scale, zero [rows, 1].
 
-    Returns codes, the dequantized columns (outliers keep their fp16-rounded value), the scaled error (w - w_hat) / d
-    that GPTQ propagates, and the outlier mask (None without outliers).
+    Uc [C, C] is the chunk's block of U = chol(H^-1) upper; the error of each column updates the chunk's later
+    columns (GPTQ). Uc None = no error feedback (RTN; then d = 1). On return Wc holds the dequantized weights
+    (outliers keep their fp16-rounded value). Returns codes uint8 [rows, C], the outlier mask (None without
+    outliers) and the scaled errors (w - w_hat) / d [rows, C] that the caller propagates to the columns right of the
+    chunk. This is the plain-torch reference of every fused chunk kernel.
     """
-    q = quantize(w, scale, zero, maxq)
-    w_hat = dequantize(q, scale, zero)
-    err = (w - w_hat) / d
-    if threshold is None:
-        return q, w_hat, err, None
-    is_outlier = err.square() > threshold
-    w_hat = torch.where(is_outlier, w.half().float(), w_hat)
-    return q, w_hat, (w - w_hat) / d, is_outlier
+    rows, C = Wc.shape
+    if Uc is None:
+        columns = [slice(0, C)]  # columns are independent: all at once
+        d = torch.ones(1, C, dtype=Wc.dtype, device=Wc.device)
+    else:
+        columns = [slice(j, j + 1) for j in range(C)]
+        d = torch.diagonal(Uc)[None, :]  # [1, C]
+    codes = torch.empty(rows, C, dtype=torch.uint8, device=Wc.device)
+    errors = torch.empty(rows, C, dtype=Wc.dtype, device=Wc.device)
+    outliers = None if threshold is None else torch.empty(rows, C, dtype=torch.bool, device=Wc.device)
+    for cols in columns:
+        w = Wc[:, cols]  # [rows, 1] (or [rows, C] without feedback)
+        q = quantize(w, scale, zero, maxq)
+        w_hat = dequantize(q, scale, zero)
+        err = (w - w_hat) / d[:, cols]
+        if threshold is not None:
+            is_outlier = err.square() > threshold
+            w_hat = torch.where(is_outlier, w.half().float(), w_hat)
+            err = (w - w_hat) / d[:, cols]
+            outliers[:, cols] = is_outlier
+        codes[:, cols], errors[:, cols] = q.to(torch.uint8), err
+        Wc[:, cols] = w_hat
+        if Uc is not None and cols.stop < C:
+            Wc[:, cols.stop :].addmm_(err, Uc[cols, cols.stop :], alpha=-1)  # rank-1: W[:, j+1:] -= err U[j, j+1:]
+    return codes, outliers, errors
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -136,16 +156,30 @@ def _inverse_cholesky_upper(H: torch.Tensor) -> torch.Tensor:
     L, info = torch.linalg.cholesky_ex(H.double())
     if int(info) != 0:
         raise SolverError("the damped Hessian is not positive definite; raise percdamp")
-    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+    # cholesky_solve against I rather than cholesky_inverse: the latter is 30x slower on some CPU builds.
+    H_inv = torch.cholesky_solve(torch.eye(H.shape[0], dtype=L.dtype, device=L.device), L)
+    U, info = torch.linalg.cholesky_ex(H_inv, upper=True)
     if int(info) != 0:
         raise SolverError("the inverse Hessian is not positive definite; raise percdamp")
     return U.float()
 
 
+def chunk_width(group_size: int, limit: int = 32) -> int:
+    """Columns swept per chunk: the largest divisor of the group size up to `limit`, so that no chunk straddles two
+    groups (with one group per row, any width works: see `_sweep`)."""
+    return max(c for c in range(1, min(group_size, limit) + 1) if group_size % c == 0)
+
+
 def _sweep(
-    W: torch.Tensor, U: torch.Tensor | None, d: torch.Tensor, threshold: torch.Tensor | None, config: QuantConfig
+    W: torch.Tensor, U: torch.Tensor | None, d: torch.Tensor, threshold: torch.Tensor | None, config: QuantConfig,
+    sweep_chunk=sweep_chunk_reference,
 ):
-    """GPTQ/SpQR column sweep over W [rows, in] (permuted; updated in place). U None = RTN (no error feedback)."""
+    """GPTQ/SpQR column sweep over W [rows, in] (permuted). U None = RTN (no error feedback).
+
+    On return W holds the dequantized weights. Columns go in blocks (the columns right of a block get its errors in
+    one matmul) and, inside a block, in chunks that lie within one group (the rest of the block gets a chunk's errors
+    in one matmul); `sweep_chunk` does the column-by-column work inside a chunk.
+    """
     rows, n = W.shape
     maxq = 2**config.wbits - 1
     g1 = config.group_size(n)
@@ -153,47 +187,38 @@ def _sweep(
     # A block must hold whole groups, so that a group is fitted on weights that all received every earlier update.
     block = config.blocksize if config.beta1 is None else math.ceil(config.blocksize / g1) * g1
     if U is None:
-        block = g1  # without error feedback a group's columns are independent: quantize a whole group at once
+        chunk = g1 if config.beta1 is not None else block  # no feedback: a chunk is quantized at once
+    else:
+        chunk = 32 if config.beta1 is None else chunk_width(g1)
 
     codes = torch.empty(rows, n, dtype=torch.uint8, device=W.device)
-    w_hat = torch.empty(rows, n, dtype=torch.float32, device=W.device)
     outliers = torch.zeros(rows, n, dtype=torch.bool, device=W.device)
     scales = _StatStore.empty(rows, n_groups, config.scale_bits, config.beta2, W.device)
     zeros = _StatStore.empty(rows, n_groups, config.zero_bits, config.beta2, W.device)
     thr = None if threshold is None else threshold[:, None]  # [rows, 1]
 
-    def fit(group: int, c0: int, c1: int, wg: torch.Tensor):
-        s, z = _fit_group(wg, d[c0:c1], thr, config, maxq)
-        s_hat = scales.put(group, s, config.scale_bits, config.beta2)
-        z_hat = zeros.put(group, z, config.zero_bits, config.beta2)
-        return s_hat[:, None], z_hat[:, None]  # [rows, 1]
-
     scale = zero = None
     for b0 in range(0, n, block):
         b1 = min(b0 + block, n)
-        Wb = W[:, b0:b1]  # view: the in-block updates land in W
-        if U is None:
-            scale, zero = fit(b0 // g1, b0, b1, Wb)
-            q, wq, _, out = _quantize_columns(Wb, scale, zero, d[b0:b1], thr, maxq)
-            codes[:, b0:b1], w_hat[:, b0:b1] = q.to(torch.uint8), wq
-            if out is not None:
-                outliers[:, b0:b1] = out
-            continue
-        Ub = U[b0:b1, b0:b1]
         Errb = torch.empty(rows, b1 - b0, dtype=torch.float32, device=W.device)  # [rows, block]
-        for j in range(b1 - b0):
-            col = b0 + j
-            if col % g1 == 0:
-                c1 = min(col + g1, n)
-                scale, zero = fit(col // g1, col, c1, W[:, col:c1])
-            q, wq, err, out = _quantize_columns(Wb[:, j : j + 1], scale, zero, d[col : col + 1], thr, maxq)
-            codes[:, col : col + 1], w_hat[:, col : col + 1] = q.to(torch.uint8), wq
+        for c0 in range(b0, b1, chunk):
+            c1 = min(c0 + chunk, b1)
+            if c0 % g1 == 0:  # a group starts: fit its statistics on the current, error-updated weights
+                g_end = min(c0 + g1, n)
+                s, z = _fit_group(W[:, c0:g_end], d[c0:g_end], thr, config, maxq)
+                scale = scales.put(c0 // g1, s, config.scale_bits, config.beta2)[:, None]  # [rows, 1]
+                zero = zeros.put(c0 // g1, z, config.zero_bits, config.beta2)[:, None]  # [rows, 1]
+            Uc = None if U is None else U[c0:c1, c0:c1]
+            q, out, err = sweep_chunk(W[:, c0:c1], Uc, scale, zero, thr, maxq)
+            codes[:, c0:c1] = q
             if out is not None:
-                outliers[:, col : col + 1] = out
-            Errb[:, j : j + 1] = err
-            Wb[:, j + 1 :].addmm_(err, Ub[j : j + 1, j + 1 :], alpha=-1)  # rank-1: W[:, j+1:] -= err U[j, j+1:]
-        W[:, b1:].addmm_(Errb, U[b0:b1, b1:], alpha=-1)  # the lazy update of the columns right of the block
-    return codes, w_hat, outliers, scales, zeros
+                outliers[:, c0:c1] = out
+            if U is not None:
+                Errb[:, c0 - b0 : c1 - b0] = err
+                W[:, c1:b1].addmm_(err, U[c0:c1, c1:b1], alpha=-1)  # the chunk's errors, to the rest of the block
+        if U is not None:
+            W[:, b1:].addmm_(Errb, U[b0:b1, b1:], alpha=-1)  # the lazy update of the columns right of the block
+    return codes, outliers, scales, zeros
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -205,13 +230,38 @@ def outlier_threshold_scale(W: torch.Tensor, d: torch.Tensor) -> float:
     return float((W.var(dim=0, correction=correction) / d.square()).mean())
 
 
+def select_sweep_chunk(device: torch.device, kernel: str = "auto"):
+    """The chunk sweeper for a device: the fused Triton kernel on CUDA (when Triton is installed), else the reference.
+
+    kernel: "auto", "reference" or "triton" (an explicit "triton" fails loudly where it cannot run).
+    """
+    if kernel not in ("auto", "reference", "triton"):
+        raise ValueError(f"kernel must be 'auto', 'reference' or 'triton', got {kernel!r}")
+    if kernel == "reference" or (kernel == "auto" and device.type != "cuda"):
+        return sweep_chunk_reference
+    try:
+        from ..kernels.gptq_chunk import sweep_chunk_triton
+    except ImportError:
+        if kernel == "triton":
+            raise
+        return sweep_chunk_reference
+
+    def sweep_chunk(Wc, Uc, scale, zero, threshold, maxq):
+        if Uc is None or Wc.shape[1] > 64:  # RTN has no column loop to fuse
+            return sweep_chunk_reference(Wc, Uc, scale, zero, threshold, maxq)
+        return sweep_chunk_triton(Wc, Uc, scale, zero, threshold, maxq)
+
+    return sweep_chunk
+
+
 def quantize_matrices(
-    weights: list[torch.Tensor], H: torch.Tensor | None, config: QuantConfig
+    weights: list[torch.Tensor], H: torch.Tensor | None, config: QuantConfig, *, kernel: str = "auto"
 ) -> list[QuantizedWeight]:
     """Quantize matrices [out_i, in] that share one input (hence one Hessian H [in, in]) with SpQR / GPTQ / RTN.
 
     H is the running mean of 2 x x^T over calibration inputs (fp32); it is ignored (may be None) for RTN.
-    Runs on the device of the weights; the inputs are not modified.
+    Runs on the device of the weights; the inputs are not modified. `kernel` picks the chunk sweeper
+    (see `select_sweep_chunk`).
     """
     if not weights:
         raise SolverError("no matrices to quantize")
@@ -260,8 +310,9 @@ def quantize_matrices(
         ]
         threshold = torch.cat(per_matrix)  # [rows]
 
-    # At an outlier, w_hat holds the fp16-rounded weight as it was when its column was reached (after earlier updates).
-    codes, w_hat, outliers, scales, zeros = _sweep(W, U, d, threshold, config)
+    # After the sweep W is the dequantized weight; at an outlier it holds the fp16-rounded weight as it was when its
+    # column was reached (after earlier updates).
+    codes, outliers, scales, zeros = _sweep(W, U, d, threshold, config, select_sweep_chunk(W.device, kernel))
 
     results = []
     r0 = 0
@@ -287,7 +338,7 @@ def quantize_matrices(
                 zero_stats=None if z_stats is None else z_stats.clone(),
                 outlier_row_ptr=row_ptr,
                 outlier_cols=mask.nonzero()[:, 1].to(torch.int32),  # row-major order = CSR order
-                outlier_values=w_hat[r0:r1][mask].half(),
+                outlier_values=W[r0:r1][mask].half(),
             )
         )
         r0 = r1

@@ -1,0 +1,194 @@
+"""The `spqrkit` command line: quantize, eval, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, ConfigError, QuantConfig, get_preset
+
+# command-line flag (as stored on args) -> config field
+_OVERRIDES = {
+    "wbits": "wbits", "beta1": "beta1", "beta2": "beta2", "scale_bits": "scale_bits", "zero_bits": "zero_bits",
+    "tau": "outlier_threshold", "percdamp": "percdamp", "blocksize": "blocksize",
+}
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() in ("none", "null") else int(text)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="spqr-w3", choices=sorted(PRESETS), help="named configuration (default spqr-w3)")
+    # SUPPRESS: an override absent from the command line is absent from args, so "--beta1 none" can mean None.
+    g = p.add_argument_group("config overrides (any field of the preset; 'none' where None is allowed)",
+                             argument_default=argparse.SUPPRESS)
+    g.add_argument("--wbits", type=int)
+    g.add_argument("--beta1", type=_int_or_none, help="input columns per group; none = one group per row")
+    g.add_argument("--beta2", type=_int_or_none, help="rows per second-level group; none = fp16 statistics")
+    g.add_argument("--scale-bits", type=_int_or_none, dest="scale_bits")
+    g.add_argument("--zero-bits", type=_int_or_none, dest="zero_bits")
+    g.add_argument("--tau", type=float, help="relative outlier threshold; inf = no outliers")
+    g.add_argument("--percdamp", type=float)
+    g.add_argument("--blocksize", type=int)
+    g.add_argument("--act-order", dest="act_order", action=argparse.BooleanOptionalAction)
+    g.add_argument("--true-sequential", dest="true_sequential", action=argparse.BooleanOptionalAction)
+    g.add_argument("--skip", dest="skip_modules", action="append", help="leave linears with this name suffix as is")
+
+
+def config_from_args(args: argparse.Namespace) -> QuantConfig:
+    overrides = {field: getattr(args, flag) for flag, field in _OVERRIDES.items() if hasattr(args, flag)}
+    for field in ("act_order", "true_sequential"):
+        if hasattr(args, field):
+            overrides[field] = getattr(args, field)
+    if hasattr(args, "skip_modules"):
+        overrides["skip_modules"] = tuple(args.skip_modules)
+    return get_preset(args.preset, **overrides)
+
+
+def _add_calibration_args(p: argparse.ArgumentParser, windows: int, seqlen: int) -> None:
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calib", default="lambada", help="calibration corpus: lambada (default) or a text file")
+    g.add_argument("--calib-windows", type=int, default=windows, help=f"random windows (default {windows})")
+    g.add_argument("--calib-seqlen", type=int, default=seqlen, help=f"tokens per window (default {seqlen})")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="compute device (default: cuda if available, else cpu)")
+    p.add_argument("--offload-activations", action="store_true",
+                   help="keep calibration activations on the CPU between blocks (less accelerator memory)")
+    p.add_argument("--batch-size", type=int, default=1, help="calibration windows per forward pass")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-block log lines")
+
+
+def _add_eval_args(p: argparse.ArgumentParser, max_windows: int | None) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--corpus", default="wiki", help="evaluation corpus: wiki (default) or a text file")
+    g.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default 2048)")
+    g.add_argument("--max-windows", type=int, default=max_windows,
+                   help="evaluate only the first N windows" + (f" (default {max_windows})" if max_windows else ""))
+    g.add_argument("--json", type=Path, default=None, help="write every reported figure to this JSON file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spqrkit", description="SpQR compression of Hugging Face causal LMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="quantize a model and save it")
+    q.add_argument("model", help="'default' (SmolLM2-135M), a Hugging Face model folder or a .gguf file")
+    q.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")
+    _add_config_args(q)
+    _add_calibration_args(q, windows=128, seqlen=2048)
+    _add_runtime_args(q)
+    q.add_argument("--json", type=Path, default=None, help="write the quantization report to this JSON file")
+
+    e = sub.add_parser("eval", help="perplexity of a model or a quantized folder")
+    e.add_argument("model", help="'default', a model folder (spqrkit output included) or a .gguf file")
+    _add_eval_args(e, max_windows=None)
+    e.add_argument("--device", default=None)
+    e.add_argument("--quiet", action="store_true")
+
+    d = sub.add_parser("demo", help="baseline vs RTN vs GPTQ vs SpQR on the embedded default model")
+    d.add_argument("model", nargs="?", default="default")
+    _add_eval_args(d, max_windows=16)
+    _add_calibration_args(d, windows=32, seqlen=512)
+    _add_runtime_args(d)
+    d.add_argument("--rows", default=None,
+                   help="comma-separated demo rows to run (default all): " + ", ".join(_demo_row_names()))
+    return parser
+
+
+def _demo_row_names() -> list[str]:
+    from .demo import DEMO_ROWS
+
+    return [row.key for row in DEMO_ROWS]
+
+
+def _resolve_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for, but no CUDA device is available")
+    return device
+
+
+def _write_json(path: Path | None, payload: dict) -> None:
+    if path is None:
+        return
+    from .io_utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_json_default))
+    print(f"wrote {path}")
+
+
+def _json_default(o: Any):
+    if isinstance(o, float) and math.isinf(o):
+        return "inf"
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .workflows import quantize_and_save
+
+    config = config_from_args(args)
+    report = quantize_and_save(
+        args.model, args.out, config,
+        calib=args.calib, calib_windows=args.calib_windows, calib_seqlen=args.calib_seqlen, seed=args.seed,
+        device=_resolve_device(args.device), batch_size=args.batch_size,
+        offload_activations=args.offload_activations, progress=not args.quiet,
+    )
+    print(report.summary())
+    _write_json(args.json, report.to_dict())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .workflows import evaluate
+
+    result = evaluate(args.model, corpus=args.corpus, seqlen=args.seqlen, max_windows=args.max_windows,
+                      device=_resolve_device(args.device), progress=not args.quiet)
+    print(f"{args.corpus} perplexity of {args.model}: {result['ppl']:.3f} "
+          f"({result['n_windows']} windows x {result['seqlen']} tokens, {result['seconds']:.1f} s)")
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import format_table, run_demo
+
+    rows = None if args.rows is None else [r.strip() for r in args.rows.split(",") if r.strip()]
+    result = run_demo(
+        model_ref=args.model, rows=rows, corpus=args.corpus, seqlen=args.seqlen, max_windows=args.max_windows,
+        calib=args.calib, calib_windows=args.calib_windows, calib_seqlen=args.calib_seqlen, seed=args.seed,
+        device=_resolve_device(args.device), batch_size=args.batch_size,
+        offload_activations=args.offload_activations, progress=not args.quiet,
+    )
+    print(format_table(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return {"quantize": cmd_quantize, "eval": cmd_eval, "demo": cmd_demo}[args.command](args)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
