@@ -105,7 +105,7 @@ def main() -> None:
 
     config = get_preset(args.preset)
     # A warm-up run on a little data compiles the Triton kernels and initialises cuBLAS/cuSOLVER.
-    quantize_model(build_block_model(args.hidden, args.mlp, args.heads, dtype, device), calib_ids[:2], config,
+    quantize_model(build_block_model(args.hidden, args.mlp, args.heads, dtype, device), calib_ids[:8], config,
                    device=device, batch_size=1, progress=False)
     _sync(device)
     report = quantize_model(model, calib_ids, config, device=device, batch_size=args.batch_size, progress=False)

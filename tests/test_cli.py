@@ -1,0 +1,125 @@
+"""The command line end to end on a tiny model that uses the real tokenizer, and its refusals of bad input."""
+
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from spqrkit import cli, workflows
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory, default_tokenizer):
+    """A 2-block Llama with random weights, saved with the default model's tokenizer."""
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(default_tokenizer), max_position_embeddings=512)
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    LlamaForCausalLM(config).save_pretrained(path)
+    default_tokenizer.save_pretrained(path)
+    return path
+
+
+QUICK = ["--calib-windows", "4", "--calib-seqlen", "128", "--quiet"]
+
+
+def test_quantize_then_eval(tiny_llama_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    report = tmp_path / "report.json"
+    assert cli.main(["quantize", str(tiny_llama_dir), "--preset", "spqr-w3", "--out", str(out), "--json", str(report),
+                     "--beta1", "8", *QUICK]) == 0
+    record = workflows.read_quantization_record(out)
+    assert record["config"]["beta1"] == 8 and record["config"]["wbits"] == 3
+    assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
+    saved = json.loads(report.read_text())
+    assert len(saved["layers"]) == 2 * 7 and 3.5 < saved["avg_paper_bits"] < 6
+    assert not list(tmp_path.glob(".q.*")), "no temporary folder may be left behind"
+
+    metrics = tmp_path / "eval.json"
+    assert cli.main(["eval", str(out), "--seqlen", "128", "--max-windows", "2", "--json", str(metrics), "--quiet"]) == 0
+    result = json.loads(metrics.read_text())
+    assert result["n_windows"] == 2 and result["ppl"] > 1
+    assert "perplexity" in capsys.readouterr().out
+
+
+def test_existing_output_folder_is_refused_before_any_work(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    monkeypatch.setattr(workflows, "load_model", lambda *a, **k: pytest.fail("must not load the model"))
+    assert cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), *QUICK]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_a_run_that_dies_while_saving_leaves_nothing(tiny_llama_dir, tmp_path, monkeypatch):
+    out = tmp_path / "crash"
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), *QUICK])
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dimension_not_divisible_by_beta2_is_refused(tiny_llama_dir, tmp_path, capsys):
+    # k_proj / v_proj have 32 rows: beta2 = 64 cannot tile them.
+    out = tmp_path / "q"
+    assert cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), "--beta2", "64", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "beta2" in err and "k_proj" in err
+    assert not out.exists()
+
+
+def test_nan_weights_are_refused(tiny_llama_dir, tmp_path, capsys):
+    bad_dir = tmp_path / "bad"
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    model.save_pretrained(bad_dir)
+    (bad_dir / "tokenizer.json").write_bytes((tiny_llama_dir / "tokenizer.json").read_bytes())
+    (bad_dir / "tokenizer_config.json").write_bytes((tiny_llama_dir / "tokenizer_config.json").read_bytes())
+    out = tmp_path / "q"
+    assert cli.main(["quantize", str(bad_dir), "--out", str(out), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "NaN" in err and "up_proj" in err
+    assert not out.exists()
+
+
+def test_unknown_model_family_is_refused(tmp_path, default_tokenizer, capsys):
+    path = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(default_tokenizer))).save_pretrained(path)
+    default_tokenizer.save_pretrained(path)
+    assert cli.main(["quantize", str(path), "--out", str(tmp_path / "q"), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "gpt2" in err and "llama" in err
+
+
+def test_too_few_calibration_tokens_is_refused(tiny_llama_dir, tmp_path, capsys):
+    assert cli.main(["quantize", str(tiny_llama_dir), "--out", str(tmp_path / "q"), "--calib-windows", "1",
+                     "--calib-seqlen", "16", "--quiet"]) == 2
+    assert "calibration tokens" in capsys.readouterr().err
+
+
+def test_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["quantize", "default", "--out", str(tmp_path / "q"), "--preset", "nope"])
+    assert cli.main(["eval", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli.main(["quantize", "default", "--out", str(tmp_path / "q"), "--wbits", "9"]) == 2
+    assert "wbits" in capsys.readouterr().err
+
+
+def test_config_overrides_from_the_command_line():
+    args = cli.build_parser().parse_args(["quantize", "m", "--out", "o", "--preset", "spqr-w4", "--beta2", "none",
+                                          "--scale-bits", "none", "--zero-bits", "none", "--tau", "inf",
+                                          "--no-act-order", "--skip", "down_proj"])
+    cfg = cli.config_from_args(args)
+    assert cfg.wbits == 4 and cfg.beta2 is None and cfg.scale_bits is None and not cfg.has_outliers
+    assert not cfg.act_order and cfg.skip_modules == ("down_proj",)
+    default = cli.config_from_args(cli.build_parser().parse_args(["quantize", "m", "--out", "o"]))
+    assert default == cli.get_preset("spqr-w3")
