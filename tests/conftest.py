@@ -1,0 +1,20 @@
+"""Shared fixtures. The real default model loads once per test session (about 15 s on 2 CPU cores)."""
+
+import pytest
+
+from spqrkit.models.loading import DEFAULT_MODEL, load_model, load_tokenizer
+
+
+@pytest.fixture(scope="session")
+def default_model_and_tokenizer():
+    """(model, tokenizer) of the default SmolLM2-135M GGUF model, fp32 on CPU, in eval mode.
+
+    Shared by the whole session: tests must not modify the model (copy.deepcopy it first).
+    """
+    return load_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer():
+    """Tokenizer of the default model alone (about 3 s), for tests that need no weights."""
+    return load_tokenizer(DEFAULT_MODEL)
