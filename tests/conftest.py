@@ -1,6 +1,14 @@
 """Shared fixtures. The real default model loads once per test session (about 15 s on 2 CPU cores)."""
 
+import os
+
 import pytest
+import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter on the CPU. The variable is read when a kernel is
+# defined, so it must be set before any test module imports spqrkit.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from spqrkit.models.loading import DEFAULT_MODEL, load_model, load_tokenizer
 
