@@ -97,16 +97,27 @@ class _StatStore:
         return None, self.codes[r0:r1], self.stats[r0 // beta2 : r1 // beta2]
 
 
-def _fit_group(
-    wg: torch.Tensor, dg: torch.Tensor, threshold: torch.Tensor | None, config: QuantConfig, maxq: int
+def fit_group_reference(
+    wg: torch.Tensor, dg: torch.Tensor, threshold: torch.Tensor | None, config: QuantConfig, maxq: int,
+    scales: "_StatStore", zeros: "_StatStore", group: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min-max scale and zero [rows] of one column group, fitted without its likely outliers (SpQR's robust fit)."""
+    """Fit one column group's statistics on its current weights wg [rows, g] and store them (as codes + second-level
+    stats, or fp16) in column `group` of `scales` / `zeros`. Returns the dequantized scale and zero [rows, 1], which
+    the group's weights are quantized with.
+
+    SpQR's robust fit: weights whose leave-one-out error reduction exceeds the outlier threshold are likely outliers
+    and are replaced by the mean of the row's other weights for the min-max fit only. This is the plain-torch
+    reference of the fused fit kernel.
+    """
     if threshold is not None:
         likely_outlier = loo_error_reduction(wg, dg, maxq) > threshold  # [rows, g]
         keep = (~likely_outlier).to(wg.dtype)
         mean_kept = (wg * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)  # [rows, 1]
         wg = torch.where(likely_outlier, mean_kept, wg)
-    return minmax_params(wg.amin(1), wg.amax(1), maxq, round_zero=config.round_zero)
+    s, z = minmax_params(wg.amin(1), wg.amax(1), maxq, round_zero=config.round_zero)  # [rows]
+    s_hat = scales.put(group, s, config.scale_bits, config.beta2)
+    z_hat = zeros.put(group, z, config.zero_bits, config.beta2)
+    return s_hat[:, None], z_hat[:, None]
 
 
 def sweep_chunk_reference(
@@ -172,14 +183,16 @@ def chunk_width(group_size: int, limit: int = 32) -> int:
 
 def _sweep(
     W: torch.Tensor, U: torch.Tensor | None, d: torch.Tensor, threshold: torch.Tensor | None, config: QuantConfig,
-    sweep_chunk=sweep_chunk_reference,
+    kernels=None,
 ):
     """GPTQ/SpQR column sweep over W [rows, in] (permuted). U None = RTN (no error feedback).
 
     On return W holds the dequantized weights. Columns go in blocks (the columns right of a block get its errors in
     one matmul) and, inside a block, in chunks that lie within one group (the rest of the block gets a chunk's errors
-    in one matmul); `sweep_chunk` does the column-by-column work inside a chunk.
+    in one matmul); `kernels` = (fit_group, sweep_chunk) do a group's fit and the column-by-column work inside a
+    chunk (the plain-torch references by default).
     """
+    fit_group, sweep_chunk = kernels or (fit_group_reference, sweep_chunk_reference)
     rows, n = W.shape
     maxq = 2**config.wbits - 1
     g1 = config.group_size(n)
@@ -205,9 +218,7 @@ def _sweep(
             c1 = min(c0 + chunk, b1)
             if c0 % g1 == 0:  # a group starts: fit its statistics on the current, error-updated weights
                 g_end = min(c0 + g1, n)
-                s, z = _fit_group(W[:, c0:g_end], d[c0:g_end], thr, config, maxq)
-                scale = scales.put(c0 // g1, s, config.scale_bits, config.beta2)[:, None]  # [rows, 1]
-                zero = zeros.put(c0 // g1, z, config.zero_bits, config.beta2)[:, None]  # [rows, 1]
+                scale, zero = fit_group(W[:, c0:g_end], d[c0:g_end], thr, config, maxq, scales, zeros, c0 // g1)
             Uc = None if U is None else U[c0:c1, c0:c1]
             q, out, err = sweep_chunk(W[:, c0:c1], Uc, scale, zero, thr, maxq)
             codes[:, c0:c1] = q
@@ -230,28 +241,36 @@ def outlier_threshold_scale(W: torch.Tensor, d: torch.Tensor) -> float:
     return float((W.var(dim=0, correction=correction) / d.square()).mean())
 
 
-def select_sweep_chunk(device: torch.device, kernel: str = "auto"):
-    """The chunk sweeper for a device: the fused Triton kernel on CUDA (when Triton is installed), else the reference.
+def select_solver_kernels(device: torch.device, config: QuantConfig, kernel: str = "auto"):
+    """(fit_group, sweep_chunk) for a device: fused Triton kernels on CUDA when Triton is installed and the layout
+    fits them (groups of at most 64 columns, beta2 at most 64), else the plain-torch references.
 
-    kernel: "auto", "reference" or "triton" (an explicit "triton" fails loudly where it cannot run).
+    kernel: "auto", "reference" or "triton" (an explicit "triton" fails loudly where Triton is missing).
     """
     if kernel not in ("auto", "reference", "triton"):
         raise ValueError(f"kernel must be 'auto', 'reference' or 'triton', got {kernel!r}")
+    reference = (fit_group_reference, sweep_chunk_reference)
     if kernel == "reference" or (kernel == "auto" and device.type != "cuda"):
-        return sweep_chunk_reference
+        return reference
     try:
         from ..kernels.gptq_chunk import sweep_chunk_triton
+        from ..kernels.spqr_fit import fit_group_triton
     except ImportError:
         if kernel == "triton":
             raise
-        return sweep_chunk_reference
+        return reference
+
+    def fit_group(wg, dg, threshold, config, maxq, scales, zeros, group):
+        if wg.shape[1] > 64 or (config.beta2 or 0) > 64:
+            return fit_group_reference(wg, dg, threshold, config, maxq, scales, zeros, group)
+        return fit_group_triton(wg, dg, threshold, config, maxq, scales, zeros, group)
 
     def sweep_chunk(Wc, Uc, scale, zero, threshold, maxq):
         if Uc is None or Wc.shape[1] > 64:  # RTN has no column loop to fuse
             return sweep_chunk_reference(Wc, Uc, scale, zero, threshold, maxq)
         return sweep_chunk_triton(Wc, Uc, scale, zero, threshold, maxq)
 
-    return sweep_chunk
+    return fit_group, sweep_chunk
 
 
 def quantize_matrices(
@@ -261,7 +280,7 @@ def quantize_matrices(
 
     H is the running mean of 2 x x^T over calibration inputs (fp32); it is ignored (may be None) for RTN.
     Runs on the device of the weights; the inputs are not modified. `kernel` picks the chunk sweeper
-    (see `select_sweep_chunk`).
+    (see `select_solver_kernels`).
     """
     if not weights:
         raise SolverError("no matrices to quantize")
@@ -312,7 +331,7 @@ def quantize_matrices(
 
     # After the sweep W is the dequantized weight; at an outlier it holds the fp16-rounded weight as it was when its
     # column was reached (after earlier updates).
-    codes, outliers, scales, zeros = _sweep(W, U, d, threshold, config, select_sweep_chunk(W.device, kernel))
+    codes, outliers, scales, zeros = _sweep(W, U, d, threshold, config, select_solver_kernels(W.device, config, kernel))
 
     results = []
     r0 = 0

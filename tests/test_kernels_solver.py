@@ -1,4 +1,4 @@
-"""The fused Triton chunk sweep against the plain-torch reference.
+"""The solver's fused Triton kernels (chunk sweep, group fit) against their plain-torch references.
 
 On a machine without CUDA, Triton's interpreter runs the kernel on the CPU (tests/conftest.py sets TRITON_INTERPRET
 before anything imports Triton); on the GPU machine the compiled kernel runs.
@@ -7,11 +7,20 @@ before anything imports Triton); on the GPU machine the compiled kernel runs.
 import pytest
 import torch
 
+import math
+
 from spqrkit.config import get_preset
-from spqrkit.quant.solver import layer_error, quantize_matrices, sweep_chunk_reference
+from spqrkit.quant.solver import (
+    _StatStore,
+    fit_group_reference,
+    layer_error,
+    quantize_matrices,
+    sweep_chunk_reference,
+)
 
 triton = pytest.importorskip("triton")
 from spqrkit.kernels.gptq_chunk import sweep_chunk_triton  # noqa: E402
+from spqrkit.kernels.spqr_fit import fit_group_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -51,6 +60,50 @@ def test_chunk_kernel_matches_reference(C, rows, with_outliers):
     torch.testing.assert_close(W_ker.cpu(), W_ref, rtol=0, atol=float(scale.max()))
     assert torch.equal(W_ker.cpu()[:, :5], W[:, :5]) and torch.equal(W_ker.cpu()[:, 5 + C :], W[:, 5 + C :])
     assert torch.isfinite(e_ker).all()
+
+
+@pytest.mark.parametrize(
+    "preset,overrides,rows,G",
+    [
+        ("spqr-w3", {}, 64, 16),
+        ("spqr-w4", {}, 32, 16),
+        ("spqr-w3", {"beta1": 12}, 48, 12),  # a group narrower than the padded tile
+        ("spqr-w3", {"beta1": 32, "beta2": 32}, 64, 32),
+        ("spqr-w3", {"zero_bits": None, "beta1": 8}, 16, 8),  # quantized scales, fp16 zeros
+        ("spqr-w3", {"outlier_threshold": math.inf}, 32, 16),
+        ("gptq-w3-g128", {"beta1": 16, "round_zero": True}, 20, 16),  # fp16 statistics, partial row tile
+        ("spqr-w3", {}, 16, 1),  # a one-column group (the tail of a row)
+    ],
+)
+def test_fit_kernel_matches_reference(preset, overrides, rows, G):
+    cfg = get_preset(preset, **overrides)
+    g = torch.Generator().manual_seed(rows * 100 + G)
+    wg = torch.randn(rows, G, generator=g) * 0.02
+    wg += (torch.rand(rows, G, generator=g) < 0.05) * torch.randn(rows, G, generator=g) * 0.3
+    wg[1] = 0.01  # a constant row
+    if G > 2:
+        wg[2, :2] = wg[2].min()  # a tie at the minimum
+    dg = torch.rand(G, generator=g) + 0.5
+    thr = torch.full((rows, 1), 2e-4) if cfg.has_outliers else None
+    maxq = 2**cfg.wbits - 1
+    n_groups = 3
+
+    def stores(device):
+        return (_StatStore.empty(rows, n_groups, cfg.scale_bits, cfg.beta2, device),
+                _StatStore.empty(rows, n_groups, cfg.zero_bits, cfg.beta2, device))
+
+    ref_s, ref_z = stores("cpu")
+    s_ref, z_ref = fit_group_reference(wg, dg, thr, cfg, maxq, ref_s, ref_z, 1)
+    ker_s, ker_z = stores(DEVICE)
+    s_ker, z_ker = fit_group_triton(wg.to(DEVICE), dg.to(DEVICE), None if thr is None else thr.to(DEVICE), cfg, maxq,
+                                    ker_s, ker_z, 1)
+    torch.testing.assert_close(s_ker.cpu(), s_ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(z_ker.cpu(), z_ref, rtol=1e-6, atol=1e-6)
+    for ref, ker in ((ref_s, ker_s), (ref_z, ker_z)):
+        for field in ("fp", "codes", "stats"):
+            a, b = getattr(ref, field), getattr(ker, field)
+            if a is not None:
+                assert torch.equal(a[:, 1].cpu(), b[:, 1].cpu()), field
 
 
 @pytest.mark.parametrize("preset", ["spqr-w3", "gptq-w4", "gptq-w3-g128"])
