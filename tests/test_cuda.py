@@ -36,3 +36,17 @@ def test_solver_cpu_and_cuda_agree(preset):
     assert abs(e_cpu - e_gpu) <= 0.03 * e_cpu, (e_cpu, e_gpu)
     if math.isfinite(cfg.outlier_threshold):
         assert abs(cpu.n_outliers - gpu.n_outliers) <= max(3, 0.05 * cpu.n_outliers)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_hessian_on_cuda_matches_fp32(dtype):
+    from spqrkit.quant.hessian import HessianAccumulator
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(3, 1000, 256, device="cuda").to(dtype)
+    fast, slow = HessianAccumulator(256), HessianAccumulator(256)
+    for chunk in x:
+        fast.add(chunk)
+        slow.add(chunk.float())
+    torch.testing.assert_close(fast.finalize(), slow.finalize(), rtol=1e-5, atol=1e-5)

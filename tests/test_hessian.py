@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+from spqrkit.quant.hessian import HessianAccumulator
+
+
+def test_running_mean_equals_the_batch_formula():
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, n, 24, generator=g, dtype=torch.float64).float() for n in (5, 17, 1, 40)]
+    acc = HessianAccumulator(24)
+    for b in batches:
+        acc.add(b)
+    X = torch.cat([b.reshape(-1, 24) for b in batches]).double()
+    torch.testing.assert_close(acc.finalize().double(), 2 * X.T @ X / X.shape[0], rtol=1e-5, atol=1e-6)
+    assert acc.count == X.shape[0]
+
+
+def test_bad_inputs():
+    acc = HessianAccumulator(8)
+    with pytest.raises(ValueError, match="features"):
+        acc.add(torch.randn(3, 7))
+    with pytest.raises(ValueError, match="NaN"):
+        acc.add(torch.tensor([[float("nan")] * 8]))
+    with pytest.raises(ValueError, match="no calibration inputs"):
+        HessianAccumulator(8).finalize()
