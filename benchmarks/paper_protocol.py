@@ -40,6 +40,14 @@ ROWS = {
     "gptq-w4": ("gptq-w4", {}),
     "gptq-w3-g128": ("gptq-w3-g128", {}),
     "spqr-w3-tau1": ("spqr-w3", {"outlier_threshold": 1.0}),
+    # Variations the speed makes affordable to explore.
+    "spqr-w4-noact": ("spqr-w4", {"act_order": False}),
+    "spqr-w3-noact": ("spqr-w3", {"act_order": False}),
+    "spqr-w4-g32-noact": ("spqr-w4", {"beta1": 32, "act_order": False}),
+    "spqr-w4-damp0.1": ("spqr-w4", {"percdamp": 0.1}),
+    "spqr-w3-damp0.1": ("spqr-w3", {"percdamp": 0.1}),
+    "spqr-w3-tau1-damp0.1": ("spqr-w3", {"outlier_threshold": 1.0, "percdamp": 0.1}),
+    "spqr-w4-tau0.1": ("spqr-w4", {"outlier_threshold": 0.1}),
 }
 
 
