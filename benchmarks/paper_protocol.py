@@ -69,7 +69,8 @@ def main() -> None:
     modules = dict(model.named_modules())
     result = {
         "benchmark": "paper_protocol", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                    else f"{platform.machine()}, {torch.get_num_threads()} threads") + f", torch {torch.__version__}",
         "device": args.device, "calibration": {"corpus": "lambada", "windows": args.calib_windows, "seqlen": args.seqlen,
                                                "seed": 0},
         "eval": {"corpus": "wiki", "windows": args.max_windows, "seqlen": args.seqlen}, "rows": [],

@@ -7,6 +7,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from spqrkit import cli, workflows
+from spqrkit.format import checkpoint
+from spqrkit.format.checkpoint import is_checkpoint, verify_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,9 @@ def test_quantize_then_eval(tiny_llama_dir, tmp_path, capsys):
     record = workflows.read_quantization_record(out)
     assert record["config"]["beta1"] == 8 and record["config"]["wbits"] == 3
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
+    info = verify_checkpoint(out)  # the compressed format by default, with the tokenizer beside it
+    assert len(info.layers) == 2 * 7 and (out / "tokenizer.json").is_file()
+    assert "wrote" in capsys.readouterr().out
     saved = json.loads(report.read_text())
     assert len(saved["layers"]) == 2 * 7 and 3.5 < saved["avg_paper_bits"] < 6
     assert not list(tmp_path.glob(".q.*")), "no temporary folder may be left behind"
@@ -41,6 +46,14 @@ def test_quantize_then_eval(tiny_llama_dir, tmp_path, capsys):
     result = json.loads(metrics.read_text())
     assert result["n_windows"] == 2 and result["ppl"] > 1
     assert "perplexity" in capsys.readouterr().out
+
+
+def test_quantize_dequantized_writes_a_plain_folder(tiny_llama_dir, tmp_path):
+    out = tmp_path / "plain"
+    assert cli.main(["quantize", str(tiny_llama_dir), "--preset", "rtn-w4", "--out", str(out), "--dequantized",
+                     *QUICK]) == 0
+    assert not is_checkpoint(out) and workflows.read_quantization_record(out)["config"]["wbits"] == 4
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
 
 
 def test_existing_output_folder_is_refused_before_any_work(tiny_llama_dir, tmp_path, capsys, monkeypatch):
@@ -53,15 +66,19 @@ def test_existing_output_folder_is_refused_before_any_work(tiny_llama_dir, tmp_p
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_a_run_that_dies_while_saving_leaves_nothing(tiny_llama_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dequantized", [False, True])
+def test_a_run_that_dies_while_saving_leaves_nothing(tiny_llama_dir, tmp_path, monkeypatch, dequantized):
     out = tmp_path / "crash"
 
-    def boom(self, *args, **kwargs):
+    def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", boom)
+    if dequantized:
+        monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", boom)
+    else:
+        monkeypatch.setattr(checkpoint, "_write_safetensors", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), *QUICK])
+        cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), *QUICK] + ["--dequantized"] * dequantized)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 

@@ -214,8 +214,9 @@ def test_paper_average_bits_formula():
     assert get_preset("gptq-w4").paper_avg_bits(4096) == pytest.approx(4 + 32 / 4096)
     W, H = make_problem(out=64, n=96)
     (qw,) = quantize_matrices([W], H, cfg)
-    # Real bits: each row's codes padded to 32-bit words, 6 groups x 3-bit statistics padded likewise (twice),
-    # fp16 second-level pairs for 4 row groups x 6 groups (twice), 32 bits per outlier, row pointers, permutation.
-    expected = 64 * 9 * 32 + 2 * (64 * 32 + 4 * 6 * 2 * 16) + qw.n_outliers * 32 + 65 * 32 + 96 * 16
+    # Real bits (docs/format.md): each row's 96 codes are 3 chunks of 32 at 3 words each; the 6 groups' 3-bit
+    # statistic codes are padded to one 32-code chunk of 3 words (twice); fp16 second-level pairs for 4 row groups
+    # x 6 groups (twice), 32 bits per outlier, row pointers, permutation.
+    expected = 64 * 9 * 32 + 2 * (64 * 3 * 32 + 4 * 6 * 2 * 16) + qw.n_outliers * 32 + 65 * 32 + 96 * 16
     assert qw.real_bits == expected
     assert qw.paper_bits == pytest.approx(64 * 96 * (3.625 + 32 * qw.outlier_share))

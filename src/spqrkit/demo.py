@@ -1,7 +1,10 @@
 """`spqrkit demo`: the baseline, RTN, GPTQ and SpQR side by side on one model, one calibration set, one eval set.
 
 The model is loaded once; before each configuration its linear weights are restored from a copy, so every row
-starts from the same full-precision model and sees the same calibration windows and evaluation windows.
+starts from the same full-precision model and sees the same calibration windows and evaluation windows. Each row also
+gets the zero-shot average accuracy (acc) over the paper's five tasks, on the first `tasks_limit` items of each task
+so that it stays quick: a small-sample figure (its standard error is in the JSON), not the full-split number of
+`spqrkit eval --tasks all`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ import torch
 
 from .config import QuantConfig, get_preset
 from .data.corpora import calibration_windows, tokenize_corpus
+from .data.tasks import TASK_NAMES
 from .eval.perplexity import perplexity
+from .eval.zeroshot import zero_shot
 from .models.loading import load_model
 from .models.pipeline import quantize_model
+
+
+DEFAULT_TASKS_LIMIT = 50  # items per zero-shot task and row
 
 
 @dataclass(frozen=True)
@@ -66,9 +74,15 @@ def run_demo(
     device: str = "cpu",
     batch_size: int = 1,
     offload_activations: bool = False,
+    tasks_limit: int = DEFAULT_TASKS_LIMIT,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the demo rows and return every figure: settings, environment and one dict per row."""
+    """Run the demo rows and return every figure: settings, environment and one dict per row.
+
+    `tasks_limit` items of each zero-shot task per row; 0 skips the zero-shot column.
+    """
+    if tasks_limit < 0:
+        raise ValueError(f"tasks_limit must be 0 (no zero-shot) or positive, got {tasks_limit!r}")
     known = {r.key: r for r in DEMO_ROWS}
     wanted = list(known) if rows is None else rows
     unknown = [k for k in wanted if k not in known]
@@ -101,8 +115,13 @@ def run_demo(
             )
         model.to(device)
         ppl = perplexity(model, eval_tokens, seqlen=seqlen, max_windows=max_windows, progress=progress)
-        model.to("cpu")
         entry.update(ppl=ppl.ppl, eval_windows=ppl.n_windows, eval_seconds=ppl.seconds)
+        if tasks_limit:
+            tasks = zero_shot(model, tokenizer, TASK_NAMES, limit=tasks_limit, progress=progress)
+            entry.update(zero_shot_avg=tasks["avg_acc"], zero_shot_seconds=tasks["seconds"], zero_shot=tasks)
+        else:
+            entry.update(zero_shot_avg=None, zero_shot_seconds=0.0)
+        model.to("cpu")
         if config is None:
             baseline_ppl = ppl.ppl
             entry.update(avg_bits_paper=None, avg_bits_real=None, outlier_share=0.0, quant_seconds=0.0)
@@ -112,6 +131,7 @@ def run_demo(
     return {
         "model": str(model_ref),
         "eval": {"corpus": corpus, "seqlen": seqlen, "max_windows": max_windows},
+        "zero_shot": {"tasks": list(TASK_NAMES) if tasks_limit else [], "limit": tasks_limit, "average_of": "acc"},
         "calibration": {"corpus": calib, "windows": calib_windows, "seqlen": calib_seqlen, "seed": seed},
         "device": device,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -122,23 +142,27 @@ def run_demo(
 
 
 def format_table(result: dict[str, Any]) -> str:
-    ev, cal = result["eval"], result["calibration"]
+    ev, cal, zs = result["eval"], result["calibration"], result["zero_shot"]
     lines = [
         f"model {result['model']} | eval {ev['corpus']}, {ev['max_windows'] or 'all'} windows x {ev['seqlen']} "
         f"| calibration {cal['corpus']}, {cal['windows']} x {cal['seqlen']} tokens, seed {cal['seed']} "
         f"| {result['device']}, {result['machine']}",
         "",
         f"| {'configuration':<40} | {'bits (Eq.4)':>11} | {'bits (real)':>11} | {'outliers':>8} | "
-        f"{'wiki ppl':>8} | {'vs base':>8} | {'quant s':>7} |",
-        f"|{'-' * 42}|{'-' * 13}|{'-' * 13}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 9}|",
+        f"{'wiki ppl':>8} | {'vs base':>8} | {'0-shot avg':>10} | {'quant s':>7} |",
+        f"|{'-' * 42}|{'-' * 13}|{'-' * 13}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 12}|{'-' * 9}|",
     ]
     for r in result["rows"]:
         bits = lambda v: "16/32 (fp)" if v is None else f"{v:.3f}"  # noqa: E731
+        zero_shot_avg = "-" if r["zero_shot_avg"] is None else f"{100 * r['zero_shot_avg']:.1f}%"
         lines.append(
             f"| {r['label']:<40} | {bits(r['avg_bits_paper']):>11} | {bits(r['avg_bits_real']):>11} | "
             f"{100 * r['outlier_share']:>7.2f}% | {r['ppl']:>8.3f} | {100 * r['ppl_change']:>+7.1f}% | "
-            f"{r['quant_seconds']:>7.1f} |"
+            f"{zero_shot_avg:>10} | {r['quant_seconds']:>7.1f} |"
         )
     lines.append("")
+    if zs["limit"]:
+        lines.append(f"0-shot avg: mean acc over {', '.join(zs['tasks'])}, first {zs['limit']} items of each "
+                     "(a small sample; `spqrkit eval DIR --tasks all` gives the full splits)")
     lines.append(f"total wall time {result['wall_seconds']:.0f} s")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import QuantConfig
+from ..format.spec import layer_bits
 
 
 @dataclass
@@ -73,21 +74,11 @@ class QuantizedWeight:
 
     @property
     def real_bits(self) -> int:
-        """Total bits this representation needs when stored densely: codes packed row by row into 32-bit words,
-        statistic codes likewise, fp16 second-level statistics, CSR outliers (fp16 value + 16-bit column per outlier,
-        32-bit row pointers) and the 16-bit permutation."""
-        out, n_in = self.shape
-        words = lambda n_bits: math.ceil(n_bits / 32) * 32  # noqa: E731 - one row padded to 32-bit words
-        bits = out * words(n_in * self.config.wbits)
-        for stat_bits, stats, fp in ((self.config.scale_bits, self.scale_stats, self.scale),
-                                     (self.config.zero_bits, self.zero_stats, self.zero)):
-            if stat_bits is not None:
-                bits += out * words(self.n_groups * stat_bits) + stats.numel() * 16
-            else:
-                bits += fp.numel() * 16
-        bits += self.n_outliers * (16 + 16) + (out + 1) * 32
-        bits += n_in * 16
-        return bits
+        """Total bits of this layer in the compressed checkpoint format (docs/format.md), exactly its tensor bytes
+        times 8: codes packed into whole 32-code chunks of int32 words (padding included), statistic codes packed
+        the same way along the group axis with their fp16 second-level (scale, zero) pairs, or fp16 statistics; CSR
+        outliers (fp16 value + 16-bit column per outlier, 32-bit row pointers); the 16-bit permutation."""
+        return layer_bits(self.out_features, self.in_features, self.config, self.n_outliers)
 
     # ------------------------------------------------------------------ dequantization
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
