@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return {"quantize": cmd_quantize, "eval": cmd_eval, "demo": cmd_demo, "inspect": cmd_inspect}[args.command](args)
+        commands = {"quantize": cmd_quantize, "eval": cmd_eval, "demo": cmd_demo, "inspect": cmd_inspect}
+        return commands[args.command](args)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -42,9 +42,10 @@ def quantize_and_save(
     """Quantize a model and write it to `out` with its tokenizer and the quantization record.
 
     By default `out` is a compressed checkpoint (docs/format.md): packed quantized linears, every other tensor in
-    `dense_dtype` (default: the dtype the source folder stores, see `source_dtype`; fp32 for GGUF), loadable with `spqrkit.load` or, after `import spqrkit`, with
-    `AutoModelForCausalLM.from_pretrained`. `dequantized=True` writes a plain Hugging Face folder instead, with
-    the dequantized weights in full precision, for tools that do not read the compressed format.
+    `dense_dtype` (default: the dtype the source folder stores, see `source_dtype`; fp32 for GGUF), loadable with
+    `spqrkit.load` or, after `import spqrkit`, with `AutoModelForCausalLM.from_pretrained`. `dequantized=True`
+    writes a plain Hugging Face folder instead, with the dequantized weights in full precision, for tools that do
+    not read the compressed format.
     The folder appears only when everything is written: a run that dies halfway leaves no `out`.
     """
     out = check_new_folder(out)
