@@ -62,11 +62,12 @@ def _add_calibration_args(p: argparse.ArgumentParser, windows: int, seqlen: int)
     g.add_argument("--seed", type=int, default=0)
 
 
-def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+def _add_runtime_args(p: argparse.ArgumentParser, batch_size: int = 1) -> None:
     p.add_argument("--device", default=None, help="compute device (default: cuda if available, else cpu)")
     p.add_argument("--offload-activations", action="store_true",
                    help="keep calibration activations on the CPU between blocks (less accelerator memory)")
-    p.add_argument("--batch-size", type=int, default=1, help="calibration windows per forward pass")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"calibration windows per forward pass (default {batch_size})")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-block log lines")
 
 
@@ -123,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="baseline vs RTN vs GPTQ vs SpQR on the embedded default model")
     d.add_argument("model", nargs="?", default="default")
-    _add_eval_args(d, max_windows=16)
+    # Sized to finish within 15 minutes on a 2-core CPU; raise them for tighter figures.
+    _add_eval_args(d, max_windows=8)
     _add_calibration_args(d, windows=32, seqlen=512)
-    _add_runtime_args(d)
+    _add_runtime_args(d, batch_size=4)
     d.add_argument("--rows", default=None,
                    help="comma-separated demo rows to run (default all): " + ", ".join(_demo_row_names()))
     from .demo import DEFAULT_TASKS_LIMIT
