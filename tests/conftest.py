@@ -10,7 +10,16 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from spqrkit.models.loading import DEFAULT_MODEL, load_model, load_tokenizer
+from spqrkit.models.loading import DEFAULT_MODEL, load_model, load_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far slower on two when another process holds a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -27,13 +27,8 @@ SPQR = get_preset("spqr-w3")
 RTN = get_preset("rtn-w3")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and far slower on two when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def calib(n: int = 8, seqlen: int = 32, seed: int = 0) -> torch.Tensor:

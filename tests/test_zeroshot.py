@@ -29,13 +29,8 @@ SPLITS = {"piqa": ("validation", 1838), "hellaswag": ("validation", 10042), "win
 HAS_LM_EVAL = importlib.util.find_spec("lm_eval") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and far slower on two when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

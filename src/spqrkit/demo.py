@@ -100,7 +100,10 @@ def run_demo(
     for key in ["baseline"] + [k for k in wanted if k != "baseline"]:
         row = known[key]
         config = row.config()
-        entry: dict[str, Any] = {"key": row.key, "label": row.label}
+        label = row.label
+        if row.preset is None and model_ref == "default":
+            label = "baseline: the dequantized GGUF model"  # its weights already sit on a 4-bit grid
+        entry: dict[str, Any] = {"key": row.key, "label": label}
         _restore(model, saved)
         if config is not None:
             entry["config"] = config.to_dict()
@@ -153,7 +156,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"|{'-' * 42}|{'-' * 13}|{'-' * 13}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 12}|{'-' * 9}|",
     ]
     for r in result["rows"]:
-        bits = lambda v: "16/32 (fp)" if v is None else f"{v:.3f}"  # noqa: E731
+        bits = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         zero_shot_avg = "-" if r["zero_shot_avg"] is None else f"{100 * r['zero_shot_avg']:.1f}%"
         lines.append(
             f"| {r['label']:<40} | {bits(r['avg_bits_paper']):>11} | {bits(r['avg_bits_real']):>11} | "
