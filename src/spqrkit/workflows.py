@@ -28,7 +28,7 @@ def quantize_and_save(
     config: QuantConfig,
     *,
     calib: str = "lambada",
-    calib_windows: int = 128,
+    calib_windows: int = 32,
     calib_seqlen: int = 2048,
     seed: int = 0,
     device: str = "cpu",
