@@ -55,7 +55,6 @@ def time_solver(model, calib_ids, preset: str, device: str, repeats: int) -> dic
         "gate_up": [block.mlp.gate_proj, block.mlp.up_proj],
         "down": [block.mlp.down_proj],
     }
-    hessians = {}
     accs = {k: HessianAccumulator(v[0].in_features) for k, v in sets.items()}
     hooks = [v[0].register_forward_pre_hook(lambda m, a, acc=accs[k]: acc.add(a[0])) for k, v in sets.items()]
     with torch.no_grad():
@@ -136,8 +135,8 @@ def main() -> None:
     dominant = max(("capture", "hessian", "solve", "recompute"), key=lambda k: split[k])
     print(f"\nSpQR {args.preset} on one {args.hidden}/{args.mlp} block, {args.tokens} x {args.seqlen} calibration "
           f"tokens, {gpu}")
-    print(f"| stage | spqrkit s | share | authors (H100) s |")
-    print(f"|---|---|---|---|")
+    print("| stage | spqrkit s | share | authors (H100) s |")
+    print("|---|---|---|---|")
     for k in ("capture", "hessian", "solve", "recompute", "total"):
         share = f"{100 * split[k] / split['total']:.0f}%"
         print(f"| {k} | {split[k]:.2f} | {share} | {AUTHORS_H100.get(k, '-')} |")
