@@ -19,6 +19,7 @@ import torch
 
 from spqrkit.config import get_preset
 from spqrkit.data.corpora import calibration_windows, tokenize_corpus
+from spqrkit.demo import restore_linear_weights, snapshot_linear_weights
 from spqrkit.eval.perplexity import perplexity
 from spqrkit.io_utils import atomic_write_text
 from spqrkit.models.loading import load_model
@@ -61,12 +62,14 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default="paper_protocol.json")
     args = p.parse_args()
+    unknown = [k for k in args.rows.split(",") if k not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
 
     model, tokenizer = load_model("default")
     eval_tokens = tokenize_corpus(tokenizer, "wiki")
     calib_ids = calibration_windows(tokenizer, "lambada", n_windows=args.calib_windows, seqlen=args.seqlen, seed=0)
-    saved = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    modules = dict(model.named_modules())
+    saved = snapshot_linear_weights(model)
     result = {
         "benchmark": "paper_protocol", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda")
@@ -77,9 +80,7 @@ def main() -> None:
     }
     baseline = None
     for key in args.rows.split(","):
-        with torch.no_grad():
-            for name, w in saved.items():
-                modules[name].weight.copy_(w)
+        restore_linear_weights(model, saved)
         row = {"key": key, "authors": AUTHORS.get(key)}
         if ROWS[key] is not None:
             preset, overrides = ROWS[key]

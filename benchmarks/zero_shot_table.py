@@ -16,6 +16,7 @@ import torch
 
 from spqrkit.config import get_preset
 from spqrkit.data.corpora import calibration_windows
+from spqrkit.demo import restore_linear_weights, snapshot_linear_weights
 from spqrkit.eval.zeroshot import TASK_NAMES, zero_shot
 from spqrkit.io_utils import atomic_write_text
 from spqrkit.models.loading import load_model
@@ -42,16 +43,13 @@ def main() -> None:
 
     model, tokenizer = load_model("default")
     calib_ids = calibration_windows(tokenizer, "lambada", n_windows=args.calib_windows, seqlen=2048, seed=0)
-    saved = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    modules = dict(model.named_modules())
+    saved = snapshot_linear_weights(model)
     result = {"benchmark": "zero_shot_table", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "limit": args.limit, "calibration": {"corpus": "lambada", "windows": args.calib_windows,
                                                    "seqlen": 2048, "seed": 0}, "rows": []}
     for key in args.rows.split(","):
-        with torch.no_grad():
-            for name, w in saved.items():
-                modules[name].weight.copy_(w)
+        restore_linear_weights(model, saved)
         row = {"key": key}
         if ROWS[key] is not None:
             preset, overrides = ROWS[key]

@@ -49,11 +49,12 @@ DEMO_ROWS: tuple[DemoRow, ...] = (
 )
 
 
-def _linear_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def snapshot_linear_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every nn.Linear weight, by module name, so several configurations can start from one model."""
     return {name: m.weight.detach().clone() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
-def _restore(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+def restore_linear_weights(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
     modules = dict(model.named_modules())
     with torch.no_grad():
         for name, w in saved.items():
@@ -92,7 +93,7 @@ def run_demo(
     model, tokenizer = load_model(model_ref)
     eval_tokens = tokenize_corpus(tokenizer, corpus)
     calib_ids = calibration_windows(tokenizer, calib, n_windows=calib_windows, seqlen=calib_seqlen, seed=seed)
-    saved = _linear_weights(model)
+    saved = snapshot_linear_weights(model)
 
     results: list[dict[str, Any]] = []
     baseline_ppl = None
@@ -104,7 +105,7 @@ def run_demo(
         if row.preset is None and model_ref == "default":
             label = "baseline: the dequantized GGUF model"  # its weights already sit on a 4-bit grid
         entry: dict[str, Any] = {"key": row.key, "label": label}
-        _restore(model, saved)
+        restore_linear_weights(model, saved)
         if config is not None:
             entry["config"] = config.to_dict()
             report = quantize_model(model, calib_ids, config, device=device, batch_size=batch_size,
