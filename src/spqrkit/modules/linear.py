@@ -2,13 +2,15 @@
 
 The packed tensors are buffers named as in the checkpoint (`codes`, `scale_codes`, ..., `perm`), so a state dict
 loads straight into them, and `bias` is an ordinary parameter in the model dtype. `forward` goes through one hook,
-`_matmul`, which asks `select_matmul` for the implementation of this layout on this device; today that is always
-the plain-torch reference (dequantize to fp32, cast to the activation dtype, F.linear) and the fast kernels plug in
-there, each tested against it. The weight is dequantized on every call and never cached.
+`_matmul`, which asks `select_matmul` for the implementation of this layout, input and device: on CUDA one of the
+Triton kernels of spqrkit.kernels.spqr_matmul (registered as torch custom ops in spqrkit.kernels.ops), elsewhere —
+and for layouts the kernels do not cover — the plain-torch reference (dequantize to fp32, cast to the activation
+dtype, F.linear), which is also the oracle the kernels are tested against. No path caches a dequantized weight.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -86,6 +88,25 @@ class SpQRLinear(nn.Module):
         """fp32 [out, in], the reference dequantization."""
         return dequantize_packed(self.packed_tensors(), (self.out_features, self.in_features), self.config)
 
+    def kernel_tensors(self) -> tuple:
+        """The packed tensors in the kernels' argument order (spqrkit.kernels.spqr_matmul): codes, scale (codes or
+        fp16), scale_stats or None, zero (codes or fp16), zero_stats or None, row_ptr, cols, values, perm."""
+        b = self._buffers
+        c = self.config
+        return (
+            b["codes"],
+            b["scale_codes"] if c.scale_bits is not None else b["scale"],
+            b["scale_stats"] if c.scale_bits is not None else None,
+            b["zero_codes"] if c.zero_bits is not None else b["zero"],
+            b["zero_stats"] if c.zero_bits is not None else None,
+            b["outlier_row_ptr"], b["outlier_cols"], b["outlier_values"], b["perm"],
+        )
+
+    def kernel_layout(self) -> tuple[int, int, int, int, int]:
+        """(wbits, group (0 = one per row), beta2 (0 = none), scale_bits, zero_bits (0 = fp16)) for the kernels."""
+        c = self.config
+        return c.wbits, c.beta1 or 0, c.beta2 or 0, c.scale_bits or 0, c.zero_bits or 0
+
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._matmul(x)
@@ -119,6 +140,88 @@ def reference_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight, bias)
 
 
+def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
+    from ..kernels import ops  # noqa: F401  (registers torch.ops.spqrkit.*)
+
+    return torch.ops.spqrkit.fused_matmul(
+        x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(), kernel
+    )
+
+
+def gemv_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
+    """Fused decode kernel: one pass over the packed weight, CUDA cores (few rows of x)."""
+    return _fused(layer, x, "gemv")
+
+
+def dot_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
+    """Fused kernel that dequantizes weight tiles in registers into tensor-core products (small batches)."""
+    return _fused(layer, x, "dot")
+
+
+def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
+    """Large batches: the weight dequantized once to x's dtype (permuted columns) by a kernel, then cuBLAS."""
+    from ..kernels import ops  # noqa: F401
+
+    w_perm = torch.ops.spqrkit.dequantize_permuted(
+        *layer.kernel_tensors()[:8], layer.in_features, layer.out_features, *layer.kernel_layout(), x.dtype
+    )
+    perm = layer.perm.to(torch.int64) & 0xFFFF
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    return F.linear(x.index_select(-1, perm), w_perm, bias)
+
+
+MATMULS: dict[str, Matmul] = {
+    "reference": reference_matmul, "gemv": gemv_matmul, "dot": dot_matmul, "dequantize": dequantize_matmul,
+}
+# Rows of x (batch x tokens) up to which each fused kernel is chosen; measured by benchmarks/kernels.py on an H100.
+GEMV_MAX_ROWS = 4
+DOT_MAX_ROWS = 64
+MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
+
+
+def _triton_ready() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
+    """The name (a key of MATMULS) of the implementation for this layer and input.
+
+    SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
+    off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
+    do not cover; on CUDA `gemv` up to GEMV_MAX_ROWS rows of x, `dot` up to DOT_MAX_ROWS, `dequantize` beyond."""
+    wbits, group = layer.config.wbits, layer.config.beta1 or 0
+    forced = os.environ.get(MATMUL_ENV, "auto")
+    if forced != "auto":
+        if forced not in MATMULS:
+            raise ValueError(f"{MATMUL_ENV}={forced!r}: expected auto or one of {sorted(MATMULS)}")
+        if forced == "reference":
+            return forced
+        if not _triton_ready():
+            raise ValueError(f"{MATMUL_ENV}={forced}: Triton is not installed")
+        from ..kernels.spqr_matmul import unsupported_reason
+
+        reason = unsupported_reason(layer.in_features, wbits, group, forced)
+        if reason:
+            raise ValueError(f"{MATMUL_ENV}={forced}: {reason}")
+        return forced
+    if x.device.type != "cuda" or x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or not _triton_ready():
+        return "reference"
+    rows = x.numel() // max(x.shape[-1], 1)
+    if rows == 0:
+        return "reference"
+    from ..kernels.spqr_matmul import unsupported_reason
+
+    wanted = ["gemv", "dot"] if rows <= GEMV_MAX_ROWS else (["dot"] if rows <= DOT_MAX_ROWS else ["dequantize"])
+    for kernel in wanted:
+        if unsupported_reason(layer.in_features, wbits, group, kernel) is None:
+            return kernel
+    return "reference"
+
+
 def select_matmul(layer: SpQRLinear, x: torch.Tensor) -> Matmul:
-    """The matmul for this layer's layout on x's device. Only the reference exists so far."""
-    return reference_matmul
+    """The matmul for this layer's layout and this input (see `choose_kernel`)."""
+    return MATMULS[choose_kernel(layer, x)]

@@ -1,0 +1,397 @@
+"""End-to-end greedy decode throughput of a LLaMA-2-7B-shaped model, fp16 versus every decoder linear in SpQR.
+
+The model is a transformers `LlamaForCausalLM` with the LLaMA-2-7B shape (hidden 4096, MLP 11008, 32 layers,
+32 heads, vocabulary 32000) and random weights (normal, std 0.02), built directly on the device in fp16. It is
+measured as is, then every decoder linear (q, k, v, o, gate, up, down) is replaced IN PLACE by an `SpQRLinear`
+holding a random well-formed packed layer with 1% outliers (`spqrkit.format.synthetic`), the fp16 weights are
+freed, and the same harness measures it again, so the GPU never holds more than one model (about 13 GiB).
+
+The harness, for each batch size: a prompt of `--prompt-len` random tokens is prefilled (eager, timed separately)
+into a STATIC KV cache (transformers `StaticCache`) sized prompt + `--new-tokens`; then `--new-tokens` greedy decode
+steps are timed. `--mode graph` (the default on CUDA) captures ONE decode step (forward of one token per sequence,
+the cache update inside it, argmax written back into the static input) into a `torch.cuda.CUDAGraph` and replays
+it; the static cache's length counter is a device tensor, so the positions, the mask and the cache slot advance
+inside the graph and a replay needs no host work at all. `--mode eager` runs the same step un-captured.
+Decode tokens/s = batch * new_tokens / decode seconds, the median of `--repeats` runs after a warm-up run;
+ms/token is the latency of one decode step (one new token for every sequence of the batch).
+
+Correctness guard: in graph mode the logits of the first decode step from the graph replay are compared with the
+eager step from the same cache state (max abs diff printed and stored); a mismatch beyond fp16 tolerance aborts, so a
+broken capture cannot report a fast but wrong number. Prefill and last-step logits must be finite. When the capture
+itself fails (e.g. a host sync inside the forward), the row falls back to eager with a warning, and the JSON says so.
+
+    python benchmarks/generate.py --json out.json                       # on a GPU machine, 7B shape
+    python benchmarks/generate.py --layers 4 --batch-sizes 1            # a quick GPU run
+    python benchmarks/generate.py --tiny --mode graph                   # a seconds-long check of the graph path
+    python benchmarks/generate.py --tiny --device cpu --new-tokens 4    # a CPU smoke run (numbers meaningless)
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+import transformers
+from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
+
+import spqrkit
+from spqrkit.config import get_preset
+from spqrkit.format.synthetic import random_packed_layer
+from spqrkit.modules.linear import SpQRLinear, select_matmul
+
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+             "vocab_size": 32000}
+TINY = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "vocab_size": 1000}
+WARMUP_STEPS = 8  # decode steps of the untimed warm-up run
+GRAPH_WARMUP = 3  # eager runs of the step on a side stream before capture (cuBLAS / Triton init outside capture)
+GIB = 2**30
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+def llama_config(args) -> LlamaConfig:
+    dims = dict(TINY if args.tiny else LLAMA2_7B)
+    if args.layers:
+        dims["num_hidden_layers"] = args.layers
+    config = LlamaConfig(**dims, num_key_value_heads=dims["num_attention_heads"], max_position_embeddings=4096,
+                         tie_word_embeddings=False)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def build_model(config: LlamaConfig, dtype: torch.dtype, device: torch.device, seed: int = 0) -> LlamaForCausalLM:
+    """Constructed directly on `device` in `dtype` (no fp32 copy, no host copy), then initialised explicitly:
+    matrices ~ N(0, 0.02), norm weights 1 (whatever transformers' own init did or skipped)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.eval().requires_grad_(False)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02, generator=gen)
+            else:
+                p.fill_(1.0)
+    return model
+
+
+def decoder_linears(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """(parent, attribute, module) of every decoder linear, layer by layer in LINEARS order."""
+    found = []
+    for block in model.model.layers:
+        for path in LINEARS:
+            parent_name, attr = path.split(".")
+            parent = getattr(block, parent_name)
+            found.append((parent, attr, getattr(parent, attr)))
+    return found
+
+
+def linear_weight_bytes(model) -> tuple[int, int]:
+    """(bytes, weights) of the decoder linears: fp16 weights, or every packed buffer of an SpQRLinear."""
+    total = numel = 0
+    for _, _, mod in decoder_linears(model):
+        tensors = mod.packed_tensors().values() if isinstance(mod, SpQRLinear) else [mod.weight]
+        total += sum(t.numel() * t.element_size() for t in tensors)
+        numel += mod.in_features * mod.out_features
+    return total, numel
+
+
+def swap_to_spqr(model, preset: str, outlier_share: float, device: torch.device, seed: int = 1) -> int:
+    """Replace every decoder linear by an SpQRLinear holding a random packed layer, freeing the fp16 weight as it
+    goes. Returns the number of outliers."""
+    qconfig = get_preset(preset)
+    n_outliers = 0
+    for k, (parent, attr, old) in enumerate(decoder_linears(model)):
+        if old.bias is not None:
+            raise ValueError("the decoder linears of this model have biases; the benchmark assumes none")
+        tensors = random_packed_layer(old.out_features, old.in_features, qconfig, outlier_share=outlier_share,
+                                      seed=seed + k, device=device)
+        layer = SpQRLinear(old.in_features, old.out_features, qconfig, tensors["outlier_values"].shape[0],
+                           bias=False, device="meta")
+        layer.load_packed(tensors)
+        n_outliers += layer.n_outliers
+        setattr(parent, attr, layer)
+        del old, tensors
+        if device.type == "cuda" and k % len(LINEARS) == len(LINEARS) - 1:
+            torch.cuda.empty_cache()
+    return n_outliers
+
+
+# ---------------------------------------------------------------------------------------------------- the harness
+def _cache_kwarg(model) -> str:
+    """transformers renamed the forward's cache argument `past_key_values` -> `cache` (5.2x); use what it takes."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _set_cache_length(cache, n: int) -> None:
+    """Rewind (or set) the static cache to `n` tokens in place: later slots are overwritten, and masked until then."""
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(n)
+
+
+class Decoder:
+    """Prefill + greedy decode of one batch with a static cache, eager or with one decode step in a CUDA graph."""
+
+    def __init__(self, model, prompt: torch.Tensor, new_tokens: int):
+        self.model = model
+        self.prompt = prompt
+        self.prompt_len = prompt.shape[1]
+        self.new_tokens = new_tokens
+        self.kwarg = _cache_kwarg(model)
+        self.cache = StaticCache(config=model.config, max_cache_len=self.prompt_len + new_tokens)
+        self.ids = torch.zeros(prompt.shape[0], 1, dtype=torch.long, device=prompt.device)  # the step's input
+        self.first = None  # first generated token [B, 1], from the prefill
+        self.graph = None
+        self.graph_logits = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits of the last position [B, vocab]."""
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.kwarg: self.cache})
+        return out.logits[:, -1]
+
+    def prefill(self) -> torch.Tensor:
+        self.cache.reset()
+        logits = self.forward(self.prompt)
+        self.first = logits.argmax(-1, keepdim=True)
+        self.ids.copy_(self.first)
+        return logits
+
+    def step(self) -> torch.Tensor:
+        """One decode step from `self.ids`, the greedy token written back into it (the graph body)."""
+        logits = self.forward(self.ids)
+        self.ids.copy_(logits.argmax(-1, keepdim=True))
+        return logits
+
+    def capture(self) -> None:
+        """Capture `step` into a CUDA graph. Needs a prefilled cache (it allocates the cache tensors)."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(GRAPH_WARMUP):
+                self.step()
+        torch.cuda.current_stream().wait_stream(stream)
+        _set_cache_length(self.cache, self.prompt_len)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.graph_logits = self.step()
+        self.graph = graph
+        self.ids.copy_(self.first)
+
+    def check_graph(self) -> dict:
+        """First decode step from the same cache state, eager vs graph replay."""
+        _set_cache_length(self.cache, self.prompt_len)
+        self.ids.copy_(self.first)
+        eager = self.forward(self.ids).float()
+        _set_cache_length(self.cache, self.prompt_len)
+        self.ids.copy_(self.first)
+        self.graph.replay()
+        graph = self.graph_logits.float()
+        diff = (eager - graph).abs().max().item()
+        scale = eager.abs().max().item()
+        return {"max_abs_diff": diff, "max_abs_logit": scale, "tolerance": 2e-2 * max(1.0, scale),
+                "argmax_agree": (eager.argmax(-1) == graph.argmax(-1)).float().mean().item(),
+                "finite": bool(torch.isfinite(graph).all())}
+
+    def run(self, steps: int) -> tuple[float, float, torch.Tensor]:
+        """(prefill seconds, decode seconds, last logits) of one generation of `steps` tokens."""
+        device = self.prompt.device
+        _sync(device)
+        t0 = time.perf_counter()
+        prefill_logits = self.prefill()
+        _sync(device)
+        t1 = time.perf_counter()
+        if self.graph is not None:
+            for _ in range(steps):
+                self.graph.replay()
+            logits = self.graph_logits
+        else:
+            for _ in range(steps):
+                logits = self.step()
+        _sync(device)
+        t2 = time.perf_counter()
+        if not bool(torch.isfinite(prefill_logits).all()):
+            raise FloatingPointError("prefill logits are not finite")
+        return t1 - t0, t2 - t1, logits
+
+
+def _peak_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / GIB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux: KiB; the process's peak RSS
+
+
+def measure(model, name: str, batch: int, prompt: torch.Tensor, args, device: torch.device) -> dict:
+    """One row: `name` model at batch size `batch`."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    weight_bytes, _ = linear_weight_bytes(model)
+    row = {"config": name, "batch": batch, "mode": args.mode, "graph_error": None, "graph_check": None}
+    with torch.no_grad():
+        dec = Decoder(model, prompt[:batch], args.new_tokens)
+        dec.prefill()
+        if args.mode == "graph":
+            try:
+                dec.capture()
+            except Exception as e:  # noqa: BLE001 - reported, and the row is measured eagerly instead
+                dec.graph = dec.graph_logits = None
+                torch.cuda.synchronize(device)
+                row["mode"] = "eager"
+                row["graph_error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+                print(f"WARNING: CUDA graph capture failed for {name} batch {batch}, measuring eagerly: "
+                      f"{row['graph_error']}", file=sys.stderr)
+        if dec.graph is not None:
+            check = dec.check_graph()
+            row["graph_check"] = check
+            print(f"{name} batch {batch}: graph vs eager first-step logits max abs diff {check['max_abs_diff']:.3e} "
+                  f"(max |logit| {check['max_abs_logit']:.3f}, argmax agree {100 * check['argmax_agree']:.0f}%)")
+            if not check["finite"] or check["max_abs_diff"] > check["tolerance"]:
+                raise RuntimeError(f"{name} batch {batch}: the CUDA graph's logits differ from the eager step "
+                                   f"({check}); refusing to report its speed")
+        dec.run(min(args.new_tokens, WARMUP_STEPS))  # warm-up
+        prefill_s, decode_s = [], []
+        for _ in range(args.repeats):
+            p, d, logits = dec.run(args.new_tokens)
+            prefill_s.append(p)
+            decode_s.append(d)
+        if not bool(torch.isfinite(logits).all()):
+            raise FloatingPointError(f"{name} batch {batch}: decode logits are not finite")
+        del dec
+    decode = statistics.median(decode_s)
+    row.update({
+        "decode_tokens_per_s": batch * args.new_tokens / decode,
+        "ms_per_token": 1000 * decode / args.new_tokens,
+        "prefill_ms": 1000 * statistics.median(prefill_s),
+        "peak_gib": _peak_gib(device),
+        "linear_weight_gib": weight_bytes / GIB,
+        "decode_s_runs": decode_s,
+        "prefill_s_runs": prefill_s,
+    })
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="spqr-w3")
+    p.add_argument("--outlier-share", type=float, default=0.01)
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per row (median), after one warm-up run")
+    p.add_argument("--mode", choices=("eager", "graph"), default=None,
+                   help="graph: one decode step captured in a CUDA graph (default on CUDA); eager otherwise")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers (default 32, or 2 with --tiny)")
+    p.add_argument("--tiny", action="store_true", help="2 layers, hidden 256, MLP 688, 4 heads, vocab 1000; eager")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
+                   help="model dtype (default float16 on CUDA, float32 on CPU)")
+    p.add_argument("--skip-fp16", action="store_true", help="measure the SpQR model only")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.mode is None:
+        args.mode = "graph" if device.type == "cuda" and not args.tiny else "eager"
+    if args.mode == "graph" and device.type != "cuda":
+        p.error("--mode graph needs a CUDA device")
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    config = llama_config(args)
+
+    model = build_model(config, dtype, device)
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, config.vocab_size, (max(batches), args.prompt_len), generator=gen).to(device)
+
+    rows = []
+    fp16_bytes, numel = linear_weight_bytes(model)
+    if not args.skip_fp16:
+        for b in batches:
+            rows.append(measure(model, "fp16" if dtype == torch.float16 else str(dtype).replace("torch.", ""),
+                                b, prompt, args, device))
+    baseline = {r["batch"]: r["decode_tokens_per_s"] for r in rows}
+
+    n_outliers = swap_to_spqr(model, args.preset, args.outlier_share, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    spqr_bytes, _ = linear_weight_bytes(model)
+    sample = decoder_linears(model)[0][2]
+    matmul = select_matmul(sample, torch.zeros(1, sample.in_features, dtype=dtype, device=device))
+    for b in batches:
+        rows.append(measure(model, args.preset, b, prompt, args, device))
+    for r in rows:
+        base = baseline.get(r["batch"])
+        r["speedup_vs_fp16"] = r["decode_tokens_per_s"] / base if base else None
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    result = {
+        "benchmark": "generate",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "spqrkit": spqrkit.__version__,
+        "model": {"hidden": config.hidden_size, "intermediate": config.intermediate_size,
+                  "layers": config.num_hidden_layers, "heads": config.num_attention_heads,
+                  "kv_heads": config.num_key_value_heads, "vocab": config.vocab_size,
+                  "max_positions": config.max_position_embeddings, "dtype": str(dtype).replace("torch.", ""),
+                  "attention": "sdpa", "weights": "random normal std 0.02"},
+        "preset": args.preset,
+        "quant_config": get_preset(args.preset).to_dict(),
+        "outlier_share_requested": args.outlier_share,
+        "outlier_share": n_outliers / numel,
+        "spqr_matmul": getattr(matmul, "__qualname__", repr(matmul)),
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "mode": args.mode,
+        "kv_cache": "transformers StaticCache",
+        "linear_weights": {"numel": numel, "dense_bytes": fp16_bytes, "spqr_bytes": spqr_bytes,
+                           "spqr_bits_per_weight": 8 * spqr_bytes / numel},
+        "peak_memory": "torch.cuda.max_memory_allocated per row" if device.type == "cuda"
+        else "process peak RSS (ru_maxrss)",
+        "rows": rows,
+    }
+
+    print(f"\nGreedy decode, LLaMA-shaped {config.num_hidden_layers} x {config.hidden_size}/{config.intermediate_size}, "
+          f"prompt {args.prompt_len} + {args.new_tokens} new tokens, static KV cache, {name}")
+    print(f"SpQR {args.preset}: {8 * spqr_bytes / numel:.3f} bits per weight with {100 * n_outliers / numel:.2f}% "
+          f"outliers; matmul {result['spqr_matmul']}")
+    print("| config | batch | mode | decode tok/s | ms/token | speed-up vs fp16 | prefill ms | peak GiB | "
+          "linear weight GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        speedup = f"{r['speedup_vs_fp16']:.2f}x" if r["speedup_vs_fp16"] else "-"
+        mode = r["mode"] + (" (capture failed)" if r["graph_error"] else "")
+        print(f"| {r['config']} | {r['batch']} | {mode} | {r['decode_tokens_per_s']:.1f} | {r['ms_per_token']:.2f} | "
+              f"{speedup} | {r['prefill_ms']:.1f} | {r['peak_gib']:.2f} | {r['linear_weight_gib']:.3f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

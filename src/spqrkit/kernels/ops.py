@@ -1,0 +1,56 @@
+"""The SpQR matmul kernels as torch custom ops, so that torch.compile traces through them and CUDA graphs capture
+them: `spqrkit::fused_matmul` (the `gemv` and `dot` kernels) and `spqrkit::dequantize_permuted` (the weight in the
+activation dtype, for cuBLAS). Each has a fake (meta) implementation giving the output's shape and dtype. Nothing in
+them synchronises with the host: the outlier ranges are read from the row pointers on the device.
+
+Argument order and meaning: see the launchers in spqrkit.kernels.spqr_matmul.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import spqr_matmul
+
+
+@torch.library.custom_op("spqrkit::fused_matmul", mutates_args=())
+def fused_matmul(
+    x: Tensor, codes: Tensor, scale: Tensor, scale_stats: Optional[Tensor], zero: Tensor,
+    zero_stats: Optional[Tensor], row_ptr: Tensor, cols: Tensor, vals: Tensor, perm: Tensor, bias: Optional[Tensor],
+    out_features: int, wbits: int, group: int, beta2: int, scale_bits: int, zero_bits: int, kernel: str,
+) -> Tensor:
+    """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores) or "dot" (tensor cores)."""
+    fn = {"gemv": spqr_matmul.gemv, "dot": spqr_matmul.dot}[kernel]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    y = fn(x2, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
+           out_features, wbits, group, beta2, scale_bits, zero_bits)
+    return y.reshape(*x.shape[:-1], out_features)
+
+
+@fused_matmul.register_fake
+def _fused_matmul_fake(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
+                       out_features, wbits, group, beta2, scale_bits, zero_bits, kernel):
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.custom_op("spqrkit::dequantize_permuted", mutates_args=())
+def dequantize_permuted(
+    codes: Tensor, scale: Tensor, scale_stats: Optional[Tensor], zero: Tensor, zero_stats: Optional[Tensor],
+    row_ptr: Tensor, cols: Tensor, vals: Tensor, in_features: int, out_features: int, wbits: int, group: int,
+    beta2: int, scale_bits: int, zero_bits: int, dtype: torch.dtype,
+) -> Tensor:
+    """W_perm [out, in] in `dtype`, permuted column order, outliers in place."""
+    return spqr_matmul.dequantize_permuted(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
+                                           in_features, out_features, wbits, group, beta2, scale_bits, zero_bits,
+                                           dtype)
+
+
+@dequantize_permuted.register_fake
+def _dequantize_permuted_fake(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features,
+                              out_features, wbits, group, beta2, scale_bits, zero_bits, dtype):
+    return codes.new_empty((out_features, in_features), dtype=dtype)

@@ -1,0 +1,383 @@
+"""Triton kernels that compute y = x W^T + b straight from the packed SpQR format (docs/format.md).
+
+Three kernels, one per batch regime; `spqrkit.modules.linear.select_matmul` picks among them and the plain-torch
+reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py.
+
+- `gemv`: decode (a handful of rows of x). One program owns BLOCK_R output rows and walks the input in tiles of
+  NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant shifts
+  (the offset of code i in a chunk is known at compile time), multiplies by the group's scale and zero, and
+  accumulates x[perm[c]] * w on CUDA cores. wbits 2..4.
+- `dot`: batches of ~4..64. One program owns a [BLOCK_M, BLOCK_N] output tile: it dequantizes a [BLOCK_N, BLOCK_K]
+  weight tile in registers to the activation dtype (exactly the reference's rounding) and feeds the tensor cores
+  with tl.dot against the gathered x[:, perm[c]] tile. Any wbits 2..8.
+- `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, in permuted column order;
+  the caller multiplies x[:, perm] by it with cuBLAS.
+
+Outliers (CSR, rows sorted) replace base weights. The fused kernels first sum the dense base weights, then, for the
+outliers of their rows, add (value - base) * x: the base code and statistics at the outlier's position are decoded
+again, so the packed format is read as stored, with no derived tensors. The permutation is applied by gathering x
+inside the kernels. Statistics: second-level-quantized (codes packed along groups + fp16 (scale, zero) per beta2 rows
+and group) or fp16, each independently. Group size: any power of two, or one group per row (GROUP = 0).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+# ---------------------------------------------------------------------------------------------------- decoding
+@triton.jit
+def _code_at(words_ptr, row_off, idx, BITS: tl.constexpr, mask):
+    """Unsigned `BITS`-bit code number `idx` of a row packed in 32-code chunks (row_off = the row's first word)."""
+    bit = (idx % 32) * BITS
+    wi = (idx // 32) * BITS + bit // 32
+    off = bit % 32
+    lo = tl.load(words_ptr + row_off + wi, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    straddle = (off + BITS) > 32
+    hi = tl.load(words_ptr + row_off + wi + 1, mask=mask & straddle, other=0).to(tl.uint32, bitcast=True)
+    v = lo >> off.to(tl.uint32)
+    v = v | (hi << tl.where(straddle, 32 - off, 0).to(tl.uint32))
+    return v & ((1 << BITS) - 1)
+
+
+@triton.jit
+def _stat_at(q_ptr, stats_ptr, rows, g, mask, N_GROUPS, N_WORDS, BETA2, BITS: tl.constexpr):
+    """Dequantized first-level statistic (fp32) of (row, group): from its second-level code and the fp16
+    (scale, zero) of its beta2-row group when BITS > 0, else the stored fp16 value (q_ptr then points at it)."""
+    if BITS > 0:
+        q = _code_at(q_ptr, rows * N_WORDS, g, BITS, mask).to(tl.float32)
+        sp = stats_ptr + ((rows // BETA2) * N_GROUPS + g) * 2
+        s2 = tl.load(sp, mask=mask, other=0.0).to(tl.float32)
+        z2 = tl.load(sp + 1, mask=mask, other=0.0).to(tl.float32)
+        return s2 * (q - z2)
+    else:
+        return tl.load(q_ptr + rows * N_GROUPS + g, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _pick(K: tl.constexpr, w0, w1, w2, w3):
+    r = w0
+    if K == 1:
+        r = w1
+    if K == 2:
+        r = w2
+    if K == 3:
+        r = w3
+    return r
+
+
+@triton.jit
+def _outlier_correction(
+    x_ptr, stride_xb, bb, bmask, rows0, OUT, IN,
+    codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
+    BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr, ROUND_W: tl.constexpr,
+):
+    """[BB, BR]: sum over the outliers of rows rows0 .. rows0+BR-1 of (value - base weight) * x[b, perm[col]].
+    With ROUND_W the base weight is first rounded to x's dtype, as the dense part of the `dot` kernel does."""
+    rr = tl.arange(0, BR)
+    k_lo = tl.load(rowptr_ptr + rows0)
+    k_hi = tl.load(rowptr_ptr + tl.minimum(rows0 + BR, OUT))
+    nxt = tl.load(rowptr_ptr + rows0 + 1 + rr, mask=rows0 + rr < OUT, other=2147483647)  # end of each local row
+    corr = tl.zeros([BB, BR], dtype=tl.float32)
+    k0 = k_lo
+    while k0 < k_hi:  # (a while loop: Triton's interpreter cannot range() over loaded scalars)
+        k = k0 + tl.arange(0, KO)
+        km = k < k_hi
+        loc = tl.sum((nxt[None, :] <= k[:, None]).to(tl.int32), axis=1)  # [KO]: local row of outlier k
+        row = rows0 + loc
+        col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
+        v = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32)
+        q = _code_at(codes_ptr, row * N_CODE_WORDS, col, WB, km).to(tl.float32)
+        if GROUP > 0:
+            g = col // GROUP
+        else:
+            g = col * 0
+        s = _stat_at(s_ptr, sst_ptr, row, g, km, N_GROUPS, N_SWORDS, BETA2, SB)
+        z = _stat_at(z_ptr, zst_ptr, row, g, km, N_GROUPS, N_ZWORDS, BETA2, ZB)
+        base = s * (q - z)
+        if ROUND_W:
+            base = base.to(x_ptr.dtype.element_ty).to(tl.float32)
+        p = tl.load(perm_ptr + col, mask=km, other=0).to(tl.int32) & 0xFFFF
+        xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & km[None, :],
+                     other=0.0).to(tl.float32)  # [BB, KO]
+        d = (v - base)[None, :] * xv  # [BB, KO]
+        sel = ((loc[:, None] == rr[None, :]) & km[:, None]).to(tl.float32)  # [KO, BR]
+        corr += tl.sum(d[:, :, None] * sel[None, :, :], axis=1)
+        k0 += KO
+    return corr
+
+
+# ---------------------------------------------------------------------------------------------------- gemv
+@triton.jit
+def _gemv_kernel(
+    x_ptr, stride_xb, y_ptr, stride_yb,
+    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
+    M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr,
+):
+    rows0 = tl.program_id(0) * BR
+    rows = rows0 + tl.arange(0, BR)
+    rmask = rows < OUT
+    bb = tl.arange(0, BB)
+    bmask = bb < M
+    jj = tl.arange(0, NCH)
+    n_words = N_CHUNKS * WB
+    MASK: tl.constexpr = (1 << WB) - 1
+    acc = tl.zeros([BB, BR, NCH], dtype=tl.float32)
+    for t in range(0, N_CHUNKS, NCH):
+        ch = t + jj
+        cm = ch < N_CHUNKS
+        m2 = rmask[:, None] & cm[None, :]
+        wp = codes_ptr + rows[:, None] * n_words + ch[None, :] * WB
+        w0 = tl.load(wp, mask=m2, other=0).to(tl.uint32, bitcast=True)
+        w1 = w0
+        w2 = w0
+        w3 = w0
+        if WB > 1:
+            w1 = tl.load(wp + 1, mask=m2, other=0).to(tl.uint32, bitcast=True)
+        if WB > 2:
+            w2 = tl.load(wp + 2, mask=m2, other=0).to(tl.uint32, bitcast=True)
+        if WB > 3:
+            w3 = tl.load(wp + 3, mask=m2, other=0).to(tl.uint32, bitcast=True)
+        # Statistics of a whole chunk (groups of >= 32 columns, or one per row); smaller groups below, per code.
+        if GROUP == 0:
+            g = ch * 0
+        else:
+            g = (ch * 32) // GROUP
+        s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2, SB)
+        z = _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2, ZB)
+        for i in tl.static_range(32):
+            if GROUP > 0 and GROUP < 32 and i > 0 and i % GROUP == 0:
+                g = (ch * 32 + i) // GROUP
+                s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2, SB)
+                z = _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2, ZB)
+            BIT: tl.constexpr = i * WB
+            K: tl.constexpr = BIT // 32
+            OFF: tl.constexpr = BIT % 32
+            q = _pick(K, w0, w1, w2, w3) >> OFF
+            if OFF + WB > 32:
+                q = q | (_pick(K + 1, w0, w1, w2, w3) << (32 - OFF))
+            q = q & MASK
+            w = s * (q.to(tl.float32) - z)  # [BR, NCH]
+            col = ch * 32 + i
+            xm = cm & (col < IN)
+            p = tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF
+            xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & xm[None, :],
+                         other=0.0).to(tl.float32)  # [BB, NCH]
+            acc += w[None, :, :] * xv[:, None, :]
+    y = tl.sum(acc, axis=2)  # [BB, BR]
+    y += _outlier_correction(
+        x_ptr, stride_xb, bb, bmask, rows0, OUT, IN,
+        codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+        rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
+    )
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + bb[:, None] * stride_yb + rows[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=bmask[:, None] & rmask[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------- dot
+@triton.jit
+def _dot_kernel(
+    x_ptr, stride_xb, y_ptr, stride_yb,
+    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
+    M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KO: tl.constexpr, IEEE: tl.constexpr,
+):
+    rows0 = tl.program_id(0) * BN
+    rows = rows0 + tl.arange(0, BN)
+    rmask = rows < OUT
+    bb = tl.program_id(1) * BM + tl.arange(0, BM)
+    bmask = bb < M
+    kk = tl.arange(0, BK)
+    n_words = N_CHUNKS * WB
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    if GROUP == 0:  # one group per row: the statistics are fixed for the whole loop
+        g0 = rows * 0
+        s_row = _stat_at(s_ptr, sst_ptr, rows, g0, rmask, N_GROUPS, N_SWORDS, BETA2, SB)[:, None]
+        z_row = _stat_at(z_ptr, zst_ptr, rows, g0, rmask, N_GROUPS, N_ZWORDS, BETA2, ZB)[:, None]
+    for c0 in range(0, IN, BK):
+        cols = c0 + kk
+        cm = cols < IN
+        m2 = rmask[:, None] & cm[None, :]
+        q = _code_at(codes_ptr, rows[:, None] * n_words, cols[None, :], WB, m2).to(tl.float32)  # [BN, BK]
+        if GROUP == 0:
+            s = s_row
+            z = z_row
+        elif GROUP >= BK:  # the tile lies inside one group
+            gs = rows * 0 + c0 // GROUP
+            s = _stat_at(s_ptr, sst_ptr, rows, gs, rmask, N_GROUPS, N_SWORDS, BETA2, SB)[:, None]
+            z = _stat_at(z_ptr, zst_ptr, rows, gs, rmask, N_GROUPS, N_ZWORDS, BETA2, ZB)[:, None]
+        else:  # BK // GROUP whole groups per tile: decode each once, then broadcast over its columns
+            NG: tl.constexpr = BK // GROUP
+            gi = c0 // GROUP + tl.arange(0, NG)
+            gm = rmask[:, None] & (gi < N_GROUPS)[None, :]
+            s2 = _stat_at(s_ptr, sst_ptr, rows[:, None], gi[None, :], gm, N_GROUPS, N_SWORDS, BETA2, SB)
+            z2 = _stat_at(z_ptr, zst_ptr, rows[:, None], gi[None, :], gm, N_GROUPS, N_ZWORDS, BETA2, ZB)
+            s = tl.reshape(tl.broadcast_to(s2[:, :, None], (BN, NG, GROUP)), (BN, BK))
+            z = tl.reshape(tl.broadcast_to(z2[:, :, None], (BN, NG, GROUP)), (BN, BK))
+        w = (s * (q - z)).to(x_ptr.dtype.element_ty)  # the reference's fp32 weight, rounded to x's dtype
+        p = tl.load(perm_ptr + cols, mask=cm, other=0).to(tl.int32) & 0xFFFF
+        xt = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & cm[None, :], other=0.0)
+        if IEEE:
+            acc = tl.dot(xt, tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(xt, tl.trans(w), acc)
+    acc += _outlier_correction(
+        x_ptr, stride_xb, bb, bmask, rows0, OUT, IN,
+        codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+        rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True,
+    )
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + bb[:, None] * stride_yb + rows[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=bmask[:, None] & rmask[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------- dequantize
+@triton.jit
+def _dequantize_kernel(
+    w_ptr, codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr,
+    OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr,
+):
+    """W_perm[r, c] = s * (q - z) in w's dtype, permuted column order, outliers NOT applied (see below)."""
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    cols = tl.program_id(1) * BK + tl.arange(0, BK)
+    m2 = (rows < OUT)[:, None] & (cols < IN)[None, :]
+    q = _code_at(codes_ptr, rows[:, None] * (N_CHUNKS * WB), cols[None, :], WB, m2).to(tl.float32)
+    if GROUP > 0:
+        g = cols // GROUP
+    else:
+        g = cols * 0
+    s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2, SB)
+    z = _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2, ZB)
+    tl.store(w_ptr + rows[:, None] * IN + cols[None, :], (s * (q - z)).to(w_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _scatter_outliers_kernel(w_ptr, rowptr_ptr, cols_ptr, vals_ptr, OUT, IN, BR: tl.constexpr, KO: tl.constexpr):
+    """W_perm[row, col] = value for the outliers of rows BR * pid .. (runs after `_dequantize_kernel`)."""
+    rows0 = tl.program_id(0) * BR
+    rr = tl.arange(0, BR)
+    k_lo = tl.load(rowptr_ptr + rows0)
+    k_hi = tl.load(rowptr_ptr + tl.minimum(rows0 + BR, OUT))
+    nxt = tl.load(rowptr_ptr + rows0 + 1 + rr, mask=rows0 + rr < OUT, other=2147483647)
+    k0 = k_lo
+    while k0 < k_hi:
+        k = k0 + tl.arange(0, KO)
+        km = k < k_hi
+        row = rows0 + tl.sum((nxt[None, :] <= k[:, None]).to(tl.int32), axis=1)
+        col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
+        v = tl.load(vals_ptr + k, mask=km, other=0.0)
+        tl.store(w_ptr + row * IN + col, v.to(w_ptr.dtype.element_ty), mask=km)
+        k0 += KO
+
+
+# ---------------------------------------------------------------------------------------------------- launchers
+# Tensors are passed one by one, in this order (the custom ops in spqrkit.kernels.ops have the same signature):
+#   codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm
+# where `scale` is `scale_codes` when scale_bits > 0 (then `scale_stats` is set) and the fp16 `scale` otherwise;
+# the same for zero. Layout integers: out_features, wbits, group (beta1, 0 = one group per row), beta2 (0 = none),
+# scale_bits and zero_bits (0 = fp16 statistics); in_features is x.shape[-1].
+
+def _layout_args(in_features: int, out_features: int, wbits: int, group: int, scale_bits: int, zero_bits: int):
+    n_chunks = -(-in_features // 32)
+    n_groups = 1 if group == 0 else -(-in_features // group)
+    n_stat_chunks = -(-n_groups // 32)
+    return n_chunks, n_groups, n_stat_chunks * max(scale_bits, 1), n_stat_chunks * max(zero_bits, 1)
+
+
+def unsupported_reason(in_features: int, wbits: int, group: int, kernel: str) -> str | None:
+    """Why `kernel` cannot run this layout, or None. Groups must be a power of two (or one per row)."""
+    if kernel not in ("gemv", "dot", "dequantize"):
+        return f"unknown kernel {kernel!r}"
+    if group and group & (group - 1):
+        return f"group size {group} is not a power of two"
+    if kernel == "gemv" and not 2 <= wbits <= 4:
+        return f"the gemv kernel decodes 2..4-bit codes, not {wbits}"
+    if not 1 <= wbits <= 8:
+        return f"wbits {wbits} outside 1..8"
+    return None
+
+
+def _stat_ptrs(stat, stats):
+    return stat, (stats if stats is not None else stat)
+
+
+def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
+         out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None):
+    """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores."""
+    import torch
+
+    M, n_in = x.shape
+    n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
+    y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
+    BB = max(1, triton.next_power_of_2(M))
+    BR = block_rows or (16 if BB <= 2 else 8)
+    NCH = chunks or 8
+    grid = (triton.cdiv(out_features, BR),)
+    sp, ssp = _stat_ptrs(scale, scale_stats)
+    zp, zsp = _stat_ptrs(zero, zero_stats)
+    _gemv_kernel[grid](
+        x, x.stride(0), y, y.stride(0),
+        codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
+        M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
+        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
+        BB=BB, BR=BR, NCH=NCH, KO=16, num_warps=num_warps or 4,
+    )
+    return y
+
+
+def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
+        out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, block_k=None,
+        num_warps=None, num_stages=None):
+    """y [M, out] = x [M, in] W^T (+ bias), the weight dequantized per tile into tensor-core products."""
+    import torch
+
+    M, n_in = x.shape
+    n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
+    y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
+    BM = block_m or (16 if M <= 16 else (32 if M <= 32 else 64))
+    BN = block_n or 64
+    BK = block_k or 64
+    grid = (triton.cdiv(out_features, BN), triton.cdiv(M, BM))
+    sp, ssp = _stat_ptrs(scale, scale_stats)
+    zp, zsp = _stat_ptrs(zero, zero_stats)
+    _dot_kernel[grid](
+        x, x.stride(0), y, y.stride(0),
+        codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
+        M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
+        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
+        BM=BM, BN=BN, BK=BK, KO=16, IEEE=x.dtype == torch.float32,
+        num_warps=num_warps or 4, num_stages=num_stages or 2,
+    )
+    return y
+
+
+def dequantize_permuted(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
+                        in_features, out_features, wbits, group, beta2, scale_bits, zero_bits, dtype):
+    """W_perm [out, in] in `dtype`: the weight in permuted column order (x[:, perm] @ W_perm.T = x @ W.T)."""
+    import torch
+
+    n_chunks, n_groups, n_sw, n_zw = _layout_args(in_features, out_features, wbits, group, scale_bits, zero_bits)
+    w = torch.empty(out_features, in_features, dtype=dtype, device=codes.device)
+    sp, ssp = _stat_ptrs(scale, scale_stats)
+    zp, zsp = _stat_ptrs(zero, zero_stats)
+    BN, BK = 32, 128
+    _dequantize_kernel[(triton.cdiv(out_features, BN), triton.cdiv(in_features, BK))](
+        w, codes, sp, ssp, zp, zsp, out_features, in_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
+        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BN=BN, BK=BK, num_warps=4,
+    )
+    BR = 32
+    _scatter_outliers_kernel[(triton.cdiv(out_features, BR),)](
+        w, row_ptr, cols, vals, out_features, in_features, BR=BR, KO=64, num_warps=4,
+    )
+    return w
