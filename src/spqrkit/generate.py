@@ -37,7 +37,7 @@ class GenerationResult:
         return {**asdict(self), "tokens_per_s": self.tokens_per_s}
 
     def summary(self) -> str:
-        return (f"{self.new_tokens} new tokens in {self.seconds:.2f} s ({self.tokens_per_s:.1f} tokens/s; "
+        return (f"{self.new_tokens} new tokens in {self.seconds:.2f} s ({self.tokens_per_s:.3g} tokens/s; "
                 f"prompt {self.prompt_tokens} tokens, stopped by {self.finish_reason})")
 
 

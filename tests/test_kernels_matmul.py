@@ -1,0 +1,201 @@
+"""The SpQR matmul kernels (gemv, dot, dequantize) against the plain-torch reference, on random layouts.
+
+Without CUDA, Triton's interpreter runs them on the CPU (tests/conftest.py sets TRITON_INTERPRET) on small shapes;
+on the GPU machine the same tests run compiled, plus larger shapes. The dequantize kernel is exact (it writes the
+reference's fp32 weight rounded to the output dtype); the fused kernels sum in a different order than cuBLAS and
+the gemv kernel skips the reference's rounding of the weight to the activation dtype, so their outputs are checked
+against an fp64 product within a bound that scales with sum |x| |w|.
+"""
+
+import os
+
+import pytest
+import torch
+
+from spqrkit.config import QuantConfig, get_preset
+from spqrkit.format.synthetic import random_quantized_weight
+from spqrkit.modules import linear as linear_mod
+from spqrkit.modules.linear import MATMULS, SpQRLinear, choose_kernel, reference_matmul
+
+triton = pytest.importorskip("triton")
+from spqrkit.kernels import ops, spqr_matmul  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+on_cuda = DEVICE == "cuda"
+
+
+def _layer(out, n_in, config, *, bias=True, seed=0, **kw):
+    qw = random_quantized_weight(out, n_in, config, seed=seed, device=DEVICE, **kw)
+    b = torch.randn(out, device=DEVICE) if bias else None
+    return SpQRLinear.from_quantized(qw, b)
+
+
+def _check(layer, x, y):
+    """y (a kernel's output) against the fp64 product with the reference weight."""
+    w = layer.dequantize().double()
+    x64 = x.double()
+    exact = x64 @ w.T
+    if layer.bias is not None:
+        exact = exact + layer.bias.double()
+    mag = x64.abs() @ w.abs().T + 1e-6
+    rel = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[x.dtype]
+    out_round = {torch.float32: 0.0, torch.float16: 2 ** -11, torch.bfloat16: 2 ** -8}[x.dtype]
+    bound = rel * mag + out_round * exact.abs() + 1e-6
+    err = (y.double() - exact).abs()
+    assert y.dtype == x.dtype and y.shape == exact.shape
+    assert bool((err <= bound).all()), f"max err/bound {(err / bound).max().item():.3f}"
+
+
+# Every wbits 2..4 with every beta1 in {8, 16, 32, 64}; beta2 cycles through {16, 32, 64}; 3-bit statistics.
+GRID = [(wb, b1, (16, 32, 64)[(i + j) % 3]) for i, wb in enumerate((2, 3, 4)) for j, b1 in enumerate((8, 16, 32, 64))]
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "dot"])
+@pytest.mark.parametrize("wbits,beta1,beta2", GRID)
+def test_fused_kernels_every_layout(kernel, wbits, beta1, beta2):
+    cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
+    out, n_in = (beta2 * 2, 200) if not on_cuda else (beta2 * 40, 1000)
+    layer = _layer(out, n_in, cfg, seed=wbits * 100 + beta1, dense_rows=3, empty_rows=5)
+    for rows in (1, 3) if kernel == "gemv" else (1, 5, 17):
+        x = torch.randn(rows, n_in, device=DEVICE)
+        _check(layer, x, MATMULS[kernel](layer, x))
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "dot", "dequantize"])
+@pytest.mark.parametrize("config", [
+    get_preset("spqr-w3"),
+    get_preset("gptq-w4"),  # one group per row, fp16 statistics
+    get_preset("gptq-w3-g128"),  # groups of 128, fp16 statistics
+    QuantConfig(wbits=3, beta1=16, beta2=32, scale_bits=4, zero_bits=None),  # quantized scales, fp16 zeros
+    QuantConfig(wbits=2, beta1=32, beta2=16, scale_bits=None, zero_bits=2),  # fp16 scales, quantized zeros
+], ids=["spqr-w3", "gptq-w4", "gptq-w3-g128", "qscale-fp16zero", "fp16scale-qzero"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_kernels_statistics_variants_and_dtypes(kernel, config, dtype):
+    if kernel == "dot" and dtype == torch.bfloat16 and not on_cuda:
+        pytest.skip("Triton 3.6's interpreter multiplies bf16 tl.dot operands wrongly (2.5e10 off on a 16x16 "
+                    "product of random bf16 matrices); this case runs compiled on the GPU")
+    out, n_in = (64, 136) if not on_cuda else (512, 1064)  # in not a multiple of 32: padded last chunk
+    layer = _layer(out, n_in, config, seed=7, dense_rows=2, empty_rows=2)
+    x = torch.randn(3, n_in, device=DEVICE).to(dtype)
+    y = MATMULS[kernel](layer, x)
+    if kernel == "dequantize":  # the weight is the reference's, rounded once: equal to the reference result
+        ref = reference_matmul(layer, x)
+        torch.testing.assert_close(y.float(), ref.float(), rtol=0, atol=1e-5 if dtype == torch.float32 else
+                                   2e-2 * ref.abs().max().item())
+    _check(layer, x, y)
+
+
+@pytest.mark.parametrize("outlier_share,dense_rows,empty_rows", [(0.0, 0, 0), (0.3, 8, 0), (0.01, 0, 40)])
+def test_fused_kernels_outlier_extremes(outlier_share, dense_rows, empty_rows):
+    """No outliers at all; every row with many (30%, and whole rows with 25%); most rows empty."""
+    cfg = get_preset("spqr-w3")
+    layer = _layer(40, 128, cfg, outlier_share=outlier_share, dense_rows=dense_rows, empty_rows=empty_rows,
+                   bias=False)
+    nnz = layer.n_outliers
+    assert (nnz == 0) == (outlier_share == 0.0)
+    x = torch.randn(2, 128, device=DEVICE)
+    for kernel in ("gemv", "dot", "dequantize"):
+        _check(layer, x, MATMULS[kernel](layer, x))
+
+
+def test_dequantize_kernel_is_the_reference_weight_bit_for_bit():
+    cfg = get_preset("spqr-w4")
+    layer = _layer(64, 160, cfg, dense_rows=3)
+    ref = layer.dequantize()  # fp32, original column order
+    perm = layer.perm.long() & 0xFFFF
+    # Triton's interpreter casts fp32 -> bf16 by truncation; compiled kernels round to nearest even, as torch does.
+    for dtype in (torch.float32, torch.float16) + ((torch.bfloat16,) if on_cuda else ()):
+        w_perm = ops.dequantize_permuted(*layer.kernel_tensors()[:8], 160, 64, *layer.kernel_layout(), dtype)
+        w = torch.empty_like(w_perm)
+        w[:, perm] = w_perm
+        assert torch.equal(w, ref.to(dtype))
+
+
+def test_leading_dims_and_noncontiguous_input():
+    layer = _layer(32, 96, get_preset("spqr-w3"))
+    x = torch.randn(2, 3, 192, device=DEVICE)[..., ::2]  # [2, 3, 96], last-dim stride 2
+    for kernel in ("gemv", "dot", "dequantize"):
+        y = MATMULS[kernel](layer, x)
+        assert y.shape == (2, 3, 32)
+        _check(layer, x.reshape(6, 96), y.reshape(6, 32))
+
+
+def test_custom_op_registration_passes_opcheck():
+    layer = _layer(32, 64, get_preset("spqr-w3"))
+    x = torch.randn(2, 64, device=DEVICE)
+    args = (x, *layer.kernel_tensors(), layer.bias, 32, *layer.kernel_layout())
+    torch.library.opcheck(ops.fused_matmul, (*args, "gemv"), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(ops.dequantize_permuted,
+                          (*layer.kernel_tensors()[:8], 64, 32, *layer.kernel_layout(), torch.float16),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "dot", "dequantize"])
+def test_torch_compile_traces_the_kernels_without_graph_breaks(kernel, monkeypatch):
+    """fullgraph=True fails on any graph break: the ops' fake implementations let dynamo/AOT trace through."""
+    monkeypatch.setenv(linear_mod.MATMUL_ENV, kernel)
+    layer = _layer(32, 64, get_preset("spqr-w3"))
+    x = torch.randn(2, 64, device=DEVICE)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="inductor" if on_cuda else "aot_eager")
+    _check(layer, x, compiled(x))
+
+
+def test_selector(monkeypatch):
+    layer = _layer(32, 64, get_preset("spqr-w3"))
+    x = torch.randn(1, 64)
+    monkeypatch.delenv(linear_mod.MATMUL_ENV, raising=False)
+    assert choose_kernel(layer, x) == "reference"  # CPU: the reference
+    for forced in ("gemv", "dot", "dequantize", "reference"):
+        monkeypatch.setenv(linear_mod.MATMUL_ENV, forced)
+        assert choose_kernel(layer, x) == forced
+    monkeypatch.setenv(linear_mod.MATMUL_ENV, "fastest")
+    with pytest.raises(ValueError, match="expected auto"):
+        choose_kernel(layer, x)
+    odd = _layer(32, 96, QuantConfig(wbits=3, beta1=48, beta2=16))  # groups of 48: no kernel covers them
+    monkeypatch.setenv(linear_mod.MATMUL_ENV, "dot")
+    with pytest.raises(ValueError, match="power of two"):
+        choose_kernel(odd, x)
+    six = _layer(32, 64, QuantConfig(wbits=6, beta1=16, beta2=16))
+    monkeypatch.setenv(linear_mod.MATMUL_ENV, "gemv")
+    with pytest.raises(ValueError, match="2..4-bit"):
+        choose_kernel(six, x)
+    assert spqr_matmul.unsupported_reason(64, 6, 16, "dot") is None
+
+
+@pytest.mark.skipif(not on_cuda, reason="needs a CUDA device")
+def test_selector_on_cuda_by_batch(monkeypatch):
+    monkeypatch.delenv(linear_mod.MATMUL_ENV, raising=False)
+    layer = _layer(64, 128, get_preset("spqr-w3"))
+    pick = {rows: choose_kernel(layer, torch.randn(rows, 128, device="cuda", dtype=torch.float16))
+            for rows in (1, linear_mod.GEMV_MAX_ROWS, linear_mod.GEMV_MAX_ROWS + 1, linear_mod.DOT_MAX_ROWS,
+                         linear_mod.DOT_MAX_ROWS + 1)}
+    assert list(pick.values()) == ["gemv", "gemv", "dot", "dot", "dequantize"]
+    six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))
+    assert choose_kernel(six, torch.randn(1, 128, device="cuda", dtype=torch.float16)) == "dot"
+    odd = _layer(64, 96, QuantConfig(wbits=3, beta1=48, beta2=16))
+    assert choose_kernel(odd, torch.randn(1, 96, device="cuda")) == "reference"
+
+
+@pytest.mark.skipif(not on_cuda, reason="needs a CUDA device")
+def test_cuda_graph_capture_of_the_fused_kernels(monkeypatch):
+    layer = _layer(256, 512, get_preset("spqr-w3"))
+    x = torch.randn(1, 512, device="cuda", dtype=torch.float16)
+    for kernel in ("gemv", "dot", "dequantize"):
+        monkeypatch.setenv(linear_mod.MATMUL_ENV, kernel)
+        y = layer(x)  # compile before capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y_graph = layer(x)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        _check(layer, x, y_graph)
+        del y
+
+
+def test_interpreter_fix_is_only_installed_under_the_interpreter():
+    from triton.runtime import interpreter
+
+    fixed = getattr(interpreter._patch_lang_tensor, "_spqrkit_fixed", False)
+    assert fixed == (os.environ.get("TRITON_INTERPRET") == "1")
