@@ -18,7 +18,7 @@ from spqrkit.modules import linear as linear_mod
 from spqrkit.modules.linear import MATMULS, SpQRLinear, choose_kernel, reference_matmul
 
 triton = pytest.importorskip("triton")
-from spqrkit.kernels import ops, spqr_matmul  # noqa: E402
+from spqrkit.kernels import ops, spqr_matmul
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 on_cuda = DEVICE == "cuda"
@@ -85,7 +85,7 @@ def test_kernels_statistics_variants_and_dtypes(kernel, config, dtype):
     _check(layer, x, y)
 
 
-@pytest.mark.parametrize("outlier_share,dense_rows,empty_rows", [(0.0, 0, 0), (0.3, 8, 0), (0.01, 0, 40)])
+@pytest.mark.parametrize("outlier_share,dense_rows,empty_rows", [(0.0, 0, 0), (0.3, 8, 0), (0.01, 0, 30)])
 def test_fused_kernels_outlier_extremes(outlier_share, dense_rows, empty_rows):
     """No outliers at all; every row with many (30%, and whole rows with 25%); most rows empty."""
     cfg = get_preset("spqr-w3")

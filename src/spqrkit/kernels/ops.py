@@ -8,8 +8,6 @@ Argument order and meaning: see the launchers in spqrkit.kernels.spqr_matmul.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -18,8 +16,8 @@ from . import spqr_matmul
 
 @torch.library.custom_op("spqrkit::fused_matmul", mutates_args=())
 def fused_matmul(
-    x: Tensor, codes: Tensor, scale: Tensor, scale_stats: Optional[Tensor], zero: Tensor,
-    zero_stats: Optional[Tensor], row_ptr: Tensor, cols: Tensor, vals: Tensor, perm: Tensor, bias: Optional[Tensor],
+    x: Tensor, codes: Tensor, scale: Tensor, scale_stats: Tensor | None, zero: Tensor,
+    zero_stats: Tensor | None, row_ptr: Tensor, cols: Tensor, vals: Tensor, perm: Tensor, bias: Tensor | None,
     out_features: int, wbits: int, group: int, beta2: int, scale_bits: int, zero_bits: int, kernel: str,
 ) -> Tensor:
     """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores) or "dot" (tensor cores)."""
@@ -40,7 +38,7 @@ def _fused_matmul_fake(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, 
 
 @torch.library.custom_op("spqrkit::dequantize_permuted", mutates_args=())
 def dequantize_permuted(
-    codes: Tensor, scale: Tensor, scale_stats: Optional[Tensor], zero: Tensor, zero_stats: Optional[Tensor],
+    codes: Tensor, scale: Tensor, scale_stats: Tensor | None, zero: Tensor, zero_stats: Tensor | None,
     row_ptr: Tensor, cols: Tensor, vals: Tensor, in_features: int, out_features: int, wbits: int, group: int,
     beta2: int, scale_bits: int, zero_bits: int, dtype: torch.dtype,
 ) -> Tensor:

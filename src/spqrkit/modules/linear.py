@@ -11,14 +11,19 @@ dtype, F.linear), which is also the oracle the kernels are tested against. No pa
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import QuantConfig
-from ..format.pack import check_layer_tensors, dequantize_packed, pack_layer, unpack_layer
+from ..format.pack import (
+    check_layer_tensors,
+    dequantize_packed,
+    pack_layer,
+    unpack_layer,
+)
 from ..format.spec import layer_tensor_specs
 from ..quant.representation import QuantizedWeight
 
@@ -53,7 +58,7 @@ class SpQRLinear(nn.Module):
             self.register_parameter("bias", None)
 
     @classmethod
-    def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> "SpQRLinear":
+    def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> SpQRLinear:
         """A layer holding `qw` packed (on qw's device); `bias` [out] is kept as given (its dtype included)."""
         out, n_in = qw.shape
         layer = cls(n_in, out, qw.config, qw.n_outliers, bias is not None, device="meta")

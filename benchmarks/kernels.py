@@ -1,0 +1,283 @@
+"""SpQR matmul kernels vs torch fp16 (cuBLAS) vs the authors' kernel (PyPI spqr-quant 0.2.0), on LLaMA-2 shapes.
+
+For every [out x in] shape of LLaMA-2 7B and 70B and every batch size: the median time of each of our kernels
+(gemv, dot, dequantize+cuBLAS) and of the one the selector picks ("auto"), of F.linear with an fp16 weight, and at
+batch 1 of spqr-quant's fused kernel (3-bit 16x16 only; it has no batched kernel). Effective bandwidth = bytes of
+the packed layer (every stored tensor) / time, against the device-to-device copy bandwidth measured in the same run
+(bytes read + written / time).
+
+Timing: each measurement is a CUDA graph of K back-to-back calls on K different copies of the weight (K large enough
+that the copies exceed twice the L2 cache, so every call reads its weight from HBM, as in a real model), replayed
+`--repeats` times, each replay timed with CUDA events; the reported time is median(replay) / K. Random layers with 1%
+outliers (`spqrkit.format.synthetic`). Every kernel's output is checked against the reference dequantization first.
+
+    python benchmarks/kernels.py --json out.json                    # the full table (GPU)
+    python benchmarks/kernels.py --layouts                          # + every wbits x beta1 x beta2 at 4096x4096
+    python benchmarks/kernels.py --tune                             # + block-size sweeps at 4096x4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from spqrkit.config import QuantConfig, get_preset
+from spqrkit.format.synthetic import random_quantized_weight
+from spqrkit.kernels import spqr_matmul
+from spqrkit.modules import linear as linear_mod
+from spqrkit.modules.linear import MATMULS, SpQRLinear, choose_kernel
+
+SHAPES = {  # [out, in]
+    "7B q/k/v/o": (4096, 4096), "7B gate/up": (11008, 4096), "7B down": (4096, 11008),
+    "70B q/o": (8192, 8192), "70B gate/up": (28672, 8192), "70B down": (8192, 28672),
+}
+
+
+def copy_bandwidth(repeats: int) -> float:
+    """Device-to-device copy of 1 GiB: (read + written bytes) / median time, bytes/s."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats + 2):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    del src, dst
+    return 2 * (1 << 30) / statistics.median(times[2:])
+
+
+def l2_bytes() -> int:
+    return getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+
+
+def time_graph(fns, repeats: int) -> float:
+    """Median seconds per call of the callables `fns` (one per weight copy), captured in one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for f in fns:  # warm-up: compile, allocate
+            f()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for f in fns:
+            f()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    del graph
+    return statistics.median(times) / len(fns)
+
+
+def copies_for(nbytes: int) -> int:
+    return max(2, -(-2 * l2_bytes() // max(nbytes, 1)) + 1)
+
+
+def layer_bytes(layer: SpQRLinear) -> int:
+    return sum(t.numel() * t.element_size() for t in layer.packed_tensors().values())
+
+
+def make_layers(out: int, n_in: int, config: QuantConfig, seed: int) -> list[SpQRLinear]:
+    qw = random_quantized_weight(out, n_in, config, outlier_share=0.01, seed=seed, device="cuda")
+    base = SpQRLinear.from_quantized(qw)
+    del qw
+    layers = [base]
+    for _ in range(copies_for(layer_bytes(base)) - 1):
+        c = SpQRLinear(n_in, out, config, base.n_outliers, device="meta")
+        c.load_packed({k: v.clone() for k, v in base.packed_tensors().items()})
+        layers.append(c)
+    return layers
+
+
+def check(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> float:
+    """Max |kernel - reference| / max |reference| on this input."""
+    ref = MATMULS["reference"](layer, x).float()
+    y = MATMULS[kernel](layer, x).float()
+    return ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+
+
+def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, kernels=("gemv", "dot", "dequantize")):
+    rows = []
+    layers = make_layers(out, n_in, config, seed)
+    nbytes = layer_bytes(layers[0])
+    dense = torch.randn(out, n_in, device="cuda", dtype=torch.float16) * 0.02
+    dense_copies = [dense] + [dense.clone() for _ in range(copies_for(dense.numel() * 2) - 1)]
+    theirs = None
+    if spqr_quant is not None and config == get_preset("spqr-w3"):
+        from spqr_quant_adapter import incompatibility, spqr_quant_matvec, to_spqr_quant
+
+        why = incompatibility((out, n_in), config, layers[0].n_outliers)
+        if why is None:
+            tensors = {k: v.cpu() for k, v in layers[0].packed_tensors().items()}
+            # as many copies as ours, so that their weights are read from HBM too
+            theirs = ([to_spqr_quant(tensors, (out, n_in), config) for _ in range(len(layers))], spqr_quant_matvec)
+        else:
+            theirs = why
+    for batch in batches:
+        x = torch.randn(batch, n_in, device="cuda", dtype=torch.float16)
+        row = {"shape": name, "out": out, "in": n_in, "batch": batch, "wbits": config.wbits, "beta1": config.beta1,
+               "beta2": config.beta2, "layer_bytes": nbytes, "fp16_bytes": out * n_in * 2,
+               "outliers": layers[0].n_outliers, "copies": len(layers)}
+        t16 = time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense_copies], repeats)
+        row["fp16_s"] = t16
+        for kernel in kernels:
+            if spqr_matmul.unsupported_reason(n_in, config.wbits, config.beta1 or 0, kernel):
+                continue
+            row[f"{kernel}_err"] = check(layers[0], x, kernel)
+            row[f"{kernel}_s"] = time_graph([lambda lay=lay, k=kernel, x=x: MATMULS[k](lay, x)
+                                               for lay in layers], repeats)
+        row["auto_kernel"] = choose_kernel(layers[0], x)
+        row["auto_s"] = row.get(f"{row['auto_kernel']}_s")
+        if batch == 1 and isinstance(theirs, tuple):
+            objs, fn = theirs
+            ref = MATMULS["reference"](layers[0], x).float()[0]
+            y = fn(objs[0], x).float()
+            row["spqr_quant_err"] = ((y - ref).abs().max() / ref.abs().max()).item()
+            row["spqr_quant_s"] = time_graph([lambda o=o, fn=fn, x=x: fn(o, x) for o in objs], repeats)
+        elif batch == 1 and isinstance(theirs, str):
+            row["spqr_quant_skipped"] = theirs
+        rows.append(row)
+    del layers, dense, dense_copies, theirs
+    torch.cuda.empty_cache()
+    return rows
+
+
+def tune(out, n_in, config, batch, repeats):
+    """Block-size sweep of the fused kernels on one shape: [(kernel, params, seconds)] sorted by time."""
+    layers = make_layers(out, n_in, config, 0)
+    x = torch.randn(batch, n_in, device="cuda", dtype=torch.float16)
+    results = []
+    wb, group, beta2, sb, zb = layers[0].kernel_layout()
+
+    def run(fn, params, lay):
+        return fn(x, *lay.kernel_tensors(), None, out, wb, group, beta2, sb, zb, **params)
+
+    space = []
+    if batch <= 16:
+        for br, nch, nw in itertools.product((8, 16, 32), (4, 8, 16), (2, 4)):
+            space.append((spqr_matmul.gemv, "gemv", {"block_rows": br, "chunks": nch, "num_warps": nw}))
+    for bn, bk, nw, ns in itertools.product((32, 64, 128), (64, 128), (4,), (2, 4)):
+        space.append((spqr_matmul.dot, "dot", {"block_n": bn, "block_k": bk, "num_warps": nw, "num_stages": ns}))
+    ref = MATMULS["reference"](layers[0], x).float()
+    for fn, name, params in space:
+        try:
+            y = run(fn, params, layers[0]).float()
+            if not torch.allclose(y, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item()):
+                results.append((name, params, float("nan")))
+                continue
+            t = time_graph([lambda lay=lay, fn=fn, prm=params: run(fn, prm, lay) for lay in layers], repeats)
+        except Exception as e:  # a config the compiler rejects (shared memory, registers)
+            results.append((name, params, f"{type(e).__name__}"))
+            continue
+        results.append((name, params, t))
+    del layers
+    torch.cuda.empty_cache()
+    return sorted(results, key=lambda r: r[2] if isinstance(r[2], float) and r[2] == r[2] else 1e9)
+
+
+def fmt_us(s):
+    return f"{s * 1e6:8.1f}" if isinstance(s, float) else "       -"
+
+
+def print_table(rows, copy_bw):
+    print(f"\ncopy bandwidth (read + write): {copy_bw / 1e9:.0f} GB/s")
+    head = (f"{'shape':<12} {'out x in':>12} {'b':>3} {'fp16 us':>8} {'gemv':>8} {'dot':>8} {'deq+mm':>8} "
+            f"{'auto':>8} {'pick':>10} {'x fp16':>7} {'BW %copy':>8} {'spqr-q':>8} {'vs spqr-q':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        auto = r.get("auto_s")
+        speed = r["fp16_s"] / auto if auto else float("nan")
+        bw = r["layer_bytes"] / auto / copy_bw * 100 if auto else float("nan")
+        theirs = r.get("spqr_quant_s")
+        vs = f"{theirs / auto:9.2f}" if theirs and auto else "        -"
+        print(f"{r['shape']:<12} {r['out']:>5}x{r['in']:<6} {r['batch']:>3} {fmt_us(r['fp16_s'])} "
+              f"{fmt_us(r.get('gemv_s'))} {fmt_us(r.get('dot_s'))} {fmt_us(r.get('dequantize_s'))} {fmt_us(auto)} "
+              f"{r['auto_kernel']:>10} {speed:7.2f} {bw:8.1f} {fmt_us(theirs)} {vs}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    p.add_argument("--batches", default="1,4,16")
+    p.add_argument("--preset", default="spqr-w3")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--layouts", action="store_true", help="also every wbits 2..4 x beta1 x beta2 at 4096x4096")
+    p.add_argument("--tune", action="store_true", help="also sweep the fused kernels' block sizes at 4096x4096")
+    p.add_argument("--no-spqr-quant", action="store_true")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
+        return 2
+    linear_mod.os.environ.pop(linear_mod.MATMUL_ENV, None)
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = True  # torch's default for fp16
+    batches = [int(b) for b in args.batches.split(",")]
+    config = get_preset(args.preset)
+    copy_bw = copy_bandwidth(args.repeats)
+    spqr_quant = None
+    spqr_quant_note = "disabled"
+    if not args.no_spqr_quant:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from spqr_quant_adapter import spqr_quant_available
+
+        spqr_quant_note = spqr_quant_available()
+        spqr_quant = True if spqr_quant_note is None else None
+        print(f"spqr-quant: {spqr_quant_note or 'available'}", flush=True)
+    rows = []
+    for name in args.shapes.split(","):
+        out, n_in = SHAPES[name]
+        rows += bench_shape(name, out, n_in, config, batches, args.repeats, spqr_quant)
+        print(f"  {name} done", flush=True)
+    print_table(rows, copy_bw)
+    result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": args.preset,
+              "config": config.to_dict() if hasattr(config, "to_dict") else repr(config),
+              "copy_bandwidth_Bps": copy_bw, "spqr_quant": spqr_quant_note or "available", "rows": rows,
+              "selector": {"gemv_max_rows": linear_mod.GEMV_MAX_ROWS, "dot_max_rows": linear_mod.DOT_MAX_ROWS}}
+    if args.layouts:
+        lrows = []
+        for wb, b1, b2 in itertools.product((2, 3, 4), (8, 16, 32, 64), (16, 32, 64)):
+            cfg = QuantConfig(wbits=wb, beta1=b1, beta2=b2, scale_bits=3, zero_bits=3)
+            lrows += bench_shape(f"w{wb} {b1}x{b2}", 4096, 4096, cfg, [1, 16], max(5, args.repeats // 2), None,
+                                 kernels=("gemv", "dot"))
+        print("\nevery layout at 4096x4096 (3-bit statistics):")
+        print_table(lrows, copy_bw)
+        result["layouts"] = lrows
+    if args.tune:
+        result["tune"] = {}
+        for (out, n_in), batch in itertools.product(((4096, 4096),), (1, 4, 16)):
+            res = tune(out, n_in, config, batch, max(5, args.repeats // 2))
+            key = f"{out}x{n_in} b{batch}"
+            result["tune"][key] = [(n, p, t) for n, p, t in res]
+            print(f"\ntune {key}: best")
+            for n, prm, t in res[:6]:
+                print(f"  {n:<5} {prm} {fmt_us(t)} us")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
