@@ -18,12 +18,16 @@ ms/token is the latency of one decode step (one new token for every sequence of 
 Correctness guard: in graph mode the logits of the first decode step from the graph replay are compared with the
 eager step from the same cache state (max abs diff printed and stored); a mismatch beyond fp16 tolerance aborts, so a
 broken capture cannot report a fast but wrong number. Prefill and last-step logits must be finite. When the capture
-itself fails (e.g. a host sync inside the forward), the row falls back to eager with a warning, and the JSON says so.
+itself fails (e.g. a host sync inside the forward), the row falls back to eager with a warning, and the table and
+the JSON say so (`--strict-graph` fails instead).
 
     python benchmarks/generate.py --json out.json                       # on a GPU machine, 7B shape
     python benchmarks/generate.py --layers 4 --batch-sizes 1            # a quick GPU run
     python benchmarks/generate.py --tiny --mode graph                   # a seconds-long check of the graph path
     python benchmarks/generate.py --tiny --device cpu --new-tokens 4    # a CPU smoke run (numbers meaningless)
+    SPQRKIT_MATMUL=reference python benchmarks/generate.py ...           # force one SpQR matmul (spqrkit.modules.linear)
+
+The SpQR kernels in use (`select_matmul`'s choice for the decode and the prefill input) are printed per row.
 """
 
 from __future__ import annotations
@@ -31,12 +35,18 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import platform
 import resource
 import statistics
 import sys
 import time
 from datetime import datetime, timezone
+
+# Run as `python benchmarks/generate.py`, this folder is sys.path[0], and its kernels.py would shadow the `kernels`
+# package that transformers probes for at import (a circular-import error). Nothing here is imported from it.
+if sys.path and sys.path[0] and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
 
 import torch
 import transformers
@@ -116,6 +126,19 @@ def linear_weight_bytes(model) -> tuple[int, int]:
     return total, numel
 
 
+def spqr_kernels(model, rows: int, dtype: torch.dtype, device: torch.device) -> str | None:
+    """The matmul implementation(s) `select_matmul` picks for the SpQR linears of block 0 for an input of `rows`
+    rows (batch x tokens), e.g. "gemv"; None for a dense model. SPQRKIT_MATMUL forces one (docs of choose_kernel)."""
+    names = []
+    for _, _, mod in decoder_linears(model)[:len(LINEARS)]:
+        if isinstance(mod, SpQRLinear):
+            fn = select_matmul(mod, torch.zeros(rows, 1, mod.in_features, dtype=dtype, device=device))
+            name = getattr(fn, "__name__", repr(fn)).removesuffix("_matmul")
+            if name not in names:
+                names.append(name)
+    return "+".join(names) or None
+
+
 def swap_to_spqr(model, preset: str, outlier_share: float, device: torch.device, seed: int = 1) -> int:
     """Replace every decoder linear by an SpQRLinear holding a random packed layer, freeing the fp16 weight as it
     goes. Returns the number of outliers."""
@@ -193,7 +216,9 @@ class Decoder:
         torch.cuda.current_stream().wait_stream(stream)
         _set_cache_length(self.cache, self.prompt_len)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # The outer context puts the current stream back even when a failed capture_end() skips the graph
+        # context's own restore (it would leave the capture stream current).
+        with torch.cuda.stream(torch.cuda.current_stream()), torch.cuda.graph(graph):
             self.graph_logits = self.step()
         self.graph = graph
         self.ids.copy_(self.first)
@@ -247,18 +272,26 @@ def measure(model, name: str, batch: int, prompt: torch.Tensor, args, device: to
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     weight_bytes, _ = linear_weight_bytes(model)
-    row = {"config": name, "batch": batch, "mode": args.mode, "graph_error": None, "graph_check": None}
+    dtype = model.model.embed_tokens.weight.dtype
+    row = {"config": name, "batch": batch, "mode": args.mode, "graph_error": None, "graph_check": None,
+           "spqr_kernel_decode": spqr_kernels(model, batch, dtype, device),
+           "spqr_kernel_prefill": spqr_kernels(model, batch * prompt.shape[1], dtype, device)}
     with torch.no_grad():
         dec = Decoder(model, prompt[:batch], args.new_tokens)
         dec.prefill()
         if args.mode == "graph":
             try:
                 dec.capture()
-            except Exception as e:  # noqa: BLE001 - reported, and the row is measured eagerly instead
+            except Exception as e:  # reported, and the row is measured eagerly instead
+                if args.strict_graph:
+                    raise
                 dec.graph = dec.graph_logits = None
                 torch.cuda.synchronize(device)
                 row["mode"] = "eager"
-                row["graph_error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+                # capture_end() often raises its own error on top of the one inside the captured step: keep both
+                causes = [e] + ([e.__context__] if e.__context__ is not None else [])
+                row["graph_error"] = " <- ".join(f"{type(c).__name__}: {str(c).strip().splitlines()[0][:300]}"
+                                                 for c in causes if str(c).strip())
                 print(f"WARNING: CUDA graph capture failed for {name} batch {batch}, measuring eagerly: "
                       f"{row['graph_error']}", file=sys.stderr)
         if dec.graph is not None:
@@ -307,11 +340,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
                    help="model dtype (default float16 on CUDA, float32 on CPU)")
+    p.add_argument("--strict-graph", action="store_true",
+                   help="fail when the CUDA graph capture fails, instead of measuring that row eagerly")
     p.add_argument("--skip-fp16", action="store_true", help="measure the SpQR model only")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the capture stream and the graph pool belong to the current device
     if args.mode is None:
         args.mode = "graph" if device.type == "cuda" and not args.tiny else "eager"
     if args.mode == "graph" and device.type != "cuda":
@@ -336,8 +373,6 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     spqr_bytes, _ = linear_weight_bytes(model)
-    sample = decoder_linears(model)[0][2]
-    matmul = select_matmul(sample, torch.zeros(1, sample.in_features, dtype=dtype, device=device))
     for b in batches:
         rows.append(measure(model, args.preset, b, prompt, args, device))
     for r in rows:
@@ -361,7 +396,6 @@ def main(argv: list[str] | None = None) -> dict:
         "quant_config": get_preset(args.preset).to_dict(),
         "outlier_share_requested": args.outlier_share,
         "outlier_share": n_outliers / numel,
-        "spqr_matmul": getattr(matmul, "__qualname__", repr(matmul)),
         "prompt_len": args.prompt_len,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
@@ -377,14 +411,16 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nGreedy decode, LLaMA-shaped {config.num_hidden_layers} x {config.hidden_size}/{config.intermediate_size}, "
           f"prompt {args.prompt_len} + {args.new_tokens} new tokens, static KV cache, {name}")
     print(f"SpQR {args.preset}: {8 * spqr_bytes / numel:.3f} bits per weight with {100 * n_outliers / numel:.2f}% "
-          f"outliers; matmul {result['spqr_matmul']}")
-    print("| config | batch | mode | decode tok/s | ms/token | speed-up vs fp16 | prefill ms | peak GiB | "
-          "linear weight GiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "outliers")
+    print("| config | batch | mode | SpQR kernel decode / prefill | decode tok/s | ms/token | speed-up vs fp16 | "
+          "prefill ms | peak GiB | linear weight GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         speedup = f"{r['speedup_vs_fp16']:.2f}x" if r["speedup_vs_fp16"] else "-"
         mode = r["mode"] + (" (capture failed)" if r["graph_error"] else "")
-        print(f"| {r['config']} | {r['batch']} | {mode} | {r['decode_tokens_per_s']:.1f} | {r['ms_per_token']:.2f} | "
+        kernels = f"{r['spqr_kernel_decode']} / {r['spqr_kernel_prefill']}" if r["spqr_kernel_decode"] else "-"
+        print(f"| {r['config']} | {r['batch']} | {mode} | {kernels} | {r['decode_tokens_per_s']:.1f} | "
+              f"{r['ms_per_token']:.2f} | "
               f"{speedup} | {r['prefill_ms']:.1f} | {r['peak_gib']:.2f} | {r['linear_weight_gib']:.3f} |")
     if args.json:
         with open(args.json, "w") as f:

@@ -9,14 +9,15 @@ Greedy decoding unless `temperature > 0`; sampling is then seeded and restricted
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, TextIO, Union
+from typing import Any, TextIO
 
 import torch
 from transformers import GenerationConfig, TextStreamer
 
 # Where streamed text goes: a callable taking each new piece of text, or a text stream (write + flush).
-Sink = Union[Callable[[str], Any], TextIO]
+Sink = Callable[[str], Any] | TextIO
 
 
 @dataclass(frozen=True)

@@ -151,16 +151,19 @@ def _gemv_kernel(
         s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2, SB)
         z = _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2, ZB)
         for i in tl.static_range(32):
-            if GROUP > 0 and GROUP < 32 and i > 0 and i % GROUP == 0:
-                g = (ch * 32 + i) // GROUP
-                s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2, SB)
-                z = _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2, ZB)
-            BIT: tl.constexpr = i * WB
-            K: tl.constexpr = BIT // 32
-            OFF: tl.constexpr = BIT % 32
-            q = _pick(K, w0, w1, w2, w3) >> OFF
-            if OFF + WB > 32:
-                q = q | (_pick(K + 1, w0, w1, w2, w3) << (32 - OFF))
+            if GROUP > 0:
+                if GROUP < 32:
+                    if i > 0:
+                        if i % GROUP == 0:  # a new group starts at code i of every chunk
+                            g = (ch * 32 + i) // GROUP
+                            s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2,
+                                         SB)
+                            z = _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2,
+                                         ZB)
+            # code i of a chunk: bits [i * WB, (i + 1) * WB) of the chunk's words (compile-time word and offset)
+            q = _pick((i * WB) // 32, w0, w1, w2, w3) >> ((i * WB) % 32)
+            if (i * WB) % 32 + WB > 32:
+                q = q | (_pick((i * WB) // 32 + 1, w0, w1, w2, w3) << (32 - (i * WB) % 32))
             q = q & MASK
             w = s * (q.to(tl.float32) - z)  # [BR, NCH]
             col = ch * 32 + i

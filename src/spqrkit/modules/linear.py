@@ -178,7 +178,7 @@ def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 MATMULS: dict[str, Matmul] = {
     "reference": reference_matmul, "gemv": gemv_matmul, "dot": dot_matmul, "dequantize": dequantize_matmul,
 }
-# Rows of x (batch x tokens) up to which each fused kernel is chosen; measured by benchmarks/kernels.py on an H100.
+# Rows of x (batch x tokens) up to which each fused kernel is chosen; measured by benchmarks/kernel_speed.py on an H100.
 GEMV_MAX_ROWS = 4
 DOT_MAX_ROWS = 64
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)

@@ -107,7 +107,9 @@ class QuantizedWeight:
     def outlier_coo(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, permuted column) int64 [nnz] each, from the CSR row pointers."""
         counts = (self.outlier_row_ptr[1:] - self.outlier_row_ptr[:-1]).long()  # [out]
-        rows = torch.repeat_interleave(torch.arange(self.out_features, device=counts.device), counts)
+        rows = torch.repeat_interleave(  # output_size: no device-to-host sync (CUDA graphs, torch.compile)
+            torch.arange(self.out_features, device=counts.device), counts, output_size=self.n_outliers
+        )
         return rows, self.outlier_cols.long()
 
     def to(self, device: torch.device | str) -> "QuantizedWeight":

@@ -11,9 +11,9 @@ that the copies exceed twice the L2 cache, so every call reads its weight from H
 `--repeats` times, each replay timed with CUDA events; the reported time is median(replay) / K. Random layers with 1%
 outliers (`spqrkit.format.synthetic`). Every kernel's output is checked against the reference dequantization first.
 
-    python benchmarks/kernels.py --json out.json                    # the full table (GPU)
-    python benchmarks/kernels.py --layouts                          # + every wbits x beta1 x beta2 at 4096x4096
-    python benchmarks/kernels.py --tune                             # + block-size sweeps at 4096x4096
+    python benchmarks/kernel_speed.py --json out.json                    # the full table (GPU)
+    python benchmarks/kernel_speed.py --layouts                          # + every wbits x beta1 x beta2 at 4096x4096
+    python benchmarks/kernel_speed.py --tune                             # + block-size sweeps at 4096x4096
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
+        print("benchmarks/kernel_speed.py needs a CUDA device", file=sys.stderr)
         return 2
     linear_mod.os.environ.pop(linear_mod.MATMUL_ENV, None)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = True  # torch's default for fp16
