@@ -97,8 +97,11 @@ def layer_bytes(layer: SpQRLinear) -> int:
     return sum(t.numel() * t.element_size() for t in layer.packed_tensors().values())
 
 
+OUTLIER_SHARE = 0.01
+
+
 def make_layers(out: int, n_in: int, config: QuantConfig, seed: int) -> list[SpQRLinear]:
-    qw = random_quantized_weight(out, n_in, config, outlier_share=0.01, seed=seed, device="cuda")
+    qw = random_quantized_weight(out, n_in, config, outlier_share=OUTLIER_SHARE, seed=seed, device="cuda")
     base = SpQRLinear.from_quantized(qw)
     del qw
     layers = [base]
@@ -225,6 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--layouts", action="store_true", help="also every wbits 2..4 x beta1 x beta2 at 4096x4096")
     p.add_argument("--tune", action="store_true", help="also sweep the fused kernels' block sizes at 4096x4096")
     p.add_argument("--no-spqr-quant", action="store_true")
+    p.add_argument("--outlier-share", type=float, default=0.01, help="average share of outliers (default 1%%)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -232,6 +236,8 @@ def main(argv=None) -> int:
         return 2
     linear_mod.os.environ.pop(linear_mod.MATMUL_ENV, None)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = True  # torch's default for fp16
+    global OUTLIER_SHARE
+    OUTLIER_SHARE = args.outlier_share
     batches = [int(b) for b in args.batches.split(",")]
     config = get_preset(args.preset)
     copy_bw = copy_bandwidth(args.repeats)
@@ -251,7 +257,7 @@ def main(argv=None) -> int:
         print(f"  {name} done", flush=True)
     print_table(rows, copy_bw)
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": args.preset,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": args.preset, "outlier_share": args.outlier_share,
               "config": config.to_dict() if hasattr(config, "to_dict") else repr(config),
               "copy_bandwidth_Bps": copy_bw, "spqr_quant": spqr_quant_note or "available", "rows": rows,
               "selector": {"gemv_max_rows": linear_mod.GEMV_MAX_ROWS, "dot_max_rows": linear_mod.DOT_MAX_ROWS}}

@@ -68,46 +68,50 @@ def _pick(K: tl.constexpr, w0, w1, w2, w3):
 
 
 @triton.jit
-def _outlier_correction(
-    x_ptr, stride_xb, bb, bmask, rows0, OUT, IN,
+def _outlier_block(
+    k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
     codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-    rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
+    cols_ptr, vals_ptr, perm_ptr,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
     BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr, ROUND_W: tl.constexpr,
 ):
-    """[BB, BR]: sum over the outliers of rows rows0 .. rows0+BR-1 of (value - base weight) * x[b, perm[col]].
-    With ROUND_W the base weight is first rounded to x's dtype, as the dense part of the `dot` kernel does."""
+    """[BB, BR]: sum over outliers k0 .. min(k0 + KO, k_hi) - 1 (all in rows rows0 .. rows0 + BR - 1; nxt[i] =
+    row_ptr[rows0 + i + 1]) of (value - base weight) * x[b, perm[col]]. With ROUND_W the base weight is first
+    rounded to x's dtype, as the dense part of the `dot` kernel does."""
+    rr = tl.arange(0, BR)
+    k = k0 + tl.arange(0, KO)
+    km = k < k_hi
+    loc = tl.sum((nxt[None, :] <= k[:, None]).to(tl.int32), axis=1)  # [KO]: local row of outlier k
+    row = rows0 + loc
+    col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
+    v = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32)
+    q = _code_at(codes_ptr, row * N_CODE_WORDS, col, WB, km).to(tl.float32)
+    if GROUP > 0:
+        g = col // GROUP
+    else:
+        g = col * 0
+    s = _stat_at(s_ptr, sst_ptr, row, g, km, N_GROUPS, N_SWORDS, BETA2, SB)
+    z = _stat_at(z_ptr, zst_ptr, row, g, km, N_GROUPS, N_ZWORDS, BETA2, ZB)
+    base = s * (q - z)
+    if ROUND_W:
+        base = base.to(x_ptr.dtype.element_ty).to(tl.float32)
+    p = tl.load(perm_ptr + col, mask=km, other=0).to(tl.int32) & 0xFFFF
+    xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & km[None, :],
+                 other=0.0).to(tl.float32)  # [BB, KO]
+    d = (v - base)[None, :] * xv  # [BB, KO]
+    sel = ((loc[:, None] == rr[None, :]) & km[:, None]).to(tl.float32)  # [KO, BR]
+    return tl.sum(d[:, :, None] * sel[None, :, :], axis=1)
+
+
+@triton.jit
+def _outlier_range(rowptr_ptr, rows0, OUT, BR: tl.constexpr):
+    """(first outlier, end, row_ptr[rows0 + 1 + i] for i < BR) of the rows rows0 .. rows0 + BR - 1 (CSR rows are
+    consecutive, so their outliers are one range)."""
     rr = tl.arange(0, BR)
     k_lo = tl.load(rowptr_ptr + rows0)
     k_hi = tl.load(rowptr_ptr + tl.minimum(rows0 + BR, OUT))
-    nxt = tl.load(rowptr_ptr + rows0 + 1 + rr, mask=rows0 + rr < OUT, other=2147483647)  # end of each local row
-    corr = tl.zeros([BB, BR], dtype=tl.float32)
-    k0 = k_lo
-    while k0 < k_hi:  # (a while loop: Triton's interpreter cannot range() over loaded scalars)
-        k = k0 + tl.arange(0, KO)
-        km = k < k_hi
-        loc = tl.sum((nxt[None, :] <= k[:, None]).to(tl.int32), axis=1)  # [KO]: local row of outlier k
-        row = rows0 + loc
-        col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
-        v = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32)
-        q = _code_at(codes_ptr, row * N_CODE_WORDS, col, WB, km).to(tl.float32)
-        if GROUP > 0:
-            g = col // GROUP
-        else:
-            g = col * 0
-        s = _stat_at(s_ptr, sst_ptr, row, g, km, N_GROUPS, N_SWORDS, BETA2, SB)
-        z = _stat_at(z_ptr, zst_ptr, row, g, km, N_GROUPS, N_ZWORDS, BETA2, ZB)
-        base = s * (q - z)
-        if ROUND_W:
-            base = base.to(x_ptr.dtype.element_ty).to(tl.float32)
-        p = tl.load(perm_ptr + col, mask=km, other=0).to(tl.int32) & 0xFFFF
-        xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & km[None, :],
-                     other=0.0).to(tl.float32)  # [BB, KO]
-        d = (v - base)[None, :] * xv  # [BB, KO]
-        sel = ((loc[:, None] == rr[None, :]) & km[:, None]).to(tl.float32)  # [KO, BR]
-        corr += tl.sum(d[:, :, None] * sel[None, :, :], axis=1)
-        k0 += KO
-    return corr
+    nxt = tl.load(rowptr_ptr + rows0 + 1 + rr, mask=rows0 + rr < OUT, other=2147483647)
+    return k_lo, k_hi, nxt
 
 
 # ---------------------------------------------------------------------------------------------------- gemv
@@ -128,6 +132,10 @@ def _gemv_kernel(
     n_words = N_CHUNKS * WB
     MASK: tl.constexpr = (1 << WB) - 1
     acc = tl.zeros([BB, BR, NCH], dtype=tl.float32)
+    # The outliers of these rows are one CSR range; KO of them are handled in every tile iteration (so that their
+    # dependent gathers overlap the streaming of the codes), the rest after the loop.
+    k0, k_hi, nxt = _outlier_range(rowptr_ptr, rows0, OUT, BR)
+    corr = tl.zeros([BB, BR], dtype=tl.float32)
     for t in range(0, N_CHUNKS, NCH):
         ch = t + jj
         cm = ch < N_CHUNKS
@@ -143,13 +151,19 @@ def _gemv_kernel(
             w2 = tl.load(wp + 2, mask=m2, other=0).to(tl.uint32, bitcast=True)
         if WB > 3:
             w3 = tl.load(wp + 3, mask=m2, other=0).to(tl.uint32, bitcast=True)
+        corr += _outlier_block(
+            k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
+            codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
+        )
+        k0 += KO
         # Statistics of a whole chunk (groups of >= 32 columns, or one per row); smaller groups below, per code.
         if GROUP == 0:
             g = ch * 0
         else:
             g = (ch * 32) // GROUP
         s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2, SB)
-        z = _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2, ZB)
+        sz = s * _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2, ZB)
         for i in tl.static_range(32):
             if GROUP > 0:
                 if GROUP < 32:
@@ -158,26 +172,29 @@ def _gemv_kernel(
                             g = (ch * 32 + i) // GROUP
                             s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2,
                                          SB)
-                            z = _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2,
-                                         ZB)
+                            sz = s * _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS,
+                                              BETA2, ZB)
             # code i of a chunk: bits [i * WB, (i + 1) * WB) of the chunk's words (compile-time word and offset)
             q = _pick((i * WB) // 32, w0, w1, w2, w3) >> ((i * WB) % 32)
             if (i * WB) % 32 + WB > 32:
                 q = q | (_pick((i * WB) // 32 + 1, w0, w1, w2, w3) << (32 - (i * WB) % 32))
-            q = q & MASK
-            w = s * (q.to(tl.float32) - z)  # [BR, NCH]
+            # int -> float without a conversion instruction: 2**23 + q as float bits, minus 2**23 (exact)
+            qf = ((q & MASK) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            w = s * qf - sz  # [BR, NCH]
             col = ch * 32 + i
             xm = cm & (col < IN)
             p = tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF
             xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & xm[None, :],
                          other=0.0).to(tl.float32)  # [BB, NCH]
             acc += w[None, :, :] * xv[:, None, :]
-    y = tl.sum(acc, axis=2)  # [BB, BR]
-    y += _outlier_correction(
-        x_ptr, stride_xb, bb, bmask, rows0, OUT, IN,
-        codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-        rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
-    )
+    while k0 < k_hi:
+        corr += _outlier_block(
+            k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
+            codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
+        )
+        k0 += KO
+    y = tl.sum(acc, axis=2) + corr  # [BB, BR]
     if HAS_BIAS:
         y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + bb[:, None] * stride_yb + rows[None, :], y.to(y_ptr.dtype.element_ty),
@@ -205,7 +222,15 @@ def _dot_kernel(
         g0 = rows * 0
         s_row = _stat_at(s_ptr, sst_ptr, rows, g0, rmask, N_GROUPS, N_SWORDS, BETA2, SB)[:, None]
         z_row = _stat_at(z_ptr, zst_ptr, rows, g0, rmask, N_GROUPS, N_ZWORDS, BETA2, ZB)[:, None]
+    k0, k_hi, nxt = _outlier_range(rowptr_ptr, rows0, OUT, BN)
+    corr = tl.zeros([BM, BN], dtype=tl.float32)
     for c0 in range(0, IN, BK):
+        corr += _outlier_block(
+            k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
+            codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True,
+        )
+        k0 += KO
         cols = c0 + kk
         cm = cols < IN
         m2 = rmask[:, None] & cm[None, :]
@@ -232,11 +257,14 @@ def _dot_kernel(
             acc = tl.dot(xt, tl.trans(w), acc, input_precision="ieee")
         else:
             acc = tl.dot(xt, tl.trans(w), acc)
-    acc += _outlier_correction(
-        x_ptr, stride_xb, bb, bmask, rows0, OUT, IN,
-        codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-        rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True,
-    )
+    while k0 < k_hi:
+        corr += _outlier_block(
+            k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
+            codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True,
+        )
+        k0 += KO
+    acc += corr
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + bb[:, None] * stride_yb + rows[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -334,7 +362,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BB=BB, BR=BR, NCH=NCH, KO=16, num_warps=num_warps or 4,
+        BB=BB, BR=BR, NCH=NCH, KO=64, num_warps=num_warps or 4,
     )
     return y
 
@@ -359,7 +387,7 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BM=BM, BN=BN, BK=BK, KO=16, IEEE=x.dtype == torch.float32,
+        BM=BM, BN=BN, BK=BK, KO=64, IEEE=x.dtype == torch.float32,
         num_warps=num_warps or 4, num_stages=num_stages or 2,
     )
     return y
