@@ -176,10 +176,10 @@ def tune(out, n_in, config, batch, repeats):
         return fn(x, *lay.kernel_tensors(), None, out, wb, group, beta2, sb, zb, **params)
 
     space = []
-    if batch <= 16:
-        for br, nch, nw in itertools.product((8, 16, 32), (4, 8, 16), (2, 4)):
+    if batch <= 4:
+        for br, nch, nw in itertools.product((2, 4, 8), (16, 32), (2, 4)):
             space.append((spqr_matmul.gemv, "gemv", {"block_rows": br, "chunks": nch, "num_warps": nw}))
-    for bn, bk, nw, ns in itertools.product((32, 64, 128), (64, 128), (4,), (2, 4)):
+    for bn, bk, nw, ns in itertools.product((32, 64, 128), (64,), (4,), (2, 3)):
         space.append((spqr_matmul.dot, "dot", {"block_n": bn, "block_k": bk, "num_warps": nw, "num_stages": ns}))
     ref = MATMULS["reference"](layers[0], x).float()
     for fn, name, params in space:
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
         result["layouts"] = lrows
     if args.tune:
         result["tune"] = {}
-        for (out, n_in), batch in itertools.product(((4096, 4096),), (1, 4, 16)):
+        for (out, n_in), batch in itertools.product(((4096, 4096),), (1, 16)):
             res = tune(out, n_in, config, batch, max(5, args.repeats // 2))
             key = f"{out}x{n_in} b{batch}"
             result["tune"][key] = [(n, p, t) for n, p, t in res]

@@ -99,8 +99,11 @@ def _outlier_block(
     xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & km[None, :],
                  other=0.0).to(tl.float32)  # [BB, KO]
     d = (v - base)[None, :] * xv  # [BB, KO]
-    sel = ((loc[:, None] == rr[None, :]) & km[:, None]).to(tl.float32)  # [KO, BR]
-    return tl.sum(d[:, :, None] * sel[None, :, :], axis=1)
+    sel = ((loc[:, None] == rr[None, :]) & km[:, None]).to(tl.float32)  # [KO, BR]: outlier k sits in row r
+    if ROUND_W:  # big [BB, BR] tiles: scatter-add by a product on the tensor cores (3xTF32: ~fp32 accurate)
+        return tl.dot(d, sel, input_precision="tf32x3")
+    else:
+        return tl.sum(d[:, :, None] * sel[None, :, :], axis=1)
 
 
 @triton.jit
@@ -162,17 +165,19 @@ def _gemv_kernel(
             g = ch * 0
         else:
             g = (ch * 32) // GROUP
-        s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2, SB)
-        sz = s * _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2, ZB)
+        gm = m2 & (g < N_GROUPS)[None, :]  # (a padded last chunk may reach past the last group)
+        s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], gm, N_GROUPS, N_SWORDS, BETA2, SB)
+        sz = s * _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], gm, N_GROUPS, N_ZWORDS, BETA2, ZB)
         for i in tl.static_range(32):
             if GROUP > 0:
                 if GROUP < 32:
                     if i > 0:
                         if i % GROUP == 0:  # a new group starts at code i of every chunk
                             g = (ch * 32 + i) // GROUP
-                            s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2,
+                            gm = m2 & (g < N_GROUPS)[None, :]
+                            s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], gm, N_GROUPS, N_SWORDS, BETA2,
                                          SB)
-                            sz = s * _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS,
+                            sz = s * _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], gm, N_GROUPS, N_ZWORDS,
                                               BETA2, ZB)
             # code i of a chunk: bits [i * WB, (i + 1) * WB) of the chunk's words (compile-time word and offset)
             q = _pick((i * WB) // 32, w0, w1, w2, w3) >> ((i * WB) % 32)
@@ -352,8 +357,8 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
-    BR = block_rows or (16 if BB <= 2 else 8)
-    NCH = chunks or 8
+    BR = block_rows or 4
+    NCH = chunks or (32 if BB <= 2 else 16)
     grid = (triton.cdiv(out_features, BR),)
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
