@@ -89,7 +89,7 @@ def test_kernels_statistics_variants_and_dtypes(kernel, config, dtype):
 def test_fused_kernels_outlier_extremes(outlier_share, dense_rows, empty_rows):
     """No outliers at all; every row with many (30%, and whole rows with 25%); most rows empty."""
     cfg = get_preset("spqr-w3")
-    layer = _layer(40, 128, cfg, outlier_share=outlier_share, dense_rows=dense_rows, empty_rows=empty_rows,
+    layer = _layer(48, 128, cfg, outlier_share=outlier_share, dense_rows=dense_rows, empty_rows=empty_rows,
                    bias=False)
     nnz = layer.n_outliers
     assert (nnz == 0) == (outlier_share == 0.0)
@@ -167,12 +167,15 @@ def test_selector(monkeypatch):
 def test_selector_on_cuda_by_batch(monkeypatch):
     monkeypatch.delenv(linear_mod.MATMUL_ENV, raising=False)
     layer = _layer(64, 128, get_preset("spqr-w3"))
-    pick = {rows: choose_kernel(layer, torch.randn(rows, 128, device="cuda", dtype=torch.float16))
-            for rows in (1, linear_mod.GEMV_MAX_ROWS, linear_mod.GEMV_MAX_ROWS + 1, linear_mod.DOT_MAX_ROWS,
-                         linear_mod.DOT_MAX_ROWS + 1)}
-    assert list(pick.values()) == ["gemv", "gemv", "dot", "dot", "dequantize"]
-    six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))
-    assert choose_kernel(six, torch.randn(1, 128, device="cuda", dtype=torch.float16)) == "dot"
+    x16 = {rows: torch.randn(rows, 128, device="cuda", dtype=torch.float16)
+           for rows in (1, linear_mod.GEMV_MAX_ROWS, linear_mod.GEMV_MAX_ROWS + 1, linear_mod.DOT_MAX_ROWS + 1)}
+    pick = {rows: choose_kernel(layer, x) for rows, x in x16.items()}
+    assert pick[1] == pick[linear_mod.GEMV_MAX_ROWS] == "gemv"
+    assert pick[linear_mod.DOT_MAX_ROWS + 1] == "dequantize"
+    assert pick[linear_mod.GEMV_MAX_ROWS + 1] == ("dot" if linear_mod.DOT_MAX_ROWS > linear_mod.GEMV_MAX_ROWS
+                                                  else "dequantize")
+    six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))  # no gemv for 6 bits: dequantize + cuBLAS
+    assert choose_kernel(six, x16[1]) == "dequantize"
     odd = _layer(64, 96, QuantConfig(wbits=3, beta1=48, beta2=16))
     assert choose_kernel(odd, torch.randn(1, 96, device="cuda")) == "reference"
 

@@ -357,7 +357,8 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
-    BR = block_rows or 4
+    # Best of a sweep on an H100 at 4096 x 4096 (benchmarks/kernel_speed.py --tune, 2026-11-25).
+    BR = block_rows or 8
     NCH = chunks or (32 if BB <= 2 else 16)
     grid = (triton.cdiv(out_features, BR),)
     sp, ssp = _stat_ptrs(scale, scale_stats)
@@ -367,7 +368,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BB=BB, BR=BR, NCH=NCH, KO=64, num_warps=num_warps or 4,
+        BB=BB, BR=BR, NCH=NCH, KO=64, num_warps=num_warps or 2,
     )
     return y
 
@@ -382,7 +383,7 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BM = block_m or (16 if M <= 16 else (32 if M <= 32 else 64))
-    BN = block_n or 64
+    BN = block_n or 32
     BK = block_k or 64
     grid = (triton.cdiv(out_features, BN), triton.cdiv(M, BM))
     sp, ssp = _stat_ptrs(scale, scale_stats)
@@ -393,7 +394,7 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
         BM=BM, BN=BN, BK=BK, KO=64, IEEE=x.dtype == torch.float32,
-        num_warps=num_warps or 4, num_stages=num_stages or 2,
+        num_warps=num_warps or 4, num_stages=num_stages or 3,
     )
     return y
 

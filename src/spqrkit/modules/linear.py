@@ -178,9 +178,12 @@ def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 MATMULS: dict[str, Matmul] = {
     "reference": reference_matmul, "gemv": gemv_matmul, "dot": dot_matmul, "dequantize": dequantize_matmul,
 }
-# Rows of x (batch x tokens) up to which each fused kernel is chosen; measured by benchmarks/kernel_speed.py on an H100.
+# Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H100
+# (2026-11-25, benchmarks/results/kernel_speed_h100.json): gemv beats dequantize+cuBLAS up to 4 rows; the `dot`
+# kernel is slower than dequantize+cuBLAS at every batch measured, so it is not chosen automatically (DOT_MAX_ROWS
+# = GEMV_MAX_ROWS) until it is faster; SPQRKIT_MATMUL=dot still runs it.
 GEMV_MAX_ROWS = 4
-DOT_MAX_ROWS = 64
+DOT_MAX_ROWS = GEMV_MAX_ROWS
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
 
 
@@ -197,7 +200,8 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
 
     SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv` up to GEMV_MAX_ROWS rows of x, `dot` up to DOT_MAX_ROWS, `dequantize` beyond."""
+    do not cover; on CUDA `gemv` up to GEMV_MAX_ROWS rows of x, `dot` up to DOT_MAX_ROWS, `dequantize` beyond (and
+    for layouts the chosen fused kernel does not cover)."""
     wbits, group = layer.config.wbits, layer.config.beta1 or 0
     forced = os.environ.get(MATMUL_ENV, "auto")
     if forced != "auto":
@@ -220,7 +224,12 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
         return "reference"
     from ..kernels.spqr_matmul import unsupported_reason
 
-    wanted = ["gemv", "dot"] if rows <= GEMV_MAX_ROWS else (["dot"] if rows <= DOT_MAX_ROWS else ["dequantize"])
+    if rows <= GEMV_MAX_ROWS:
+        wanted = ["gemv", "dequantize"]
+    elif rows <= DOT_MAX_ROWS:
+        wanted = ["dot", "dequantize"]
+    else:
+        wanted = ["dequantize"]
     for kernel in wanted:
         if unsupported_reason(layer.in_features, wbits, group, kernel) is None:
             return kernel
