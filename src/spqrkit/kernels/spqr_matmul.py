@@ -134,7 +134,13 @@ def _gemv_kernel(
     jj = tl.arange(0, NCH)
     n_words = N_CHUNKS * WB
     MASK: tl.constexpr = (1 << WB) - 1
-    acc = tl.zeros([BB, BR, NCH], dtype=tl.float32)
+    # One [BR, NCH] accumulator per row of x (BB <= 4): every per-code tensor keeps the layout of the code tile, so
+    # the unrolled loop needs no layout conversions (a [BB, BR, NCH] accumulator cost one through shared memory,
+    # with a barrier, per code).
+    acc0 = tl.zeros([BR, NCH], dtype=tl.float32)
+    acc1 = acc0
+    acc2 = acc0
+    acc3 = acc0
     # The outliers of these rows are one CSR range; KO of them are handled in every tile iteration (so that their
     # dependent gathers overlap the streaming of the codes), the rest after the loop.
     k0, k_hi, nxt = _outlier_range(rowptr_ptr, rows0, OUT, BR)
@@ -188,10 +194,14 @@ def _gemv_kernel(
             w = s * qf - sz  # [BR, NCH]
             col = ch * 32 + i
             xm = cm & (col < IN)
-            p = tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF
-            xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & xm[None, :],
-                         other=0.0).to(tl.float32)  # [BB, NCH]
-            acc += w[None, :, :] * xv[:, None, :]
+            p = (tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF)[None, :]
+            xm2 = xm[None, :]
+            acc0 += w * tl.load(x_ptr + p, mask=xm2, other=0.0).to(tl.float32)
+            if BB > 1:
+                acc1 += w * tl.load(x_ptr + stride_xb + p, mask=xm2 & (M > 1), other=0.0).to(tl.float32)
+            if BB > 2:
+                acc2 += w * tl.load(x_ptr + 2 * stride_xb + p, mask=xm2 & (M > 2), other=0.0).to(tl.float32)
+                acc3 += w * tl.load(x_ptr + 3 * stride_xb + p, mask=xm2 & (M > 3), other=0.0).to(tl.float32)
     while k0 < k_hi:
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
@@ -199,7 +209,12 @@ def _gemv_kernel(
             cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
         )
         k0 += KO
-    y = tl.sum(acc, axis=2) + corr  # [BB, BR]
+    y = corr + tl.where(bb[:, None] == 0, tl.sum(acc0, axis=1)[None, :], 0.0)  # [BB, BR]
+    if BB > 1:
+        y += tl.where(bb[:, None] == 1, tl.sum(acc1, axis=1)[None, :], 0.0)
+    if BB > 2:
+        y += tl.where(bb[:, None] == 2, tl.sum(acc2, axis=1)[None, :], 0.0)
+        y += tl.where(bb[:, None] == 3, tl.sum(acc3, axis=1)[None, :], 0.0)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + bb[:, None] * stride_yb + rows[None, :], y.to(y_ptr.dtype.element_ty),
@@ -348,12 +363,17 @@ def _stat_ptrs(stat, stats):
     return stat, (stats if stats is not None else stat)
 
 
+GEMV_MAX_BATCH = 4  # rows of x the gemv kernel accumulates (one register tile each)
+
+
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores."""
     import torch
 
     M, n_in = x.shape
+    if M > GEMV_MAX_BATCH:
+        raise ValueError(f"the gemv kernel takes at most {GEMV_MAX_BATCH} rows of x, got {M}")
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
