@@ -11,7 +11,7 @@ that the copies exceed twice the L2 cache, so every call reads its weight from H
 `--repeats` times, each replay timed with CUDA events; the reported time is median(replay) / K. Random layers with 1%
 outliers (`spqrkit.format.synthetic`). Every kernel's output is checked against the reference dequantization first.
 
-    python benchmarks/kernel_speed.py --json out.json                    # the full table (GPU)
+    python benchmarks/kernel_speed.py --json out.json                # the full table (GPU)
     python benchmarks/kernel_speed.py --layouts                          # + every wbits x beta1 x beta2 at 4096x4096
     python benchmarks/kernel_speed.py --tune                             # + block-size sweeps at 4096x4096
 """

@@ -100,15 +100,27 @@ def test_fused_kernels_outlier_extremes(outlier_share, dense_rows, empty_rows):
 
 def test_dequantize_kernel_is_the_reference_weight_bit_for_bit():
     cfg = get_preset("spqr-w4")
-    layer = _layer(64, 160, cfg, dense_rows=3)
+    layer = _layer(64, 150, cfg, dense_rows=3)  # 150: a padded last chunk
     ref = layer.dequantize()  # fp32, original column order
-    perm = layer.perm.long() & 0xFFFF
+    order = spqr_matmul.chunked_column_order(layer.perm, 150)
+    real = (torch.arange(160).view(5, 32).t().reshape(-1) < 150).to(DEVICE)  # column i*5+j is permuted 32j+i
     # Triton's interpreter casts fp32 -> bf16 by truncation; compiled kernels round to nearest even, as torch does.
     for dtype in (torch.float32, torch.float16) + ((torch.bfloat16,) if on_cuda else ()):
-        w_perm = ops.dequantize_permuted(*layer.kernel_tensors()[:8], 160, 64, *layer.kernel_layout(), dtype)
-        w = torch.empty_like(w_perm)
-        w[:, perm] = w_perm
+        w_chunked = ops.dequantize_chunked(*layer.kernel_tensors()[:8], 150, 64, *layer.kernel_layout(), dtype)
+        assert w_chunked.shape == (64, 160)
+        assert bool((w_chunked[:, ~real] == 0).all())
+        w = torch.empty(64, 150, dtype=dtype, device=DEVICE)
+        w[:, order[real]] = w_chunked[:, real]
         assert torch.equal(w, ref.to(dtype))
+
+
+@pytest.mark.parametrize("wbits", [5, 6, 7, 8])
+def test_wide_codes(wbits):
+    """5..8-bit codes (codes straddling words at 5, 6, 7 bits) in every kernel."""
+    layer = _layer(32, 100, QuantConfig(wbits=wbits, beta1=16, beta2=16, scale_bits=4, zero_bits=4), seed=wbits)
+    x = torch.randn(2, 100, device=DEVICE)
+    for kernel in ("gemv", "dot", "dequantize"):
+        _check(layer, x, MATMULS[kernel](layer, x))
 
 
 def test_leading_dims_and_noncontiguous_input():
@@ -125,7 +137,7 @@ def test_custom_op_registration_passes_opcheck():
     x = torch.randn(2, 64, device=DEVICE)
     args = (x, *layer.kernel_tensors(), layer.bias, 32, *layer.kernel_layout())
     torch.library.opcheck(ops.fused_matmul, (*args, "gemv"), test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(ops.dequantize_permuted,
+    torch.library.opcheck(ops.dequantize_chunked,
                           (*layer.kernel_tensors()[:8], 64, 32, *layer.kernel_layout(), torch.float16),
                           test_utils=("test_schema", "test_faketensor"))
 
@@ -156,11 +168,9 @@ def test_selector(monkeypatch):
     monkeypatch.setenv(linear_mod.MATMUL_ENV, "dot")
     with pytest.raises(ValueError, match="power of two"):
         choose_kernel(odd, x)
-    six = _layer(32, 64, QuantConfig(wbits=6, beta1=16, beta2=16))
-    monkeypatch.setenv(linear_mod.MATMUL_ENV, "gemv")
-    with pytest.raises(ValueError, match="2..4-bit"):
-        choose_kernel(six, x)
-    assert spqr_matmul.unsupported_reason(64, 6, 16, "dot") is None
+    for kernel in ("gemv", "dot", "dequantize"):
+        assert spqr_matmul.unsupported_reason(64, 6, 16, kernel) is None
+        assert "power of two" in spqr_matmul.unsupported_reason(64, 3, 48, kernel)
 
 
 @pytest.mark.skipif(not on_cuda, reason="needs a CUDA device")
@@ -174,8 +184,8 @@ def test_selector_on_cuda_by_batch(monkeypatch):
     assert pick[linear_mod.DOT_MAX_ROWS + 1] == "dequantize"
     assert pick[linear_mod.GEMV_MAX_ROWS + 1] == ("dot" if linear_mod.DOT_MAX_ROWS > linear_mod.GEMV_MAX_ROWS
                                                   else "dequantize")
-    six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))  # no gemv for 6 bits: dequantize + cuBLAS
-    assert choose_kernel(six, x16[1]) == "dequantize"
+    six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))
+    assert choose_kernel(six, x16[1]) == "gemv"
     odd = _layer(64, 96, QuantConfig(wbits=3, beta1=48, beta2=16))
     assert choose_kernel(odd, torch.randn(1, 96, device="cuda")) == "reference"
 

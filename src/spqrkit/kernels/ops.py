@@ -1,5 +1,5 @@
 """The SpQR matmul kernels as torch custom ops, so that torch.compile traces through them and CUDA graphs capture
-them: `spqrkit::fused_matmul` (the `gemv` and `dot` kernels) and `spqrkit::dequantize_permuted` (the weight in the
+them: `spqrkit::fused_matmul` (the `gemv` and `dot` kernels) and `spqrkit::dequantize_chunked` (the weight in the
 activation dtype, for cuBLAS). Each has a fake (meta) implementation giving the output's shape and dtype. Nothing in
 them synchronises with the host: the outlier ranges are read from the row pointers on the device.
 
@@ -41,19 +41,19 @@ def _fused_matmul_fake(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, 
     return x.new_empty((*x.shape[:-1], out_features))
 
 
-@torch.library.custom_op("spqrkit::dequantize_permuted", mutates_args=())
-def dequantize_permuted(
+@torch.library.custom_op("spqrkit::dequantize_chunked", mutates_args=())
+def dequantize_chunked(
     codes: Tensor, scale: Tensor, scale_stats: Tensor | None, zero: Tensor, zero_stats: Tensor | None,
     row_ptr: Tensor, cols: Tensor, vals: Tensor, in_features: int, out_features: int, wbits: int, group: int,
     beta2: int, scale_bits: int, zero_bits: int, dtype: torch.dtype,
 ) -> Tensor:
-    """W_perm [out, in] in `dtype`, permuted column order, outliers in place."""
-    return spqr_matmul.dequantize_permuted(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
-                                           in_features, out_features, wbits, group, beta2, scale_bits, zero_bits,
-                                           dtype)
+    """W [out, ceil(in / 32) * 32] in `dtype`, columns in `spqr_matmul.chunked_column_order`, outliers in place."""
+    return spqr_matmul.dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
+                                          in_features, out_features, wbits, group, beta2, scale_bits, zero_bits,
+                                          dtype)
 
 
-@dequantize_permuted.register_fake
-def _dequantize_permuted_fake(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features,
-                              out_features, wbits, group, beta2, scale_bits, zero_bits, dtype):
-    return codes.new_empty((out_features, in_features), dtype=dtype)
+@dequantize_chunked.register_fake
+def _dequantize_chunked_fake(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features,
+                             out_features, wbits, group, beta2, scale_bits, zero_bits, dtype):
+    return codes.new_empty((out_features, -(-in_features // 32) * 32), dtype=dtype)

@@ -6,12 +6,13 @@ reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in te
 - `gemv`: decode (a handful of rows of x). One program owns BLOCK_R output rows and walks the input in tiles of
   NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant shifts
   (the offset of code i in a chunk is known at compile time), multiplies by the group's scale and zero, and
-  accumulates x[perm[c]] * w on CUDA cores. wbits 2..4.
+  accumulates x[perm[c]] * w on CUDA cores, one register tile per row of x (at most 4 rows per launch).
 - `dot`: batches of ~4..64. One program owns a [BLOCK_M, BLOCK_N] output tile: it dequantizes a [BLOCK_N, BLOCK_K]
   weight tile in registers to the activation dtype (exactly the reference's rounding) and feeds the tensor cores
   with tl.dot against the gathered x[:, perm[c]] tile. Any wbits 2..8.
-- `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, in permuted column order;
-  the caller multiplies x[:, perm] by it with cuBLAS.
+- `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
+  `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
+  the caller gathers x's columns in the same order and multiplies with cuBLAS.
 
 Outliers (CSR, rows sorted) replace base weights. The fused kernels first sum the dense base weights, then, for the
 outliers of their rows, add (value - base) * x: the base code and statistics at the outlier's position are decoded
@@ -56,7 +57,35 @@ def _stat_at(q_ptr, stats_ptr, rows, g, mask, N_GROUPS, N_WORDS, BETA2, BITS: tl
 
 
 @triton.jit
-def _pick(K: tl.constexpr, w0, w1, w2, w3):
+def _chunk_words(wp, mask, WB: tl.constexpr):
+    """The WB int32 words of 32-code chunks (wp points at word 0 of each), as uint32; unused ones repeat word 0."""
+    w0 = tl.load(wp, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    w4 = w0
+    w5 = w0
+    w6 = w0
+    w7 = w0
+    if WB > 1:
+        w1 = tl.load(wp + 1, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    if WB > 2:
+        w2 = tl.load(wp + 2, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    if WB > 3:
+        w3 = tl.load(wp + 3, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    if WB > 4:
+        w4 = tl.load(wp + 4, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    if WB > 5:
+        w5 = tl.load(wp + 5, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    if WB > 6:
+        w6 = tl.load(wp + 6, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    if WB > 7:
+        w7 = tl.load(wp + 7, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    return w0, w1, w2, w3, w4, w5, w6, w7
+
+
+@triton.jit
+def _pick(K: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
     r = w0
     if K == 1:
         r = w1
@@ -64,7 +93,47 @@ def _pick(K: tl.constexpr, w0, w1, w2, w3):
         r = w2
     if K == 3:
         r = w3
+    if K == 4:
+        r = w4
+    if K == 5:
+        r = w5
+    if K == 6:
+        r = w6
+    if K == 7:
+        r = w7
     return r
+
+
+@triton.jit
+def _chunk_code(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
+    """Code I (0..31) of each chunk: bits [I * WB, (I + 1) * WB) of the chunk's words. Word and shift are
+    compile-time constants, so this is a shift and a mask (two shifts and an or when the code straddles words)."""
+    q = _pick((I * WB) // 32, w0, w1, w2, w3, w4, w5, w6, w7) >> ((I * WB) % 32)
+    if (I * WB) % 32 + WB > 32:
+        q = q | (_pick((I * WB) // 32 + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - (I * WB) % 32))
+    return q & ((1 << WB) - 1)
+
+
+@triton.jit
+def _code_to_float(q):
+    """uint32 code (< 2**23) -> fp32 without a conversion instruction: the bits of 2**23 + q, minus 2**23 (exact)."""
+    return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _group_stats(
+    I: tl.constexpr, ch, rows, m2, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
+):
+    """(scale, zero), fp32 [BR, NCH], of the group holding code I of chunks ch (rows [BR], m2 [BR, NCH] mask)."""
+    if GROUP == 0:
+        g = ch * 0
+    else:
+        g = (ch * 32 + I) // GROUP
+    gm = m2 & (g < N_GROUPS)[None, :]  # (a padded last chunk may reach past the last group)
+    s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], gm, N_GROUPS, N_SWORDS, BETA2, SB)
+    z = _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], gm, N_GROUPS, N_ZWORDS, BETA2, ZB)
+    return s, z
 
 
 @triton.jit
@@ -133,7 +202,6 @@ def _gemv_kernel(
     bmask = bb < M
     jj = tl.arange(0, NCH)
     n_words = N_CHUNKS * WB
-    MASK: tl.constexpr = (1 << WB) - 1
     # One [BR, NCH] accumulator per row of x (BB <= 4): every per-code tensor keeps the layout of the code tile, so
     # the unrolled loop needs no layout conversions (a [BB, BR, NCH] accumulator cost one through shared memory,
     # with a barrier, per code).
@@ -149,49 +217,21 @@ def _gemv_kernel(
         ch = t + jj
         cm = ch < N_CHUNKS
         m2 = rmask[:, None] & cm[None, :]
-        wp = codes_ptr + rows[:, None] * n_words + ch[None, :] * WB
-        w0 = tl.load(wp, mask=m2, other=0).to(tl.uint32, bitcast=True)
-        w1 = w0
-        w2 = w0
-        w3 = w0
-        if WB > 1:
-            w1 = tl.load(wp + 1, mask=m2, other=0).to(tl.uint32, bitcast=True)
-        if WB > 2:
-            w2 = tl.load(wp + 2, mask=m2, other=0).to(tl.uint32, bitcast=True)
-        if WB > 3:
-            w3 = tl.load(wp + 3, mask=m2, other=0).to(tl.uint32, bitcast=True)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(
+            codes_ptr + rows[:, None] * n_words + ch[None, :] * WB, m2, WB)
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
             cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
         )
         k0 += KO
-        # Statistics of a whole chunk (groups of >= 32 columns, or one per row); smaller groups below, per code.
-        if GROUP == 0:
-            g = ch * 0
-        else:
-            g = (ch * 32) // GROUP
-        gm = m2 & (g < N_GROUPS)[None, :]  # (a padded last chunk may reach past the last group)
-        s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], gm, N_GROUPS, N_SWORDS, BETA2, SB)
-        sz = s * _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], gm, N_GROUPS, N_ZWORDS, BETA2, ZB)
         for i in tl.static_range(32):
-            if GROUP > 0:
-                if GROUP < 32:
-                    if i > 0:
-                        if i % GROUP == 0:  # a new group starts at code i of every chunk
-                            g = (ch * 32 + i) // GROUP
-                            gm = m2 & (g < N_GROUPS)[None, :]
-                            s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], gm, N_GROUPS, N_SWORDS, BETA2,
-                                         SB)
-                            sz = s * _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], gm, N_GROUPS, N_ZWORDS,
-                                              BETA2, ZB)
-            # code i of a chunk: bits [i * WB, (i + 1) * WB) of the chunk's words (compile-time word and offset)
-            q = _pick((i * WB) // 32, w0, w1, w2, w3) >> ((i * WB) % 32)
-            if (i * WB) % 32 + WB > 32:
-                q = q | (_pick((i * WB) // 32 + 1, w0, w1, w2, w3) << (32 - (i * WB) % 32))
-            # int -> float without a conversion instruction: 2**23 + q as float bits, minus 2**23 (exact)
-            qf = ((q & MASK) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-            w = s * qf - sz  # [BR, NCH]
+            # statistics: once per chunk (groups of >= 32 columns, or one per row), else where a group starts
+            if i == 0 or (GROUP > 0 and GROUP < 32 and i % GROUP == 0):
+                s, z = _group_stats(i, ch, rows, m2, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS,
+                                    BETA2, GROUP, SB, ZB)
+                sz = s * z
+            w = s * _code_to_float(_chunk_code(i, WB, w0, w1, w2, w3, w4, w5, w6, w7)) - sz  # [BR, NCH]
             col = ch * 32 + i
             xm = cm & (col < IN)
             p = (tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF)[None, :]
@@ -297,25 +337,32 @@ def _dequantize_kernel(
     w_ptr, codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr,
     OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-    BN: tl.constexpr, BK: tl.constexpr,
+    BR: tl.constexpr, NCH: tl.constexpr,
 ):
-    """W_perm[r, c] = s * (q - z) in w's dtype, permuted column order, outliers NOT applied (see below)."""
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    cols = tl.program_id(1) * BK + tl.arange(0, BK)
-    m2 = (rows < OUT)[:, None] & (cols < IN)[None, :]
-    q = _code_at(codes_ptr, rows[:, None] * (N_CHUNKS * WB), cols[None, :], WB, m2).to(tl.float32)
-    if GROUP > 0:
-        g = cols // GROUP
-    else:
-        g = cols * 0
-    s = _stat_at(s_ptr, sst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_SWORDS, BETA2, SB)
-    z = _stat_at(z_ptr, zst_ptr, rows[:, None], g[None, :], m2, N_GROUPS, N_ZWORDS, BETA2, ZB)
-    tl.store(w_ptr + rows[:, None] * IN + cols[None, :], (s * (q - z)).to(w_ptr.dtype.element_ty), mask=m2)
+    """W_chunked [OUT, N_CHUNKS * 32] in w's dtype: column i * N_CHUNKS + j holds permuted column 32 j + i, i.e.
+    s * (q - z) exactly as the reference computes it in fp32, then rounded (zero for the padding past IN); outliers
+    are NOT applied (`_scatter_outliers_kernel` follows). This column order lets each program decode whole chunks
+    with compile-time shifts and store code i of NCH consecutive chunks contiguously."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    ch = tl.program_id(1) * NCH + tl.arange(0, NCH)
+    cm = ch < N_CHUNKS
+    m2 = (rows < OUT)[:, None] & cm[None, :]
+    w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(codes_ptr + rows[:, None] * (N_CHUNKS * WB) + ch[None, :] * WB,
+                                                  m2, WB)
+    for i in tl.static_range(32):
+        if i == 0 or (GROUP > 0 and GROUP < 32 and i % GROUP == 0):
+            s, z = _group_stats(i, ch, rows, m2, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS,
+                                BETA2, GROUP, SB, ZB)
+        w = s * (_code_to_float(_chunk_code(i, WB, w0, w1, w2, w3, w4, w5, w6, w7)) - z)
+        w = tl.where((ch * 32 + i < IN)[None, :], w, 0.0)
+        tl.store(w_ptr + rows[:, None] * (N_CHUNKS * 32) + (i * N_CHUNKS + ch)[None, :],
+                 w.to(w_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
-def _scatter_outliers_kernel(w_ptr, rowptr_ptr, cols_ptr, vals_ptr, OUT, IN, BR: tl.constexpr, KO: tl.constexpr):
-    """W_perm[row, col] = value for the outliers of rows BR * pid .. (runs after `_dequantize_kernel`)."""
+def _scatter_outliers_kernel(w_ptr, rowptr_ptr, cols_ptr, vals_ptr, OUT, N_CHUNKS, BR: tl.constexpr,
+                             KO: tl.constexpr):
+    """W_chunked[row, position of col] = value for the outliers of rows BR * pid .. (after `_dequantize_kernel`)."""
     rows0 = tl.program_id(0) * BR
     rr = tl.arange(0, BR)
     k_lo = tl.load(rowptr_ptr + rows0)
@@ -328,7 +375,8 @@ def _scatter_outliers_kernel(w_ptr, rowptr_ptr, cols_ptr, vals_ptr, OUT, IN, BR:
         row = rows0 + tl.sum((nxt[None, :] <= k[:, None]).to(tl.int32), axis=1)
         col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
         v = tl.load(vals_ptr + k, mask=km, other=0.0)
-        tl.store(w_ptr + row * IN + col, v.to(w_ptr.dtype.element_ty), mask=km)
+        tl.store(w_ptr + row * (N_CHUNKS * 32) + (col % 32) * N_CHUNKS + col // 32, v.to(w_ptr.dtype.element_ty),
+                 mask=km)
         k0 += KO
 
 
@@ -352,8 +400,6 @@ def unsupported_reason(in_features: int, wbits: int, group: int, kernel: str) ->
         return f"unknown kernel {kernel!r}"
     if group and group & (group - 1):
         return f"group size {group} is not a power of two"
-    if kernel == "gemv" and not 2 <= wbits <= 4:
-        return f"the gemv kernel decodes 2..4-bit codes, not {wbits}"
     if not 1 <= wbits <= 8:
         return f"wbits {wbits} outside 1..8"
     return None
@@ -377,8 +423,9 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
-    # Best of a sweep on an H100 at 4096 x 4096 (benchmarks/kernel_speed.py --tune, 2026-11-25).
-    BR = block_rows or 8
+    # Tiles that compile without register spills for sm_90 (ptxas -v: 48 / 64 / 128 registers at 1 / 2 / 4 rows of
+    # x); not yet re-tuned on the GPU since the accumulator change (benchmarks/kernel_speed.py --tune).
+    BR = block_rows or (4 if BB <= 2 else 8)
     NCH = chunks or (32 if BB <= 2 else 16)
     grid = (triton.cdiv(out_features, BR),)
     sp, ssp = _stat_ptrs(scale, scale_stats)
@@ -388,7 +435,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BB=BB, BR=BR, NCH=NCH, KO=64, num_warps=num_warps or 2,
+        BB=BB, BR=BR, NCH=NCH, KO=64, num_warps=num_warps or 4,
     )
     return y
 
@@ -419,22 +466,34 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
     return y
 
 
-def dequantize_permuted(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
-                        in_features, out_features, wbits, group, beta2, scale_bits, zero_bits, dtype):
-    """W_perm [out, in] in `dtype`: the weight in permuted column order (x[:, perm] @ W_perm.T = x @ W.T)."""
+def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
+                       in_features, out_features, wbits, group, beta2, scale_bits, zero_bits, dtype):
+    """W_chunked [out, ceil(in / 32) * 32] in `dtype`: the weight with column i * n_chunks + j holding permuted
+    column 32 j + i (zero past `in`); x[:, chunked_column_order(perm, in)] @ W_chunked.T = x @ W.T."""
     import torch
 
     n_chunks, n_groups, n_sw, n_zw = _layout_args(in_features, out_features, wbits, group, scale_bits, zero_bits)
-    w = torch.empty(out_features, in_features, dtype=dtype, device=codes.device)
+    w = torch.empty(out_features, n_chunks * 32, dtype=dtype, device=codes.device)
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
-    BN, BK = 32, 128
-    _dequantize_kernel[(triton.cdiv(out_features, BN), triton.cdiv(in_features, BK))](
+    BR, NCH = 8, 32
+    _dequantize_kernel[(triton.cdiv(out_features, BR), triton.cdiv(n_chunks, NCH))](
         w, codes, sp, ssp, zp, zsp, out_features, in_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
-        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BN=BN, BK=BK, num_warps=4,
+        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BR=BR, NCH=NCH, num_warps=4,
     )
     BR = 32
     _scatter_outliers_kernel[(triton.cdiv(out_features, BR),)](
-        w, row_ptr, cols, vals, out_features, in_features, BR=BR, KO=64, num_warps=4,
+        w, row_ptr, cols, vals, out_features, n_chunks, BR=BR, KO=64, num_warps=4,
     )
     return w
+
+
+def chunked_column_order(perm, in_features: int):
+    """int64 [ceil(in / 32) * 32]: the original input column of each column of `dequantize_chunked`'s weight
+    (0 for the zero padding columns). perm: the stored int16 permutation."""
+    import torch
+
+    n_chunks = -(-in_features // 32)
+    order = torch.zeros(n_chunks * 32, dtype=torch.int64, device=perm.device)
+    order[:in_features] = perm.to(torch.int64) & 0xFFFF
+    return order.view(n_chunks, 32).t().reshape(-1)

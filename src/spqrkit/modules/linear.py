@@ -164,15 +164,16 @@ def dot_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
-    """Large batches: the weight dequantized once to x's dtype (permuted columns) by a kernel, then cuBLAS."""
-    from ..kernels import ops  # noqa: F401
+    """Large batches: the weight dequantized once to x's dtype by a kernel (columns in chunk-major order), then
+    cuBLAS on x's columns gathered in the same order."""
+    from ..kernels import ops
+    from ..kernels.spqr_matmul import chunked_column_order
 
-    w_perm = torch.ops.spqrkit.dequantize_permuted(
+    w = ops.dequantize_chunked(
         *layer.kernel_tensors()[:8], layer.in_features, layer.out_features, *layer.kernel_layout(), x.dtype
     )
-    perm = layer.perm.to(torch.int64) & 0xFFFF
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
-    return F.linear(x.index_select(-1, perm), w_perm, bias)
+    return F.linear(x.index_select(-1, chunked_column_order(layer.perm, layer.in_features)), w, bias)
 
 
 MATMULS: dict[str, Matmul] = {
