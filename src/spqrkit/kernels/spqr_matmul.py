@@ -237,11 +237,14 @@ def _gemv_kernel(
             p = (tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF)[None, :]
             xm2 = xm[None, :]
             acc0 += w * tl.load(x_ptr + p, mask=xm2, other=0.0).to(tl.float32)
+            # (row b of x exists: a tensor comparison, since Triton 3.9's interpreter rejects `mask & (M > b)`)
             if BB > 1:
-                acc1 += w * tl.load(x_ptr + stride_xb + p, mask=xm2 & (M > 1), other=0.0).to(tl.float32)
+                acc1 += w * tl.load(x_ptr + stride_xb + p, mask=xm2 & (p * 0 + 1 < M), other=0.0).to(tl.float32)
             if BB > 2:
-                acc2 += w * tl.load(x_ptr + 2 * stride_xb + p, mask=xm2 & (M > 2), other=0.0).to(tl.float32)
-                acc3 += w * tl.load(x_ptr + 3 * stride_xb + p, mask=xm2 & (M > 3), other=0.0).to(tl.float32)
+                acc2 += w * tl.load(x_ptr + 2 * stride_xb + p, mask=xm2 & (p * 0 + 2 < M),
+                                    other=0.0).to(tl.float32)
+                acc3 += w * tl.load(x_ptr + 3 * stride_xb + p, mask=xm2 & (p * 0 + 3 < M),
+                                    other=0.0).to(tl.float32)
     while k0 < k_hi:
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
