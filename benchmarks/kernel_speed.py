@@ -1,8 +1,8 @@
 """SpQR matmul kernels vs torch fp16 (cuBLAS) vs the authors' kernel (PyPI spqr-quant 0.2.0), on LLaMA-2 shapes.
 
 For every [out x in] shape of LLaMA-2 7B and 70B and every batch size: the median time of each of our kernels
-(gemv, dot, dequantize+cuBLAS) and of the one the selector picks ("auto"), of F.linear with an fp16 weight, and at
-batch 1 of spqr-quant's fused kernel (3-bit 16x16 only; it has no batched kernel). Effective bandwidth = bytes of
+(gemv, gemv_xc, dot, dequantize+cuBLAS) and of the one the selector picks ("auto"), of F.linear with an fp16 weight,
+and at batch 1 of spqr-quant's fused kernel (3-bit 16x16 only; it has no batched kernel). Effective bandwidth = bytes of
 the packed layer (every stored tensor) / time, against the device-to-device copy bandwidth measured in the same run
 (bytes read + written / time).
 
@@ -119,7 +119,8 @@ def check(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> float:
     return ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, kernels=("gemv", "dot", "dequantize")):
+def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0,
+                kernels=("gemv", "gemv_xc", "dot", "dequantize")):
     rows = []
     layers = make_layers(out, n_in, config, seed)
     nbytes = layer_bytes(layers[0])
@@ -146,6 +147,8 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
         for kernel in kernels:
             if spqr_matmul.unsupported_reason(n_in, config.wbits, config.beta1 or 0, kernel):
                 continue
+            if kernel.startswith("gemv") and batch > spqr_matmul.GEMV_MAX_BATCH * 4:
+                continue  # gemv runs 4 rows of x per launch: not a contender at large batches
             row[f"{kernel}_err"] = check(layers[0], x, kernel)
             row[f"{kernel}_s"] = time_graph([lambda lay=lay, k=kernel, x=x: MATMULS[k](lay, x)
                                                for lay in layers], repeats)
@@ -189,7 +192,7 @@ def tune(out, n_in, config, batch, repeats):
                 results.append((name, params, float("nan")))
                 continue
             t = time_graph([lambda lay=lay, fn=fn, prm=params: run(fn, prm, lay) for lay in layers], repeats)
-        except Exception as e:  # a config the compiler rejects (shared memory, registers)
+        except Exception as e:  # noqa: BLE001  (a config the compiler rejects: shared memory, registers)
             results.append((name, params, f"{type(e).__name__}"))
             continue
         results.append((name, params, t))
@@ -204,7 +207,8 @@ def fmt_us(s):
 
 def print_table(rows, copy_bw):
     print(f"\ncopy bandwidth (read + write): {copy_bw / 1e9:.0f} GB/s")
-    head = (f"{'shape':<12} {'out x in':>12} {'b':>3} {'fp16 us':>8} {'gemv':>8} {'dot':>8} {'deq+mm':>8} "
+    head = (f"{'shape':<12} {'out x in':>12} {'b':>3} {'fp16 us':>8} {'gemv':>8} {'gemv_xc':>8} {'dot':>8} "
+            f"{'deq+mm':>8} "
             f"{'auto':>8} {'pick':>10} {'x fp16':>7} {'BW %copy':>8} {'spqr-q':>8} {'vs spqr-q':>9}")
     print(head)
     print("-" * len(head))
@@ -215,7 +219,8 @@ def print_table(rows, copy_bw):
         theirs = r.get("spqr_quant_s")
         vs = f"{theirs / auto:9.2f}" if theirs and auto else "        -"
         print(f"{r['shape']:<12} {r['out']:>5}x{r['in']:<6} {r['batch']:>3} {fmt_us(r['fp16_s'])} "
-              f"{fmt_us(r.get('gemv_s'))} {fmt_us(r.get('dot_s'))} {fmt_us(r.get('dequantize_s'))} {fmt_us(auto)} "
+              f"{fmt_us(r.get('gemv_s'))} {fmt_us(r.get('gemv_xc_s'))} {fmt_us(r.get('dot_s'))} "
+              f"{fmt_us(r.get('dequantize_s'))} {fmt_us(auto)} "
               f"{r['auto_kernel']:>10} {speed:7.2f} {bw:8.1f} {fmt_us(theirs)} {vs}")
 
 
@@ -266,7 +271,7 @@ def main(argv=None) -> int:
         for wb, b1, b2 in itertools.product((2, 3, 4), (8, 16, 32, 64), (16, 32, 64)):
             cfg = QuantConfig(wbits=wb, beta1=b1, beta2=b2, scale_bits=3, zero_bits=3)
             lrows += bench_shape(f"w{wb} {b1}x{b2}", 4096, 4096, cfg, [1, 16], max(5, args.repeats // 2), None,
-                                 kernels=("gemv", "dot"))
+                                 kernels=("gemv", "gemv_xc", "dot"))
         print("\nevery layout at 4096x4096 (3-bit statistics):")
         print_table(lrows, copy_bw)
         result["layouts"] = lrows

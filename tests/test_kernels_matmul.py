@@ -56,12 +56,12 @@ def test_fused_kernels_every_layout(kernel, wbits, beta1, beta2):
     cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
     out, n_in = (beta2 * 2, 200) if not on_cuda else (beta2 * 40, 1000)
     layer = _layer(out, n_in, cfg, seed=wbits * 100 + beta1, dense_rows=3, empty_rows=5)
-    for rows in (1, 3) if kernel == "gemv" else (1, 5, 17):
+    for rows in (1, 3) if kernel.startswith("gemv") else (1, 5, 17):
         x = torch.randn(rows, n_in, device=DEVICE)
         _check(layer, x, MATMULS[kernel](layer, x))
 
 
-@pytest.mark.parametrize("kernel", ["gemv", "dot", "dequantize"])
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "dot", "dequantize"])
 @pytest.mark.parametrize("config", [
     get_preset("spqr-w3"),
     get_preset("gptq-w4"),  # one group per row, fp16 statistics
@@ -94,7 +94,7 @@ def test_fused_kernels_outlier_extremes(outlier_share, dense_rows, empty_rows):
     nnz = layer.n_outliers
     assert (nnz == 0) == (outlier_share == 0.0)
     x = torch.randn(2, 128, device=DEVICE)
-    for kernel in ("gemv", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "dot", "dequantize"):
         _check(layer, x, MATMULS[kernel](layer, x))
 
 
@@ -119,14 +119,14 @@ def test_wide_codes(wbits):
     """5..8-bit codes (codes straddling words at 5, 6, 7 bits) in every kernel."""
     layer = _layer(32, 100, QuantConfig(wbits=wbits, beta1=16, beta2=16, scale_bits=4, zero_bits=4), seed=wbits)
     x = torch.randn(2, 100, device=DEVICE)
-    for kernel in ("gemv", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "dot", "dequantize"):
         _check(layer, x, MATMULS[kernel](layer, x))
 
 
 def test_leading_dims_and_noncontiguous_input():
     layer = _layer(32, 96, get_preset("spqr-w3"))
     x = torch.randn(2, 3, 192, device=DEVICE)[..., ::2]  # [2, 3, 96], last-dim stride 2
-    for kernel in ("gemv", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "dot", "dequantize"):
         y = MATMULS[kernel](layer, x)
         assert y.shape == (2, 3, 32)
         _check(layer, x.reshape(6, 96), y.reshape(6, 32))
@@ -142,7 +142,7 @@ def test_custom_op_registration_passes_opcheck():
                           test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize("kernel", ["gemv", "dot", "dequantize"])
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "dot", "dequantize"])
 def test_torch_compile_traces_the_kernels_without_graph_breaks(kernel, monkeypatch):
     """fullgraph=True fails on any graph break: the ops' fake implementations let dynamo/AOT trace through."""
     monkeypatch.setenv(linear_mod.MATMUL_ENV, kernel)
@@ -158,7 +158,7 @@ def test_selector(monkeypatch):
     x = torch.randn(1, 64)
     monkeypatch.delenv(linear_mod.MATMUL_ENV, raising=False)
     assert choose_kernel(layer, x) == "reference"  # CPU: the reference
-    for forced in ("gemv", "dot", "dequantize", "reference"):
+    for forced in ("gemv", "gemv_xc", "dot", "dequantize", "reference"):
         monkeypatch.setenv(linear_mod.MATMUL_ENV, forced)
         assert choose_kernel(layer, x) == forced
     monkeypatch.setenv(linear_mod.MATMUL_ENV, "fastest")
@@ -168,7 +168,7 @@ def test_selector(monkeypatch):
     monkeypatch.setenv(linear_mod.MATMUL_ENV, "dot")
     with pytest.raises(ValueError, match="power of two"):
         choose_kernel(odd, x)
-    for kernel in ("gemv", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "dot", "dequantize"):
         assert spqr_matmul.unsupported_reason(64, 6, 16, kernel) is None
         assert "power of two" in spqr_matmul.unsupported_reason(64, 3, 48, kernel)
 
@@ -194,7 +194,7 @@ def test_selector_on_cuda_by_batch(monkeypatch):
 def test_cuda_graph_capture_of_the_fused_kernels(monkeypatch):
     layer = _layer(256, 512, get_preset("spqr-w3"))
     x = torch.randn(1, 512, device="cuda", dtype=torch.float16)
-    for kernel in ("gemv", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "dot", "dequantize"):
         monkeypatch.setenv(linear_mod.MATMUL_ENV, kernel)
         y = layer(x)  # compile before capture
         graph = torch.cuda.CUDAGraph()

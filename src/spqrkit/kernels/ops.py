@@ -8,6 +8,8 @@ Argument order and meaning: see the launchers in spqrkit.kernels.spqr_matmul.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -20,12 +22,14 @@ def fused_matmul(
     zero_stats: Tensor | None, row_ptr: Tensor, cols: Tensor, vals: Tensor, perm: Tensor, bias: Tensor | None,
     out_features: int, wbits: int, group: int, beta2: int, scale_bits: int, zero_bits: int, kernel: str,
 ) -> Tensor:
-    """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores) or "dot" (tensor cores)."""
-    fn = {"gemv": spqr_matmul.gemv, "dot": spqr_matmul.dot}[kernel]
+    """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
+    gathering x into chunk-major order) or "dot" (tensor cores)."""
+    fn = {"gemv": spqr_matmul.gemv, "gemv_xc": functools.partial(spqr_matmul.gemv, x_chunked=True),
+          "dot": spqr_matmul.dot}[kernel]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    step = spqr_matmul.GEMV_MAX_BATCH if kernel == "gemv" else max(x2.shape[0], 1)
+    step = spqr_matmul.GEMV_MAX_BATCH if kernel.startswith("gemv") else max(x2.shape[0], 1)
     parts = [
         fn(x2[i:i + step], codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
            out_features, wbits, group, beta2, scale_bits, zero_bits)

@@ -142,7 +142,7 @@ def _outlier_block(
     codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     cols_ptr, vals_ptr, perm_ptr,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-    BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr, ROUND_W: tl.constexpr,
+    BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr, ROUND_W: tl.constexpr, XC: tl.constexpr,
 ):
     """[BB, BR]: sum over outliers k0 .. min(k0 + KO, k_hi) - 1 (all in rows rows0 .. rows0 + BR - 1; nxt[i] =
     row_ptr[rows0 + i + 1]) of (value - base weight) * x[b, perm[col]]. With ROUND_W the base weight is first
@@ -164,7 +164,10 @@ def _outlier_block(
     base = s * (q - z)
     if ROUND_W:
         base = base.to(x_ptr.dtype.element_ty).to(tl.float32)
-    p = tl.load(perm_ptr + col, mask=km, other=0).to(tl.int32) & 0xFFFF
+    if XC:  # x given chunk-major (`_gather_x_kernel`): permuted column c sits at (c % 32) * n_chunks + c // 32
+        p = (col % 32) * (N_CODE_WORDS // WB) + col // 32
+    else:
+        p = tl.load(perm_ptr + col, mask=km, other=0).to(tl.int32) & 0xFFFF
     xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & km[None, :],
                  other=0.0).to(tl.float32)  # [BB, KO]
     d = (v - base)[None, :] * xv  # [BB, KO]
@@ -188,13 +191,27 @@ def _outlier_range(rowptr_ptr, rows0, OUT, BR: tl.constexpr):
 
 # ---------------------------------------------------------------------------------------------------- gemv
 @triton.jit
+def _gather_x_kernel(x_ptr, stride_xb, xc_ptr, perm_ptr, IN, N_CHUNKS, BLOCK: tl.constexpr):
+    """xc[b, i * N_CHUNKS + j] = x[b, perm[32 j + i]] (0 past IN): x in the chunk-major permuted order."""
+    b = tl.program_id(0)
+    k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    c = (k % N_CHUNKS) * 32 + k // N_CHUNKS
+    valid = (k < N_CHUNKS * 32) & (c < IN)
+    p = tl.load(perm_ptr + c, mask=valid, other=0).to(tl.int32) & 0xFFFF
+    v = tl.load(x_ptr + b * stride_xb + p, mask=valid, other=0.0)
+    tl.store(xc_ptr + b * (N_CHUNKS * 32) + k, v, mask=k < N_CHUNKS * 32)
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, stride_xb, y_ptr, stride_yb,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
     M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr,
+    BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, XC: tl.constexpr,
 ):
+    """XC: x is given chunk-major ([M, n_chunks * 32] from `_gather_x_kernel`): the x values of code i of NCH
+    consecutive chunks are then contiguous (coalesced) instead of gathered through the permutation per code."""
     rows0 = tl.program_id(0) * BR
     rows = rows0 + tl.arange(0, BR)
     rmask = rows < OUT
@@ -222,7 +239,7 @@ def _gemv_kernel(
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False, XC,
         )
         k0 += KO
         for i in tl.static_range(32):
@@ -234,7 +251,10 @@ def _gemv_kernel(
             w = s * _code_to_float(_chunk_code(i, WB, w0, w1, w2, w3, w4, w5, w6, w7)) - sz  # [BR, NCH]
             col = ch * 32 + i
             xm = cm & (col < IN)
-            p = (tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF)[None, :]
+            if XC:
+                p = (i * N_CHUNKS + ch)[None, :]
+            else:
+                p = (tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF)[None, :]
             xm2 = xm[None, :]
             acc0 += w * tl.load(x_ptr + p, mask=xm2, other=0.0).to(tl.float32)
             # (row b of x exists: a tensor comparison, since Triton 3.9's interpreter rejects `mask & (M > b)`)
@@ -249,7 +269,7 @@ def _gemv_kernel(
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False, XC,
         )
         k0 += KO
     y = corr + tl.where(bb[:, None] == 0, tl.sum(acc0, axis=1)[None, :], 0.0)  # [BB, BR]
@@ -291,7 +311,7 @@ def _dot_kernel(
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True, False,
         )
         k0 += KO
         cols = c0 + kk
@@ -324,7 +344,7 @@ def _dot_kernel(
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True, False,
         )
         k0 += KO
     acc += corr
@@ -399,7 +419,7 @@ def _layout_args(in_features: int, out_features: int, wbits: int, group: int, sc
 
 def unsupported_reason(in_features: int, wbits: int, group: int, kernel: str) -> str | None:
     """Why `kernel` cannot run this layout, or None. Groups must be a power of two (or one per row)."""
-    if kernel not in ("gemv", "dot", "dequantize"):
+    if kernel not in ("gemv", "gemv_xc", "dot", "dequantize"):
         return f"unknown kernel {kernel!r}"
     if group and group & (group - 1):
         return f"group size {group} is not a power of two"
@@ -416,8 +436,10 @@ GEMV_MAX_BATCH = 4  # rows of x the gemv kernel accumulates (one register tile e
 
 
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-         out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None):
-    """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores."""
+         out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
+         x_chunked=False):
+    """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x into the
+    chunk-major permuted order with one small kernel, so that the main kernel reads it coalesced."""
     import torch
 
     M, n_in = x.shape
@@ -433,12 +455,16 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     grid = (triton.cdiv(out_features, BR),)
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
+    if x_chunked:
+        xc = torch.empty(M, n_chunks * 32, dtype=x.dtype, device=x.device)
+        _gather_x_kernel[(M, triton.cdiv(n_chunks * 32, 1024))](x, x.stride(0), xc, perm, n_in, n_chunks, BLOCK=1024)
+        x = xc
     _gemv_kernel[grid](
         x, x.stride(0), y, y.stride(0),
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BB=BB, BR=BR, NCH=NCH, KO=64, num_warps=num_warps or 4,
+        BB=BB, BR=BR, NCH=NCH, KO=64, XC=x_chunked, num_warps=num_warps or 4,
     )
     return y
 

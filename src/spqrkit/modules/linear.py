@@ -158,6 +158,11 @@ def gemv_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     return _fused(layer, x, "gemv")
 
 
+def gemv_xc_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
+    """The decode kernel after one small kernel gathers x into chunk-major permuted order (coalesced x reads)."""
+    return _fused(layer, x, "gemv_xc")
+
+
 def dot_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     """Fused kernel that dequantizes weight tiles in registers into tensor-core products (small batches)."""
     return _fused(layer, x, "dot")
@@ -177,7 +182,8 @@ def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 
 
 MATMULS: dict[str, Matmul] = {
-    "reference": reference_matmul, "gemv": gemv_matmul, "dot": dot_matmul, "dequantize": dequantize_matmul,
+    "reference": reference_matmul, "gemv": gemv_matmul, "gemv_xc": gemv_xc_matmul, "dot": dot_matmul,
+    "dequantize": dequantize_matmul,
 }
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H100
 # (2026-11-25, benchmarks/results/kernel_speed_h100.json): gemv beats dequantize+cuBLAS up to 4 rows; the `dot`
