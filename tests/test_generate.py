@@ -114,3 +114,30 @@ def test_missing_model_is_refused(tmp_path, capsys):
     assert cli.main(["generate", str(tmp_path / "missing"), "--prompt", "hi"]) == 2
     out, err = capsys.readouterr()
     assert "not found" in err and err.count("\n") == 1 and out == ""
+
+
+def test_dequantize_flag_gives_the_same_greedy_text(tiny_checkpoint, tmp_path, capsys, one_thread):
+    """--dequantize swaps the compressed layers for dense ones holding the reference weight: same greedy tokens."""
+    texts = []
+    for extra in ([], ["--dequantize"]):
+        report = tmp_path / f"gen{len(extra)}.json"
+        assert cli.main(["generate", str(tiny_checkpoint), "--prompt", "The capital of France is",
+                         "--max-new-tokens", "6", "--device", "cpu", "--json", str(report), *extra]) == 0
+        texts.append(json.loads(report.read_text())["text"])
+    err = capsys.readouterr().err
+    assert texts[0] == texts[1]
+    assert "dequantized 14 compressed layers" in err  # 2 blocks x 7 linears
+
+
+def test_dequantize_layers_matches_the_reference_logits(tiny_checkpoint, one_thread):
+    from spqrkit.modules.linear import dequantize_layers
+
+    model = spqrkit.load(tiny_checkpoint)
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        ref = model(ids).logits
+        assert dequantize_layers(model) == 14
+        assert not any(isinstance(m, SpQRLinear) for m in model.modules())
+        dense = model(ids).logits
+    torch.testing.assert_close(dense, ref, rtol=0, atol=0)
+

@@ -137,6 +137,29 @@ class SpQRLinear(nn.Module):
                 f"wbits={c.wbits}, beta1={c.beta1}, beta2={c.beta2}, outliers={self.n_outliers}")
 
 
+def dequantize_layers(model: nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Replace every SpQRLinear in `model` by an ordinary nn.Linear holding its reference-dequantized weight, in
+    place; returns how many were replaced. For devices without fused kernels (the CPU), where dequantizing on every
+    forward dominates the time: the model then needs the memory of an unquantized one. `dtype`: the weights' dtype
+    (default: each layer's bias dtype, else torch's default). The outputs equal the reference path's."""
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, SpQRLinear):
+                continue
+            w_dtype = dtype or (child.bias.dtype if child.bias is not None else torch.get_default_dtype())
+            dense = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                              device=child.codes.device, dtype=w_dtype)
+            with torch.no_grad():
+                dense.weight.copy_(child.dequantize().to(w_dtype))
+                if child.bias is not None:
+                    dense.bias.copy_(child.bias.to(w_dtype))
+            dense.requires_grad_(False)
+            setattr(module, child_name, dense)
+            replaced += 1
+    return replaced
+
+
 def reference_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     """Dequantize the whole weight (fp32), cast it to the activation dtype, then F.linear: the plain-torch
     reference every fast kernel is tested against."""
@@ -186,7 +209,7 @@ MATMULS: dict[str, Matmul] = {
     "dequantize": dequantize_matmul,
 }
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H100
-# (2026-11-25, benchmarks/results/kernel_speed_h100.json): gemv beats dequantize+cuBLAS up to 4 rows; the `dot`
+# (2026-11-25, benchmarks/results/kernel_speed_7b_h100.json): gemv beats dequantize+cuBLAS up to 4 rows; the `dot`
 # kernel is slower than dequantize+cuBLAS at every batch measured, so it is not chosen automatically (DOT_MAX_ROWS
 # = GEMV_MAX_ROWS) until it is faster; SPQRKIT_MATMUL=dot still runs it.
 GEMV_MAX_ROWS = 4
