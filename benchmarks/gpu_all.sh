@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Everything the GPU side of spqrkit needs checked and timed, in one go (one device call):
+#   1. the kernel and CUDA tests (compiled kernels against the plain-torch reference),
+#   2. benchmarks/kernel_speed.py with --tune (every kernel vs fp16 vs spqr-quant, LLaMA-2 shapes, block sweeps),
+#   3. benchmarks/generate.py (7B-shaped decode tokens/s, fp16 vs spqr-w3, CUDA graphs).
+# Results go to $1 (default: $OUT when set, else ./gpu_results): tests.log, kernel_speed.json, generate.json + logs.
+# Wheels in .whl/ (spqr-quant, pytest, ...) are installed to /tmp/site first when present (no network needed).
+#
+#   bash benchmarks/gpu_all.sh            # on the GPU machine; ~6-8 minutes, most of it Triton compilation
+set -u
+out="${1:-${OUT:-gpu_results}}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl > /dev/null 2>&1
+  export PYTHONPATH="/tmp/site:$PWD/src:${PYTHONPATH:-}"
+else
+  export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
+
+timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider --tb=short \
+  tests/test_kernels_matmul.py tests/test_cuda.py > "$out/tests.log" 2>&1
+echo "tests: exit $? ($(tail -1 "$out/tests.log"))"
+
+timeout "${KERNELS_TIMEOUT:-240}" python3 benchmarks/kernel_speed.py --tune --repeats 10 \
+  --json "$out/kernel_speed.json" > "$out/kernel_speed.log" 2>&1
+echo "kernel_speed: exit $?"
+tail -45 "$out/kernel_speed.log"
+
+timeout "${GENERATE_TIMEOUT:-200}" python3 benchmarks/generate.py --new-tokens 64 --repeats 3 \
+  --json "$out/generate.json" > "$out/generate.log" 2>&1
+echo "generate: exit $?"
+tail -12 "$out/generate.log"
