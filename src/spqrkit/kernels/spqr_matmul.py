@@ -1,13 +1,16 @@
 """Triton kernels that compute y = x W^T + b straight from the packed SpQR format (docs/format.md).
 
 Three kernels, one per batch regime; `spqrkit.modules.linear.select_matmul` picks among them and the plain-torch
-reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py.
+reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py. Measured
+on an H100 so far (benchmarks/kernel_speed.py): all are slower than fp16 cuBLAS; see README and issue 4's notes.
 
 - `gemv`: decode (a handful of rows of x). One program owns BLOCK_R output rows and walks the input in tiles of
   NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant shifts
   (the offset of code i in a chunk is known at compile time), multiplies by the group's scale and zero, and
-  accumulates x[perm[c]] * w on CUDA cores, one register tile per row of x (at most 4 rows per launch).
-- `dot`: batches of ~4..64. One program owns a [BLOCK_M, BLOCK_N] output tile: it dequantizes a [BLOCK_N, BLOCK_K]
+  accumulates x[perm[c]] * w on CUDA cores, one register tile per row of x (at most 4 rows per launch). With
+  `x_chunked` (kernel name "gemv_xc") a small kernel first gathers x into chunk-major permuted order, so that the
+  main loop reads x contiguously instead of through the permutation.
+- `dot`: small batches (not chosen automatically while it is slower than `dequantize` + cuBLAS). One program owns a [BLOCK_M, BLOCK_N] output tile: it dequantizes a [BLOCK_N, BLOCK_K]
   weight tile in registers to the activation dtype (exactly the reference's rounding) and feeds the tensor cores
   with tl.dot against the gathered x[:, perm[c]] tile. Any wbits 2..8.
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
