@@ -35,18 +35,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import platform
 import resource
 import statistics
 import sys
 import time
 from datetime import datetime, timezone
-
-# Run as `python benchmarks/generate.py`, this folder is sys.path[0], and its kernels.py would shadow the `kernels`
-# package that transformers probes for at import (a circular-import error). Nothing here is imported from it.
-if sys.path and sys.path[0] and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
 
 import torch
 import transformers

@@ -114,6 +114,17 @@ def test_dequantize_kernel_is_the_reference_weight_bit_for_bit():
         assert torch.equal(w, ref.to(dtype))
 
 
+def test_gather_x_kernel_is_the_reference_order():
+    layer = _layer(32, 150, get_preset("spqr-w3"))
+    x = torch.randn(3, 150, device=DEVICE)
+    order = spqr_matmul.chunked_column_order(layer.perm, 150)
+    padded = torch.zeros(3, 160, device=DEVICE)
+    padded[:, :150] = x
+    expected = padded.index_select(-1, order)
+    expected.view(3, 32, 5)[..., 4][:, 150 - 128:] = 0  # chunk 4 holds columns 128..159: those past 150 are zero
+    assert torch.equal(ops.gather_x_chunked(x, layer.perm), expected)
+
+
 @pytest.mark.parametrize("wbits", [5, 6, 7, 8])
 def test_wide_codes(wbits):
     """5..8-bit codes (codes straddling words at 5, 6, 7 bits) in every kernel."""
@@ -140,6 +151,7 @@ def test_custom_op_registration_passes_opcheck():
     torch.library.opcheck(ops.dequantize_chunked,
                           (*layer.kernel_tensors()[:8], 64, 32, *layer.kernel_layout(), torch.float16),
                           test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(ops.gather_x_chunked, (x, layer.perm), test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "dot", "dequantize"])

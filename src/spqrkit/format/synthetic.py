@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..config import QuantConfig
-from ..quant.representation import QuantizedWeight
+from ..quant.representation import QuantizedWeight, csr_from_mask
 from .pack import pack_layer
 from .spec import check_layer_shape, n_groups
 
@@ -63,11 +63,8 @@ def random_quantized_weight(
     rate[:dense_rows] = 0.25
     rate[dense_rows:dense_rows + empty_rows] = 0.0
     mask = uniform(out_features, in_features) < rate
-    rows, cols = mask.nonzero(as_tuple=True)  # row-major: sorted by row, then column
-    counts = torch.bincount(rows, minlength=out_features)
-    row_ptr = torch.zeros(out_features + 1, dtype=torch.int32, device=dev)
-    row_ptr[1:] = torch.cumsum(counts, 0).to(torch.int32)
-    values = (torch.randn(rows.numel(), generator=gen, device=dev) * 0.1).half()
+    row_ptr, cols = csr_from_mask(mask)
+    values = (torch.randn(cols.numel(), generator=gen, device=dev) * 0.1).half()
 
     return QuantizedWeight(
         config=config,
@@ -81,7 +78,7 @@ def random_quantized_weight(
         zero_codes=stats["zero"][1],
         zero_stats=stats["zero"][2],
         outlier_row_ptr=row_ptr,
-        outlier_cols=cols.to(torch.int32),
+        outlier_cols=cols,
         outlier_values=values,
     )
 

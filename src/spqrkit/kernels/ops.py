@@ -1,6 +1,6 @@
 """The SpQR matmul kernels as torch custom ops, so that torch.compile traces through them and CUDA graphs capture
-them: `spqrkit::fused_matmul` (the `gemv` and `dot` kernels) and `spqrkit::dequantize_chunked` (the weight in the
-activation dtype, for cuBLAS). Each has a fake (meta) implementation giving the output's shape and dtype. Nothing in
+them: `spqrkit::fused_matmul` (the `gemv` and `dot` kernels), `spqrkit::dequantize_chunked` (the weight in the
+activation dtype, for cuBLAS) and `spqrkit::gather_x_chunked` (x's columns in that weight's order). Each has a fake (meta) implementation giving the output's shape and dtype. Nothing in
 them synchronises with the host: the outlier ranges are read from the row pointers on the device.
 
 Argument order and meaning: see the launchers in spqrkit.kernels.spqr_matmul.
@@ -61,3 +61,18 @@ def dequantize_chunked(
 def _dequantize_chunked_fake(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features,
                              out_features, wbits, group, beta2, scale_bits, zero_bits, dtype):
     return codes.new_empty((out_features, -(-in_features // 32) * 32), dtype=dtype)
+
+
+@torch.library.custom_op("spqrkit::gather_x_chunked", mutates_args=())
+def gather_x_chunked(x: Tensor, perm: Tensor) -> Tensor:
+    """x [..., in] -> [..., ceil(in / 32) * 32]: the columns in `dequantize_chunked`'s order (zero padding)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    return spqr_matmul.gather_x_chunked(x2, perm).reshape(*x.shape[:-1], -1)
+
+
+@gather_x_chunked.register_fake
+def _gather_x_chunked_fake(x, perm):
+    return x.new_empty((*x.shape[:-1], -(-x.shape[-1] // 32) * 32))
+

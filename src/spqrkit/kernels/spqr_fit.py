@@ -44,6 +44,24 @@ def _second_level(v, smaxq, BLOCK_R: tl.constexpr, BETA2: tl.constexpr):
 
 
 @triton.jit
+def _store_stat(v, maxq2, out_ptrs, rmask, st_ptrs, stmask, BLOCK_R: tl.constexpr, BETA2: tl.constexpr,
+                QUANTIZED: tl.constexpr):
+    """Store one first-level statistic [BLOCK_R] as the solver keeps it, and return its dequantized value (fp32):
+    QUANTIZED: second-level codes (uint8) at out_ptrs and the (scale, zero) of each BETA2 rows at st_ptrs (fp16);
+    else the fp16 value itself."""
+    if QUANTIZED:
+        q, v, s2, z2 = _second_level(v, maxq2, BLOCK_R, BETA2)
+        tl.store(out_ptrs, q.to(tl.uint8), mask=rmask)
+        tl.store(st_ptrs, s2.to(tl.float16), mask=stmask)
+        tl.store(st_ptrs + 1, z2.to(tl.float16), mask=stmask)
+    else:
+        v16 = v.to(tl.float16)
+        tl.store(out_ptrs, v16, mask=rmask)
+        v = v16.to(tl.float32)
+    return v
+
+
+@triton.jit
 def _fit_group_kernel(
     w_ptr, stride_w,  # [rows, G] fp32: the group's current weights
     d_ptr, thr_ptr,  # [G] diag(U) of the group's columns; [rows] outlier threshold
@@ -102,24 +120,10 @@ def _fit_group_kernel(
     st = tl.arange(0, BLOCK_R // BETA2)
     strow = tl.program_id(0) * (BLOCK_R // BETA2) + st
     stmask = strow * BETA2 < rows
-    if SCALE_Q:
-        q, scale, ss, sz = _second_level(scale, smaxq, BLOCK_R, BETA2)
-        tl.store(s_out_ptr + r * stride_s, q.to(tl.uint8), mask=rmask)
-        tl.store(s_st_ptr + strow * stride_sst, ss.to(tl.float16), mask=stmask)
-        tl.store(s_st_ptr + strow * stride_sst + 1, sz.to(tl.float16), mask=stmask)
-    else:
-        scale16 = scale.to(tl.float16)
-        tl.store(s_out_ptr + r * stride_s, scale16, mask=rmask)
-        scale = scale16.to(tl.float32)
-    if ZERO_Q:
-        q, zero, zs, zz = _second_level(zero, zmaxq, BLOCK_R, BETA2)
-        tl.store(z_out_ptr + r * stride_z, q.to(tl.uint8), mask=rmask)
-        tl.store(z_st_ptr + strow * stride_zst, zs.to(tl.float16), mask=stmask)
-        tl.store(z_st_ptr + strow * stride_zst + 1, zz.to(tl.float16), mask=stmask)
-    else:
-        zero16 = zero.to(tl.float16)
-        tl.store(z_out_ptr + r * stride_z, zero16, mask=rmask)
-        zero = zero16.to(tl.float32)
+    scale = _store_stat(scale, smaxq, s_out_ptr + r * stride_s, rmask, s_st_ptr + strow * stride_sst, stmask,
+                        BLOCK_R, BETA2, SCALE_Q)
+    zero = _store_stat(zero, zmaxq, z_out_ptr + r * stride_z, rmask, z_st_ptr + strow * stride_zst, stmask,
+                       BLOCK_R, BETA2, ZERO_Q)
     tl.store(s_hat_ptr + r, scale, mask=rmask)
     tl.store(z_hat_ptr + r, zero, mask=rmask)
 

@@ -153,7 +153,7 @@ def _outlier_block(
     rr = tl.arange(0, BR)
     k = k0 + tl.arange(0, KO)
     km = k < k_hi
-    loc = tl.sum((nxt[None, :] <= k[:, None]).to(tl.int32), axis=1)  # [KO]: local row of outlier k
+    loc = _local_row(k, nxt)  # [KO]
     row = rows0 + loc
     col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
     v = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32)
@@ -179,6 +179,13 @@ def _outlier_block(
         return tl.dot(d, sel, input_precision="tf32x3")
     else:
         return tl.sum(d[:, :, None] * sel[None, :, :], axis=1)
+
+
+@triton.jit
+def _local_row(k, nxt):
+    """Row (0-based within the block) of outliers k, given nxt[i] = row_ptr[rows0 + i + 1]: rows ending at or
+    before k precede it."""
+    return tl.sum((nxt[None, :] <= k[:, None]).to(tl.int32), axis=1)
 
 
 @triton.jit
@@ -390,15 +397,11 @@ def _scatter_outliers_kernel(w_ptr, rowptr_ptr, cols_ptr, vals_ptr, OUT, N_CHUNK
                              KO: tl.constexpr):
     """W_chunked[row, position of col] = value for the outliers of rows BR * pid .. (after `_dequantize_kernel`)."""
     rows0 = tl.program_id(0) * BR
-    rr = tl.arange(0, BR)
-    k_lo = tl.load(rowptr_ptr + rows0)
-    k_hi = tl.load(rowptr_ptr + tl.minimum(rows0 + BR, OUT))
-    nxt = tl.load(rowptr_ptr + rows0 + 1 + rr, mask=rows0 + rr < OUT, other=2147483647)
-    k0 = k_lo
+    k0, k_hi, nxt = _outlier_range(rowptr_ptr, rows0, OUT, BR)
     while k0 < k_hi:
         k = k0 + tl.arange(0, KO)
         km = k < k_hi
-        row = rows0 + tl.sum((nxt[None, :] <= k[:, None]).to(tl.int32), axis=1)
+        row = rows0 + _local_row(k, nxt)
         col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
         v = tl.load(vals_ptr + k, mask=km, other=0.0)
         tl.store(w_ptr + row * (N_CHUNKS * 32) + (col % 32) * N_CHUNKS + col // 32, v.to(w_ptr.dtype.element_ty),
@@ -459,9 +462,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
     if x_chunked:
-        xc = torch.empty(M, n_chunks * 32, dtype=x.dtype, device=x.device)
-        _gather_x_kernel[(M, triton.cdiv(n_chunks * 32, 1024))](x, x.stride(0), xc, perm, n_in, n_chunks, BLOCK=1024)
-        x = xc
+        x = gather_x_chunked(x, perm)
     _gemv_kernel[grid](
         x, x.stride(0), y, y.stride(0),
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
@@ -501,7 +502,7 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
 def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
                        in_features, out_features, wbits, group, beta2, scale_bits, zero_bits, dtype):
     """W_chunked [out, ceil(in / 32) * 32] in `dtype`: the weight with column i * n_chunks + j holding permuted
-    column 32 j + i (zero past `in`); x[:, chunked_column_order(perm, in)] @ W_chunked.T = x @ W.T."""
+    column 32 j + i (zero past `in`); gather_x_chunked(x, perm) @ W_chunked.T = x @ W.T."""
     import torch
 
     n_chunks, n_groups, n_sw, n_zw = _layout_args(in_features, out_features, wbits, group, scale_bits, zero_bits)
@@ -520,9 +521,23 @@ def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, col
     return w
 
 
+def gather_x_chunked(x, perm):
+    """x [M, in] -> [M, ceil(in / 32) * 32] in the chunk-major permuted order of `dequantize_chunked`'s columns
+    (column i * n_chunks + j = x[:, perm[32 j + i]], zero past `in`); one kernel. Reference: x padded with zeros,
+    indexed by `chunked_column_order`."""
+    import torch
+
+    M, n_in = x.shape
+    n_chunks = -(-n_in // 32)
+    xc = torch.empty(M, n_chunks * 32, dtype=x.dtype, device=x.device)
+    _gather_x_kernel[(M, triton.cdiv(n_chunks * 32, 1024))](x, x.stride(0), xc, perm, n_in, n_chunks, BLOCK=1024)
+    return xc
+
+
 def chunked_column_order(perm, in_features: int):
     """int64 [ceil(in / 32) * 32]: the original input column of each column of `dequantize_chunked`'s weight
-    (0 for the zero padding columns). perm: the stored int16 permutation."""
+    (0 for the zero padding columns). perm: the stored int16 permutation. The plain-torch reference of
+    `gather_x_chunked`'s order."""
     import torch
 
     n_chunks = -(-in_features // 32)

@@ -195,13 +195,12 @@ def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     """Large batches: the weight dequantized once to x's dtype by a kernel (columns in chunk-major order), then
     cuBLAS on x's columns gathered in the same order."""
     from ..kernels import ops
-    from ..kernels.spqr_matmul import chunked_column_order
 
     w = ops.dequantize_chunked(
         *layer.kernel_tensors()[:8], layer.in_features, layer.out_features, *layer.kernel_layout(), x.dtype
     )
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
-    return F.linear(x.index_select(-1, chunked_column_order(layer.perm, layer.in_features)), w, bias)
+    return F.linear(ops.gather_x_chunked(x, layer.perm), w, bias)
 
 
 MATMULS: dict[str, Matmul] = {

@@ -117,6 +117,14 @@ class QuantizedWeight:
         return QuantizedWeight(**moved)
 
 
+def csr_from_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outlier positions as CSR: bool mask [rows, cols] -> (row_ptr int32 [rows + 1], column int32 [nnz]) in
+    row-major order, the order the stored outlier values must follow (`w[mask]`)."""
+    row_ptr = torch.zeros(mask.shape[0] + 1, dtype=torch.int32, device=mask.device)
+    row_ptr[1:] = torch.cumsum(mask.sum(1), 0)
+    return row_ptr, mask.nonzero()[:, 1].to(torch.int32)
+
+
 def _dequantize_stat(
     fp: torch.Tensor | None, codes: torch.Tensor | None, stats: torch.Tensor | None, beta2: int | None
 ) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from ..config import QuantConfig
 from .minmax import dequantize, minmax_params, quantize, quantize_dequantize, quantize_grouped_stat
-from .representation import QuantizedWeight
+from .representation import QuantizedWeight, csr_from_mask
 
 # Leave-one-out works on [rows, g, g] tensors; rows are chunked to keep one chunk under this many elements.
 _LOO_CHUNK_ELEMENTS = 1 << 24
@@ -338,9 +338,7 @@ def quantize_matrices(
     for rows in row_splits:
         r1 = r0 + rows
         mask = outliers[r0:r1]
-        counts = mask.sum(1)
-        row_ptr = torch.zeros(rows + 1, dtype=torch.int32, device=device)
-        row_ptr[1:] = torch.cumsum(counts, 0)
+        row_ptr, outlier_cols = csr_from_mask(mask)
         s_fp, s_codes, s_stats = scales.rows(r0, r1, config.beta2)
         z_fp, z_codes, z_stats = zeros.rows(r0, r1, config.beta2)
         results.append(
@@ -356,7 +354,7 @@ def quantize_matrices(
                 zero_codes=None if z_codes is None else z_codes.clone(),
                 zero_stats=None if z_stats is None else z_stats.clone(),
                 outlier_row_ptr=row_ptr,
-                outlier_cols=mask.nonzero()[:, 1].to(torch.int32),  # row-major order = CSR order
+                outlier_cols=outlier_cols,
                 outlier_values=W[r0:r1][mask].half(),
             )
         )
