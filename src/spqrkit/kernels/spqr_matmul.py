@@ -454,10 +454,11 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
-    # Tiles that compile without register spills for sm_90 (ptxas -v: 48 / 64 / 128 registers at 1 / 2 / 4 rows of
-    # x); not yet re-tuned on the GPU since the accumulator change (benchmarks/kernel_speed.py --tune).
+    # H100, 4096x4096 spqr-w3, batch 1 (benchmarks/kernel_speed.py --tune, 2026-11-25): 4 rows x 32 chunks with
+    # 2 warps was fastest (26.7 us; 4 warps 30.3). At 3-4 rows of x, 8 x 16 tiles keep it free of spills.
     BR = block_rows or (4 if BB <= 2 else 8)
     NCH = chunks or (32 if BB <= 2 else 16)
+    num_warps = num_warps or (2 if BB <= 2 else 4)
     grid = (triton.cdiv(out_features, BR),)
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
@@ -468,7 +469,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BB=BB, BR=BR, NCH=NCH, KO=64, XC=x_chunked, num_warps=num_warps or 4,
+        BB=BB, BR=BR, NCH=NCH, KO=64, XC=x_chunked, num_warps=num_warps,
     )
     return y
 
