@@ -17,7 +17,7 @@ import torch
 
 from spqrkit.format.synthetic import random_quantized_weight
 from spqrkit.modules.linear import MATMULS, SpQRLinear
-from spqrkit.quant.presets import get_preset
+from spqrkit.config import get_preset
 
 
 def main(argv=None) -> int:
