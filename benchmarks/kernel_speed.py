@@ -119,8 +119,10 @@ def check(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> float:
     return ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0,
-                kernels=("gemv", "gemv_xc", "dot", "dequantize")):
+KERNELS = ("gemv", "gemv_xc", "dot", "dequantize")
+
+
+def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, kernels=KERNELS):
     rows = []
     layers = make_layers(out, n_in, config, seed)
     nbytes = layer_bytes(layers[0])
@@ -168,7 +170,7 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0,
     return rows
 
 
-def tune(out, n_in, config, batch, repeats):
+def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
     """Block-size sweep of the fused kernels on one shape: [(kernel, params, seconds)] sorted by time."""
     layers = make_layers(out, n_in, config, 0)
     x = torch.randn(batch, n_in, device="cuda", dtype=torch.float16)
@@ -179,11 +181,20 @@ def tune(out, n_in, config, batch, repeats):
         return fn(x, *lay.kernel_tensors(), None, out, wb, group, beta2, sb, zb, **params)
 
     space = []
-    if batch <= 4:
+    if batch <= 4 and "gemv" in kernels:
         for br, nch, nw in itertools.product((2, 4, 8), (16, 32), (2, 4)):
             space.append((spqr_matmul.gemv, "gemv", {"block_rows": br, "chunks": nch, "num_warps": nw}))
-    for bn, bk, nw, ns in itertools.product((32, 64, 128), (64,), (4,), (2, 3)):
-        space.append((spqr_matmul.dot, "dot", {"block_n": bn, "block_k": bk, "num_warps": nw, "num_stages": ns}))
+    if batch <= 4 and "gemv_xc" in kernels:
+        for br, nch, nw in itertools.product((4, 8, 16), (32, 64), (1, 2, 4)):
+            space.append((spqr_matmul.gemv, "gemv_xc", {"block_rows": br, "chunks": nch, "num_warps": nw,
+                                                        "x_chunked": True}))
+        for br, ns in itertools.product((4, 8), (1, 2)):
+            space.append((spqr_matmul.gemv, "gemv_xc", {"block_rows": br, "chunks": 32, "num_warps": 2,
+                                                        "num_stages": ns, "x_chunked": True}))
+    if "dot" in kernels:
+        for bn, bk, nw, ns in itertools.product((32, 64, 128), (64,), (4,), (2, 3)):
+            space.append((spqr_matmul.dot, "dot", {"block_n": bn, "block_k": bk, "num_warps": nw,
+                                                   "num_stages": ns}))
     ref = MATMULS["reference"](layers[0], x).float()
     for fn, name, params in space:
         try:
@@ -233,6 +244,8 @@ def main(argv=None) -> int:
     p.add_argument("--layouts", action="store_true", help="also every wbits 2..4 x beta1 x beta2 at 4096x4096")
     p.add_argument("--tune", action="store_true", help="also sweep the fused kernels' block sizes at 4096x4096")
     p.add_argument("--no-spqr-quant", action="store_true")
+    p.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernels to time (and tune)")
+    p.add_argument("--tune-batches", default="1,16")
     p.add_argument("--outlier-share", type=float, default=0.01, help="average share of outliers (default 1%%)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -244,6 +257,7 @@ def main(argv=None) -> int:
     global OUTLIER_SHARE
     OUTLIER_SHARE = args.outlier_share
     batches = [int(b) for b in args.batches.split(",")]
+    kernels = tuple(args.kernels.split(","))
     config = get_preset(args.preset)
     copy_bw = copy_bandwidth(args.repeats)
     spqr_quant = None
@@ -258,7 +272,7 @@ def main(argv=None) -> int:
     rows = []
     for name in args.shapes.split(","):
         out, n_in = SHAPES[name]
-        rows += bench_shape(name, out, n_in, config, batches, args.repeats, spqr_quant)
+        rows += bench_shape(name, out, n_in, config, batches, args.repeats, spqr_quant, kernels=kernels)
         print(f"  {name} done", flush=True)
     print_table(rows, copy_bw)
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
@@ -277,8 +291,8 @@ def main(argv=None) -> int:
         result["layouts"] = lrows
     if args.tune:
         result["tune"] = {}
-        for (out, n_in), batch in itertools.product(((4096, 4096),), (1, 16)):
-            res = tune(out, n_in, config, batch, max(5, args.repeats // 2))
+        for (out, n_in), batch in itertools.product(((4096, 4096),), [int(b) for b in args.tune_batches.split(",")]):
+            res = tune(out, n_in, config, batch, max(5, args.repeats // 2), kernels)
             key = f"{out}x{n_in} b{batch}"
             result["tune"][key] = [(n, p, t) for n, p, t in res]
             print(f"\ntune {key}: best")

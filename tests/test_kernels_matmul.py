@@ -125,6 +125,17 @@ def test_gather_x_kernel_is_the_reference_order():
     assert torch.equal(ops.gather_x_chunked(x, layer.perm), expected)
 
 
+@pytest.mark.parametrize("nch", [1, 4, 16])
+def test_gather_x_tiles_kernel_is_the_reference_order(nch):
+    layer = _layer(32, 150, get_preset("spqr-w3"))
+    x = torch.randn(3, 150, device=DEVICE, dtype=torch.float16)
+    order, valid = spqr_matmul.tiled_column_order(layer.perm, 150, nch)
+    assert valid.sum() == 150 and order[valid].sort().values.tolist() == list(range(150))
+    expected = torch.zeros(4, order.numel(), device=DEVICE)
+    expected[:3] = torch.where(valid, x.float().index_select(-1, order), 0.0)
+    assert torch.equal(spqr_matmul.gather_x_tiles(x, layer.perm, nch, 4), expected)  # row 3: padding
+
+
 @pytest.mark.parametrize("wbits", [5, 6, 7, 8])
 def test_wide_codes(wbits):
     """5..8-bit codes (codes straddling words at 5, 6, 7 bits) in every kernel."""

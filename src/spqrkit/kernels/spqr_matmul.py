@@ -147,7 +147,8 @@ def _outlier_block(
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
     BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr, ROUND_W: tl.constexpr, XC: tl.constexpr,
 ):
-    """[BB, BR]: sum over outliers k0 .. min(k0 + KO, k_hi) - 1 (all in rows rows0 .. rows0 + BR - 1; nxt[i] =
+    """XC: 0 when x is [BB, in] in the original column order, else the tile width of x given by
+    `_gather_x_tiles_kernel`. [BB, BR]: sum over outliers k0 .. min(k0 + KO, k_hi) - 1 (all in rows rows0 .. rows0 + BR - 1; nxt[i] =
     row_ptr[rows0 + i + 1]) of (value - base weight) * x[b, perm[col]]. With ROUND_W the base weight is first
     rounded to x's dtype, as the dense part of the `dot` kernel does."""
     rr = tl.arange(0, BR)
@@ -167,8 +168,9 @@ def _outlier_block(
     base = s * (q - z)
     if ROUND_W:
         base = base.to(x_ptr.dtype.element_ty).to(tl.float32)
-    if XC:  # x given chunk-major (`_gather_x_kernel`): permuted column c sits at (c % 32) * n_chunks + c // 32
-        p = (col % 32) * (N_CODE_WORDS // WB) + col // 32
+    if XC > 0:  # x given in tiles of XC chunks (`_gather_x_tiles_kernel`)
+        ch = col // 32
+        p = ((ch // XC) * 32 + col % 32) * XC + ch % XC
     else:
         p = tl.load(perm_ptr + col, mask=km, other=0).to(tl.int32) & 0xFFFF
     xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & km[None, :],
@@ -213,6 +215,21 @@ def _gather_x_kernel(x_ptr, stride_xb, xc_ptr, perm_ptr, IN, N_CHUNKS, BLOCK: tl
 
 
 @triton.jit
+def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, perm_ptr, M, IN, TOTAL, NCH: tl.constexpr, BLOCK: tl.constexpr):
+    """xt[b, t, i, j] = fp32 x[b, perm[32 (t NCH + j) + i]] for b < M (zero past IN, and for rows M <= b): x in
+    tiles of NCH chunks, code-major inside a tile, so that the x values of code i of a tile's NCH chunks are
+    contiguous. TOTAL = number of tiles * 32 * NCH."""
+    b = tl.program_id(0)
+    k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    r = k % (32 * NCH)
+    c = ((k // (32 * NCH)) * NCH + r % NCH) * 32 + r // NCH
+    valid = (k < TOTAL) & (c < IN) & (k * 0 + b < M)
+    p = tl.load(perm_ptr + c, mask=valid, other=0).to(tl.int32) & 0xFFFF
+    v = tl.load(x_ptr + b * stride_xb + p, mask=valid, other=0.0).to(tl.float32)
+    tl.store(xt_ptr + b * TOTAL + k, v, mask=k < TOTAL)
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, stride_xb, y_ptr, stride_yb,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
@@ -220,8 +237,9 @@ def _gemv_kernel(
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
     BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, XC: tl.constexpr,
 ):
-    """XC: x is given chunk-major ([M, n_chunks * 32] from `_gather_x_kernel`): the x values of code i of NCH
-    consecutive chunks are then contiguous (coalesced) instead of gathered through the permutation per code."""
+    """XC = 0: x [M, IN] is gathered through the permutation for every code. XC = NCH: x is given as fp32 tiles
+    (`_gather_x_tiles_kernel`, BB rows of stride stride_xb): the x values of code i of the tile's NCH chunks are
+    contiguous, at a compile-time offset, with no mask and no conversion."""
     rows0 = tl.program_id(0) * BR
     rows = rows0 + tl.arange(0, BR)
     rmask = rows < OUT
@@ -252,6 +270,7 @@ def _gemv_kernel(
             cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False, XC,
         )
         k0 += KO
+        xt = x_ptr + t * 32 + jj  # (XC) this tile's x: code i of its chunks at xt + i * NCH
         for i in tl.static_range(32):
             # statistics: once per chunk (groups of >= 32 columns, or one per row), else where a group starts
             if i == 0 or (GROUP > 0 and GROUP < 32 and i % GROUP == 0):
@@ -259,22 +278,27 @@ def _gemv_kernel(
                                     BETA2, GROUP, SB, ZB)
                 sz = s * z
             w = s * _code_to_float(_chunk_code(i, WB, w0, w1, w2, w3, w4, w5, w6, w7)) - sz  # [BR, NCH]
-            col = ch * 32 + i
-            xm = cm & (col < IN)
-            if XC:
-                p = (i * N_CHUNKS + ch)[None, :]
+            if XC > 0:  # fp32, zero-padded, BB rows: no mask, no conversion
+                acc0 += w * tl.load(xt + i * NCH)[None, :]
+                if BB > 1:
+                    acc1 += w * tl.load(xt + stride_xb + i * NCH)[None, :]
+                if BB > 2:
+                    acc2 += w * tl.load(xt + 2 * stride_xb + i * NCH)[None, :]
+                    acc3 += w * tl.load(xt + 3 * stride_xb + i * NCH)[None, :]
             else:
+                col = ch * 32 + i
+                xm = cm & (col < IN)
                 p = (tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF)[None, :]
-            xm2 = xm[None, :]
-            acc0 += w * tl.load(x_ptr + p, mask=xm2, other=0.0).to(tl.float32)
-            # (row b of x exists: a tensor comparison, since Triton 3.9's interpreter rejects `mask & (M > b)`)
-            if BB > 1:
-                acc1 += w * tl.load(x_ptr + stride_xb + p, mask=xm2 & (p * 0 + 1 < M), other=0.0).to(tl.float32)
-            if BB > 2:
-                acc2 += w * tl.load(x_ptr + 2 * stride_xb + p, mask=xm2 & (p * 0 + 2 < M),
-                                    other=0.0).to(tl.float32)
-                acc3 += w * tl.load(x_ptr + 3 * stride_xb + p, mask=xm2 & (p * 0 + 3 < M),
-                                    other=0.0).to(tl.float32)
+                xm2 = xm[None, :]
+                acc0 += w * tl.load(x_ptr + p, mask=xm2, other=0.0).to(tl.float32)
+                # (row b of x exists: a tensor comparison, since Triton 3.9's interpreter rejects `mask & (M > b)`)
+                if BB > 1:
+                    acc1 += w * tl.load(x_ptr + stride_xb + p, mask=xm2 & (p * 0 + 1 < M), other=0.0).to(tl.float32)
+                if BB > 2:
+                    acc2 += w * tl.load(x_ptr + 2 * stride_xb + p, mask=xm2 & (p * 0 + 2 < M),
+                                        other=0.0).to(tl.float32)
+                    acc3 += w * tl.load(x_ptr + 3 * stride_xb + p, mask=xm2 & (p * 0 + 3 < M),
+                                        other=0.0).to(tl.float32)
     while k0 < k_hi:
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
@@ -443,9 +467,10 @@ GEMV_MAX_BATCH = 4  # rows of x the gemv kernel accumulates (one register tile e
 
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
-         x_chunked=False):
-    """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x into the
-    chunk-major permuted order with one small kernel, so that the main kernel reads it coalesced."""
+         num_stages=None, x_chunked=False):
+    """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
+    into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
+    it contiguously, unmasked, at compile-time offsets."""
     import torch
 
     M, n_in = x.shape
@@ -463,13 +488,13 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
     if x_chunked:
-        x = gather_x_chunked(x, perm)
+        x = gather_x_tiles(x, perm, NCH, BB)
     _gemv_kernel[grid](
         x, x.stride(0), y, y.stride(0),
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BB=BB, BR=BR, NCH=NCH, KO=64, XC=x_chunked, num_warps=num_warps,
+        BB=BB, BR=BR, NCH=NCH, KO=64, XC=NCH if x_chunked else 0, num_warps=num_warps, num_stages=num_stages or 3,
     )
     return y
 
@@ -520,6 +545,36 @@ def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, col
         w, row_ptr, cols, vals, out_features, n_chunks, BR=BR, KO=64, num_warps=4,
     )
     return w
+
+
+def gather_x_tiles(x, perm, nch: int, rows: int):
+    """x [M, in] -> fp32 [rows, n_tiles * 32 * nch] (rows >= M; rows past M are zero): tile t holds the permuted
+    columns of chunks t * nch .. t * nch + nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch + j) + i]] (zero
+    past `in`). The gemv kernel's x when `x_chunked`; reference: `tiled_column_order`."""
+    import torch
+
+    M, n_in = x.shape
+    total = triton.cdiv(-(-n_in // 32), nch) * 32 * nch
+    xt = torch.empty(rows, total, dtype=torch.float32, device=x.device)
+    _gather_x_tiles_kernel[(rows, triton.cdiv(total, 1024))](x, x.stride(0), xt, perm, M, n_in, total, NCH=nch,
+                                                             BLOCK=1024)
+    return xt
+
+
+def tiled_column_order(perm, in_features: int, nch: int):
+    """(int64 [n_tiles * 32 * nch] original input column of each entry of `gather_x_tiles`'s rows, bool mask of
+    the entries that hold one (the rest are zero padding)). Plain torch: the reference of `gather_x_tiles`."""
+    import torch
+
+    n_chunks = -(-in_features // 32)
+    total = -(-n_chunks // nch) * 32 * nch
+    k = torch.arange(total, device=perm.device)
+    r = k % (32 * nch)
+    c = ((k // (32 * nch)) * nch + r % nch) * 32 + r // nch
+    valid = c < in_features
+    order = torch.zeros(total, dtype=torch.int64, device=perm.device)
+    order[valid] = perm.to(torch.int64)[c[valid]] & 0xFFFF
+    return order, valid
 
 
 def gather_x_chunked(x, perm):
