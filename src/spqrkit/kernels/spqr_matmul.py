@@ -145,9 +145,10 @@ def _outlier_block(
     codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     cols_ptr, vals_ptr, perm_ptr,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-    BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr, ROUND_W: tl.constexpr,
+    BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr, ROUND_W: tl.constexpr, XC: tl.constexpr,
 ):
-    """[BB, BR]: sum over outliers k0 .. min(k0 + KO, k_hi) - 1 (all in rows rows0 .. rows0 + BR - 1; nxt[i] =
+    """XC: 0 when x is [BB, in] in the original column order, else the tile width of x given by
+    `_gather_x_tiles_kernel`. [BB, BR]: sum over outliers k0 .. min(k0 + KO, k_hi) - 1 (all in rows rows0 .. rows0 + BR - 1; nxt[i] =
     row_ptr[rows0 + i + 1]) of (value - base weight) * x[b, perm[col]]. With ROUND_W the base weight is first
     rounded to x's dtype, as the dense part of the `dot` kernel does."""
     rr = tl.arange(0, BR)
@@ -167,7 +168,11 @@ def _outlier_block(
     base = s * (q - z)
     if ROUND_W:
         base = base.to(x_ptr.dtype.element_ty).to(tl.float32)
-    p = tl.load(perm_ptr + col, mask=km, other=0).to(tl.int32) & 0xFFFF
+    if XC > 0:  # x given in tiles of XC chunks (`_gather_x_tiles_kernel`)
+        ch = col // 32
+        p = ((ch // XC) * 32 + col % 32) * XC + ch % XC
+    else:
+        p = tl.load(perm_ptr + col, mask=km, other=0).to(tl.int32) & 0xFFFF
     xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & km[None, :],
                  other=0.0).to(tl.float32)  # [BB, KO]
     d = (v - base)[None, :] * xv  # [BB, KO]
@@ -210,137 +215,18 @@ def _gather_x_kernel(x_ptr, stride_xb, xc_ptr, perm_ptr, IN, N_CHUNKS, BLOCK: tl
 
 
 @triton.jit
-def _code_shift(i, WB: tl.constexpr):
-    """2**e(i) is the factor by which `_chunk_code_scaled` leaves code i of a chunk scaled (i: int or tensor)."""
-    o = (i * WB) % 32
-    return tl.where(o + WB > 32, 0, tl.where(o + WB <= 23, o, o - 16))
-
-
-@triton.jit
-def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
-    """fp32 q * 2**e(I), exactly, for code I (0..31) of each chunk: the code's bits are masked IN PLACE into the
-    mantissa of 2**23 (one LOP3) and 2**23 subtracted, so no shift is needed; codes in bits 23..31 of a word are
-    taken from the word's upper half (one shift per word, shared), codes straddling two words are shifted down
-    (e = 0). The x tiles of `_gather_x_tiles_kernel` carry the matching 2**-e(I)."""
-    K: tl.constexpr = (I * WB) // 32
-    O: tl.constexpr = (I * WB) % 32
-    MASK: tl.constexpr = (1 << WB) - 1
-    if O + WB > 32:
-        q = ((_pick(K, w0, w1, w2, w3, w4, w5, w6, w7) >> O) | (_pick(K + 1, w0, w1, w2, w3, w4, w5, w6, w7)
-                                                                << (32 - O))) & MASK
-    elif O + WB <= 23:
-        q = _pick(K, w0, w1, w2, w3, w4, w5, w6, w7) & (MASK << O)
-    else:
-        q = (_pick(K, w0, w1, w2, w3, w4, w5, w6, w7) >> 16) & (MASK << (O - 16))
-    return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-
-
-@triton.jit
-def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, M, IN, N_TILES,
-                           WB: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr):
-    """One program per (row b of x, tile t of NCH chunks), for `_gemv_tiles_kernel`:
-    xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] * 2**-e(i) in fp32 (code-major inside the tile, so that code i
-    of the tile's chunks is contiguous; zero past IN and for rows b >= M), and
-    xs[b, t, g, j] = the sum of x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j (unscaled)."""
+def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, perm_ptr, M, IN, TOTAL, NCH: tl.constexpr, BLOCK: tl.constexpr):
+    """xt[b, t, i, j] = fp32 x[b, perm[32 (t NCH + j) + i]] for b < M (zero past IN, and for rows M <= b): x in
+    tiles of NCH chunks, code-major inside a tile, so that the x values of code i of a tile's NCH chunks are
+    contiguous. TOTAL = number of tiles * 32 * NCH."""
     b = tl.program_id(0)
-    t = tl.program_id(1)
-    i = tl.arange(0, 32)
-    j = tl.arange(0, NCH)
-    c = (t * NCH + j[None, :]) * 32 + i[:, None]  # [32, NCH] permuted column
-    valid = (c < IN) & (c * 0 + b < M)
+    k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    r = k % (32 * NCH)
+    c = ((k // (32 * NCH)) * NCH + r % NCH) * 32 + r // NCH
+    valid = (k < TOTAL) & (c < IN) & (k * 0 + b < M)
     p = tl.load(perm_ptr + c, mask=valid, other=0).to(tl.int32) & 0xFFFF
     v = tl.load(x_ptr + b * stride_xb + p, mask=valid, other=0.0).to(tl.float32)
-    scale = ((127 - _code_shift(i, WB)) << 23).to(tl.float32, bitcast=True)  # exactly 2**-e(i)
-    base = b * N_TILES + t
-    tl.store(xt_ptr + base * (32 * NCH) + i[:, None] * NCH + j[None, :], v * scale[:, None])
-    NSEG: tl.constexpr = 32 // SEG
-    seg = tl.sum(tl.reshape(v, (NSEG, SEG, NCH)), axis=1)
-    tl.store(xs_ptr + base * (NSEG * NCH) + tl.arange(0, NSEG)[:, None] * NCH + j[None, :], seg)
-
-
-@triton.jit
-def _gemv_tiles_kernel(
-    xt_ptr, xs_ptr, stride_xtb, stride_xsb, x_ptr, stride_xb, y_ptr, stride_yb,
-    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
-    M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, SEG: tl.constexpr,
-):
-    """The decode kernel ("gemv_xc"): like `_gemv_kernel`, but with x prepared by `_gather_x_tiles_kernel`.
-    Per segment of SEG codes of a chunk (one group: SEG = beta1 < 32, else the whole chunk), it sums
-    (q 2**e) (x 2**-e) = q x (one LOP3, one FADD and one FFMA per weight: no shift, no scale), then adds
-    s * sum - s z * sum(x) once. The next tile's code words are loaded before this one is decoded."""
-    rows0 = tl.program_id(0) * BR
-    rows = rows0 + tl.arange(0, BR)
-    rmask = rows < OUT
-    jj = tl.arange(0, NCH)
-    n_words = N_CHUNKS * WB
-    NSEG: tl.constexpr = 32 // SEG
-    acc0 = tl.zeros([BR, NCH], dtype=tl.float32)
-    acc1 = acc0
-    acc2 = acc0
-    acc3 = acc0
-    k0, k_hi, nxt = _outlier_range(rowptr_ptr, rows0, OUT, BR)
-    corr = tl.zeros([BB, BR], dtype=tl.float32)
-    bb = tl.arange(0, BB)
-    bmask = bb < M
-    wp = codes_ptr + rows[:, None] * n_words + jj[None, :] * WB
-    n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(wp, rmask[:, None] & (jj < N_CHUNKS)[None, :], WB)
-    for t in range(0, N_CHUNKS, NCH):
-        ch = t + jj
-        m2 = rmask[:, None] & (ch < N_CHUNKS)[None, :]
-        w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
-        # prefetch: the next tile's words are in flight while this one is decoded
-        n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(
-            wp + (t + NCH) * WB, rmask[:, None] & (ch + NCH < N_CHUNKS)[None, :], WB)
-        corr += _outlier_block(
-            k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
-            codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
-        )
-        k0 += KO
-        xt = xt_ptr + t * 32 + jj  # this tile's x: code i of its chunks at xt + i * NCH (fp32, zero padded)
-        xs = xs_ptr + t * NSEG + jj  # and its segment sums: segment g at xs + g * NCH
-        for g in tl.static_range(NSEG):
-            s, z = _group_stats(g * SEG, ch, rows, m2, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
-                                N_ZWORDS, BETA2, GROUP, SB, ZB)
-            sz = -s * z
-            p0 = tl.zeros([BR, NCH], dtype=tl.float32)
-            p1 = p0
-            p2 = p0
-            p3 = p0
-            for ii in tl.static_range(SEG):
-                q = _chunk_code_scaled(g * SEG + ii, WB, w0, w1, w2, w3, w4, w5, w6, w7)
-                xo = xt + (g * SEG + ii) * NCH
-                p0 += q * tl.load(xo)[None, :]
-                if BB > 1:
-                    p1 += q * tl.load(xo + stride_xtb)[None, :]
-                if BB > 2:
-                    p2 += q * tl.load(xo + 2 * stride_xtb)[None, :]
-                    p3 += q * tl.load(xo + 3 * stride_xtb)[None, :]
-            acc0 += s * p0 + sz * tl.load(xs + g * NCH)[None, :]
-            if BB > 1:
-                acc1 += s * p1 + sz * tl.load(xs + stride_xsb + g * NCH)[None, :]
-            if BB > 2:
-                acc2 += s * p2 + sz * tl.load(xs + 2 * stride_xsb + g * NCH)[None, :]
-                acc3 += s * p3 + sz * tl.load(xs + 3 * stride_xsb + g * NCH)[None, :]
-    while k0 < k_hi:
-        corr += _outlier_block(
-            k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
-            codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
-        )
-        k0 += KO
-    y = corr + tl.where(bb[:, None] == 0, tl.sum(acc0, axis=1)[None, :], 0.0)  # [BB, BR]
-    if BB > 1:
-        y += tl.where(bb[:, None] == 1, tl.sum(acc1, axis=1)[None, :], 0.0)
-    if BB > 2:
-        y += tl.where(bb[:, None] == 2, tl.sum(acc2, axis=1)[None, :], 0.0)
-        y += tl.where(bb[:, None] == 3, tl.sum(acc3, axis=1)[None, :], 0.0)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + bb[:, None] * stride_yb + rows[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=bmask[:, None] & rmask[None, :])
+    tl.store(xt_ptr + b * TOTAL + k, v, mask=k < TOTAL)
 
 
 @triton.jit
@@ -349,8 +235,11 @@ def _gemv_kernel(
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
     M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr,
+    BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, XC: tl.constexpr,
 ):
+    """XC = 0: x [M, IN] is gathered through the permutation for every code. XC = NCH: x is given as fp32 tiles
+    (`_gather_x_tiles_kernel`, BB rows of stride stride_xb): the x values of code i of the tile's NCH chunks are
+    contiguous, at a compile-time offset, with no mask and no conversion."""
     rows0 = tl.program_id(0) * BR
     rows = rows0 + tl.arange(0, BR)
     rmask = rows < OUT
@@ -378,9 +267,10 @@ def _gemv_kernel(
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False, XC,
         )
         k0 += KO
+        xt = x_ptr + t * 32 + jj  # (XC) this tile's x: code i of its chunks at xt + i * NCH
         for i in tl.static_range(32):
             # statistics: once per chunk (groups of >= 32 columns, or one per row), else where a group starts
             if i == 0 or (GROUP > 0 and GROUP < 32 and i % GROUP == 0):
@@ -388,24 +278,32 @@ def _gemv_kernel(
                                     BETA2, GROUP, SB, ZB)
                 sz = s * z
             w = s * _code_to_float(_chunk_code(i, WB, w0, w1, w2, w3, w4, w5, w6, w7)) - sz  # [BR, NCH]
-            col = ch * 32 + i
-            xm = cm & (col < IN)
-            p = (tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF)[None, :]
-            xm2 = xm[None, :]
-            acc0 += w * tl.load(x_ptr + p, mask=xm2, other=0.0).to(tl.float32)
-            # (row b of x exists: a tensor comparison, since Triton 3.9's interpreter rejects `mask & (M > b)`)
-            if BB > 1:
-                acc1 += w * tl.load(x_ptr + stride_xb + p, mask=xm2 & (p * 0 + 1 < M), other=0.0).to(tl.float32)
-            if BB > 2:
-                acc2 += w * tl.load(x_ptr + 2 * stride_xb + p, mask=xm2 & (p * 0 + 2 < M),
-                                    other=0.0).to(tl.float32)
-                acc3 += w * tl.load(x_ptr + 3 * stride_xb + p, mask=xm2 & (p * 0 + 3 < M),
-                                    other=0.0).to(tl.float32)
+            if XC > 0:  # fp32, zero-padded, BB rows: no mask, no conversion
+                acc0 += w * tl.load(xt + i * NCH)[None, :]
+                if BB > 1:
+                    acc1 += w * tl.load(xt + stride_xb + i * NCH)[None, :]
+                if BB > 2:
+                    acc2 += w * tl.load(xt + 2 * stride_xb + i * NCH)[None, :]
+                    acc3 += w * tl.load(xt + 3 * stride_xb + i * NCH)[None, :]
+            else:
+                col = ch * 32 + i
+                xm = cm & (col < IN)
+                p = (tl.load(perm_ptr + col, mask=xm, other=0).to(tl.int32) & 0xFFFF)[None, :]
+                xm2 = xm[None, :]
+                acc0 += w * tl.load(x_ptr + p, mask=xm2, other=0.0).to(tl.float32)
+                # (row b of x exists: a tensor comparison, since Triton 3.9's interpreter rejects `mask & (M > b)`)
+                if BB > 1:
+                    acc1 += w * tl.load(x_ptr + stride_xb + p, mask=xm2 & (p * 0 + 1 < M), other=0.0).to(tl.float32)
+                if BB > 2:
+                    acc2 += w * tl.load(x_ptr + 2 * stride_xb + p, mask=xm2 & (p * 0 + 2 < M),
+                                        other=0.0).to(tl.float32)
+                    acc3 += w * tl.load(x_ptr + 3 * stride_xb + p, mask=xm2 & (p * 0 + 3 < M),
+                                        other=0.0).to(tl.float32)
     while k0 < k_hi:
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False, XC,
         )
         k0 += KO
     y = corr + tl.where(bb[:, None] == 0, tl.sum(acc0, axis=1)[None, :], 0.0)  # [BB, BR]
@@ -447,7 +345,7 @@ def _dot_kernel(
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True, False,
         )
         k0 += KO
         cols = c0 + kk
@@ -480,7 +378,7 @@ def _dot_kernel(
         corr += _outlier_block(
             k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True, False,
         )
         k0 += KO
     acc += corr
@@ -590,21 +488,13 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
     if x_chunked:
-        xt, xs = gather_x_tiles(x, perm, NCH, BB, wbits, group)
-        _gemv_tiles_kernel[grid](
-            xt, xs, xt.stride(0), xs.stride(0), x, x.stride(0), y, y.stride(0),
-            codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
-            M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
-            WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-            BB=BB, BR=BR, NCH=NCH, KO=64, SEG=_segment(group), num_warps=num_warps, num_stages=num_stages or 1,
-        )
-        return y
+        x = gather_x_tiles(x, perm, NCH, BB)
     _gemv_kernel[grid](
         x, x.stride(0), y, y.stride(0),
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BB=BB, BR=BR, NCH=NCH, KO=64, num_warps=num_warps, num_stages=num_stages or 3,
+        BB=BB, BR=BR, NCH=NCH, KO=64, XC=NCH if x_chunked else 0, num_warps=num_warps, num_stages=num_stages or 3,
     )
     return y
 
@@ -657,44 +547,34 @@ def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, col
     return w
 
 
-def _segment(group: int) -> int:
-    """Codes per statistics segment of a chunk in `_gemv_tiles_kernel`: one group, or the whole chunk."""
-    return group if 0 < group < 32 else 32
-
-
-def gather_x_tiles(x, perm, nch: int, rows: int, wbits: int, group: int):
-    """x [M, in] -> (xt, xs) for `_gemv_tiles_kernel`, one kernel: xt fp32 [rows, n_tiles * 32 * nch] holds tile t
-    (chunks t nch .. t nch + nch - 1) code-major, [t, i, j] = x[b, perm[32 (t nch + j) + i]] * 2**-e(i) (e: the
-    code's in-place bit offset, `_code_shift`), and xs fp32 [rows, n_tiles * (32 / seg) * nch] the sums of x over
-    each segment of `seg` codes of every chunk. Zero past `in` and for rows >= M. Reference: `tiled_x`."""
+def gather_x_tiles(x, perm, nch: int, rows: int):
+    """x [M, in] -> fp32 [rows, n_tiles * 32 * nch] (rows >= M; rows past M are zero): tile t holds the permuted
+    columns of chunks t * nch .. t * nch + nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch + j) + i]] (zero
+    past `in`). The gemv kernel's x when `x_chunked`; reference: `tiled_column_order`."""
     import torch
 
     M, n_in = x.shape
-    n_tiles = triton.cdiv(-(-n_in // 32), nch)
-    seg = _segment(group)
-    xt = torch.empty(rows, n_tiles * 32 * nch, dtype=torch.float32, device=x.device)
-    xs = torch.empty(rows, n_tiles * (32 // seg) * nch, dtype=torch.float32, device=x.device)
-    _gather_x_tiles_kernel[(rows, n_tiles)](x, x.stride(0), xt, xs, perm, M, n_in, n_tiles, WB=wbits, NCH=nch,
-                                            SEG=seg, num_warps=4)
-    return xt, xs
+    total = triton.cdiv(-(-n_in // 32), nch) * 32 * nch
+    xt = torch.empty(rows, total, dtype=torch.float32, device=x.device)
+    _gather_x_tiles_kernel[(rows, triton.cdiv(total, 1024))](x, x.stride(0), xt, perm, M, n_in, total, NCH=nch,
+                                                             BLOCK=1024)
+    return xt
 
 
-def tiled_x(x, perm, nch: int, rows: int, wbits: int, group: int):
-    """Plain-torch reference of `gather_x_tiles` (same outputs; the segment sums up to summation order)."""
+def tiled_column_order(perm, in_features: int, nch: int):
+    """(int64 [n_tiles * 32 * nch] original input column of each entry of `gather_x_tiles`'s rows, bool mask of
+    the entries that hold one (the rest are zero padding)). Plain torch: the reference of `gather_x_tiles`."""
     import torch
 
-    M, n_in = x.shape
-    n_chunks = -(-n_in // 32)
-    n_tiles = -(-n_chunks // nch)
-    seg = _segment(group)
-    xp = torch.zeros(rows, n_tiles * nch * 32, dtype=torch.float32, device=x.device)
-    xp[:M, :n_in] = x.float()[:, perm.to(torch.int64) & 0xFFFF]  # permuted, padded: [rows, chunk, code]
-    xp = xp.view(rows, n_tiles, nch, 32)
-    o = (torch.arange(32, device=x.device) * wbits) % 32
-    e = torch.where(o + wbits > 32, 0, torch.where(o + wbits <= 23, o, o - 16))
-    xt = torch.ldexp(xp, -e.to(x.device)).transpose(2, 3).reshape(rows, -1)  # exact powers of two
-    xs = xp.view(rows, n_tiles, nch, 32 // seg, seg).sum(-1).transpose(2, 3).reshape(rows, -1)
-    return xt, xs
+    n_chunks = -(-in_features // 32)
+    total = -(-n_chunks // nch) * 32 * nch
+    k = torch.arange(total, device=perm.device)
+    r = k % (32 * nch)
+    c = ((k // (32 * nch)) * nch + r % nch) * 32 + r // nch
+    valid = c < in_features
+    order = torch.zeros(total, dtype=torch.int64, device=perm.device)
+    order[valid] = perm.to(torch.int64)[c[valid]] & 0xFFFF
+    return order, valid
 
 
 def gather_x_chunked(x, perm):
