@@ -185,12 +185,9 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
         for br, nch, nw in itertools.product((2, 4, 8), (16, 32), (2, 4)):
             space.append((spqr_matmul.gemv, "gemv", {"block_rows": br, "chunks": nch, "num_warps": nw}))
     if batch <= 4 and "gemv_xc" in kernels:
-        for br, nch, nw in itertools.product((4, 8, 16), (32, 64), (1, 2, 4)):
+        for br, nch, nw in itertools.product((2, 4, 8), (16, 32, 64), (1, 2, 4)):
             space.append((spqr_matmul.gemv, "gemv_xc", {"block_rows": br, "chunks": nch, "num_warps": nw,
                                                         "x_chunked": True}))
-        for br, ns in itertools.product((4, 8), (1, 2)):
-            space.append((spqr_matmul.gemv, "gemv_xc", {"block_rows": br, "chunks": 32, "num_warps": 2,
-                                                        "num_stages": ns, "x_chunked": True}))
     if "dot" in kernels:
         for bn, bk, nw, ns in itertools.product((32, 64, 128), (64,), (4,), (2, 3)):
             space.append((spqr_matmul.dot, "dot", {"block_n": bn, "block_k": bk, "num_warps": nw,

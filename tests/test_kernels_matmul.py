@@ -50,7 +50,7 @@ def _check(layer, x, y):
 GRID = [(wb, b1, (16, 32, 64)[(i + j) % 3]) for i, wb in enumerate((2, 3, 4)) for j, b1 in enumerate((8, 16, 32, 64))]
 
 
-@pytest.mark.parametrize("kernel", ["gemv", "dot"])
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "dot"])
 @pytest.mark.parametrize("wbits,beta1,beta2", GRID)
 def test_fused_kernels_every_layout(kernel, wbits, beta1, beta2):
     cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
@@ -203,12 +203,12 @@ def test_selector_on_cuda_by_batch(monkeypatch):
     x16 = {rows: torch.randn(rows, 128, device="cuda", dtype=torch.float16)
            for rows in (1, linear_mod.GEMV_MAX_ROWS, linear_mod.GEMV_MAX_ROWS + 1, linear_mod.DOT_MAX_ROWS + 1)}
     pick = {rows: choose_kernel(layer, x) for rows, x in x16.items()}
-    assert pick[1] == pick[linear_mod.GEMV_MAX_ROWS] == "gemv"
+    assert pick[1] == pick[linear_mod.GEMV_MAX_ROWS] == "gemv_xc"
     assert pick[linear_mod.DOT_MAX_ROWS + 1] == "dequantize"
     assert pick[linear_mod.GEMV_MAX_ROWS + 1] == ("dot" if linear_mod.DOT_MAX_ROWS > linear_mod.GEMV_MAX_ROWS
                                                   else "dequantize")
     six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))
-    assert choose_kernel(six, x16[1]) == "gemv"
+    assert choose_kernel(six, x16[1]) == "gemv_xc"
     odd = _layer(64, 96, QuantConfig(wbits=3, beta1=48, beta2=16))
     assert choose_kernel(odd, torch.randn(1, 96, device="cuda")) == "reference"
 

@@ -208,7 +208,8 @@ MATMULS: dict[str, Matmul] = {
     "dequantize": dequantize_matmul,
 }
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H100
-# (2026-11-25, benchmarks/results/kernel_speed_7b_h100.json): gemv beats dequantize+cuBLAS up to 4 rows; the `dot`
+# (2026-11-25, benchmarks/results/kernel_speed_h100.json): gemv_xc (gemv reading x gathered once into tiles) beats
+# gemv and dequantize+cuBLAS up to 4 rows (19.1 vs 26.8 vs 52 us at 4096^2, one row); the `dot`
 # kernel is slower than dequantize+cuBLAS at every batch measured, so it is not chosen automatically (DOT_MAX_ROWS
 # = GEMV_MAX_ROWS) until it is faster; SPQRKIT_MATMUL=dot still runs it.
 GEMV_MAX_ROWS = 4
@@ -229,7 +230,7 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
 
     SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv` up to GEMV_MAX_ROWS rows of x, `dot` up to DOT_MAX_ROWS, `dequantize` beyond (and
+    do not cover; on CUDA `gemv_xc` up to GEMV_MAX_ROWS rows of x, `dot` up to DOT_MAX_ROWS, `dequantize` beyond (and
     for layouts the chosen fused kernel does not cover)."""
     wbits, group = layer.config.wbits, layer.config.beta1 or 0
     forced = os.environ.get(MATMUL_ENV, "auto")
@@ -254,7 +255,7 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
     from ..kernels.spqr_matmul import unsupported_reason
 
     if rows <= GEMV_MAX_ROWS:
-        wanted = ["gemv", "dequantize"]
+        wanted = ["gemv_xc", "gemv", "dequantize"]
     elif rows <= DOT_MAX_ROWS:
         wanted = ["dot", "dequantize"]
     else:
