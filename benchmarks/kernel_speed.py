@@ -119,7 +119,7 @@ def check(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> float:
     return ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-KERNELS = ("gemv", "gemv_xc", "dot", "dequantize")
+KERNELS = ("gemv", "gemv_xc", "gemv_seg", "dot", "dequantize")
 
 
 def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, kernels=KERNELS):
@@ -149,8 +149,8 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
         for kernel in kernels:
             if spqr_matmul.unsupported_reason(n_in, config.wbits, config.beta1 or 0, kernel):
                 continue
-            if kernel.startswith("gemv") and batch > spqr_matmul.GEMV_MAX_BATCH * 4:
-                continue  # gemv runs 4 rows of x per launch: not a contender at large batches
+            if kernel.startswith("gemv") and batch > spqr_matmul.GEMV_MAX_BATCH:
+                continue  # the gemv kernels run 4 rows of x per launch: not contenders at larger batches
             row[f"{kernel}_err"] = check(layers[0], x, kernel)
             row[f"{kernel}_s"] = time_graph([lambda lay=lay, k=kernel, x=x: MATMULS[k](lay, x)
                                                for lay in layers], repeats)
@@ -170,6 +170,9 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
     return rows
 
 
+TUNE_TILES = {(2, 32), (4, 32), (8, 16), (4, 64)}  # (block_rows, chunks) tried for the gemv kernels
+
+
 def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
     """Block-size sweep of the fused kernels on one shape: [(kernel, params, seconds)] sorted by time."""
     layers = make_layers(out, n_in, config, 0)
@@ -184,10 +187,16 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
     if batch <= 4 and "gemv" in kernels:
         for br, nch, nw in itertools.product((2, 4, 8), (16, 32), (2, 4)):
             space.append((spqr_matmul.gemv, "gemv", {"block_rows": br, "chunks": nch, "num_warps": nw}))
-    if batch <= 4 and "gemv_xc" in kernels:
-        for br, nch, nw in itertools.product((2, 4, 8), (16, 32, 64), (1, 2, 4)):
-            space.append((spqr_matmul.gemv, "gemv_xc", {"block_rows": br, "chunks": nch, "num_warps": nw,
-                                                        "x_chunked": True}))
+    for name, flags in (("gemv_xc", {"x_chunked": True}), ("gemv_seg", {"segments": True})):
+        if batch <= 4 and name in kernels:
+            for br, nch, nw in itertools.product((2, 4, 8), (16, 32, 64), (1, 2, 4)):
+                if (br, nch) in TUNE_TILES:
+                    space.append((spqr_matmul.gemv, name, {"block_rows": br, "chunks": nch, "num_warps": nw,
+                                                           **flags}))
+    if batch <= 4 and "gemv_seg" in kernels:
+        for br in (2, 4):
+            space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": 32, "num_warps": 2,
+                                                         "segments": True, "prefetch": True}))
     if "dot" in kernels:
         for bn, bk, nw, ns in itertools.product((32, 64, 128), (64,), (4,), (2, 3)):
             space.append((spqr_matmul.dot, "dot", {"block_n": bn, "block_k": bk, "num_warps": nw,
@@ -215,7 +224,8 @@ def fmt_us(s):
 
 def print_table(rows, copy_bw):
     print(f"\ncopy bandwidth (read + write): {copy_bw / 1e9:.0f} GB/s")
-    head = (f"{'shape':<12} {'out x in':>12} {'b':>3} {'fp16 us':>8} {'gemv':>8} {'gemv_xc':>8} {'dot':>8} "
+    head = (f"{'shape':<12} {'out x in':>12} {'b':>3} {'fp16 us':>8} {'gemv':>8} {'gemv_xc':>8} {'gemv_seg':>8} "
+            f"{'dot':>8} "
             f"{'deq+mm':>8} "
             f"{'auto':>8} {'pick':>10} {'x fp16':>7} {'BW %copy':>8} {'spqr-q':>8} {'vs spqr-q':>9}")
     print(head)
@@ -227,7 +237,8 @@ def print_table(rows, copy_bw):
         theirs = r.get("spqr_quant_s")
         vs = f"{theirs / auto:9.2f}" if theirs and auto else "        -"
         print(f"{r['shape']:<12} {r['out']:>5}x{r['in']:<6} {r['batch']:>3} {fmt_us(r['fp16_s'])} "
-              f"{fmt_us(r.get('gemv_s'))} {fmt_us(r.get('gemv_xc_s'))} {fmt_us(r.get('dot_s'))} "
+              f"{fmt_us(r.get('gemv_s'))} {fmt_us(r.get('gemv_xc_s'))} {fmt_us(r.get('gemv_seg_s'))} "
+              f"{fmt_us(r.get('dot_s'))} "
               f"{fmt_us(r.get('dequantize_s'))} {fmt_us(auto)} "
               f"{r['auto_kernel']:>10} {speed:7.2f} {bw:8.1f} {fmt_us(theirs)} {vs}")
 

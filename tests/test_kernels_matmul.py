@@ -50,7 +50,7 @@ def _check(layer, x, y):
 GRID = [(wb, b1, (16, 32, 64)[(i + j) % 3]) for i, wb in enumerate((2, 3, 4)) for j, b1 in enumerate((8, 16, 32, 64))]
 
 
-@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "dot"])
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "dot"])
 @pytest.mark.parametrize("wbits,beta1,beta2", GRID)
 def test_fused_kernels_every_layout(kernel, wbits, beta1, beta2):
     cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
@@ -61,7 +61,19 @@ def test_fused_kernels_every_layout(kernel, wbits, beta1, beta2):
         _check(layer, x, MATMULS[kernel](layer, x))
 
 
-@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "dot", "dequantize"])
+@pytest.mark.parametrize("wbits,beta1,beta2", GRID[::3])
+def test_gemv_seg_with_prefetch(wbits, beta1, beta2):
+    """The gemv_seg kernel's PREFETCH variant (next tile's words loaded ahead; a tuning option)."""
+    cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
+    layer = _layer(beta2 * 2, 1100 if on_cuda else 300, cfg, dense_rows=3, empty_rows=5)
+    for rows in (1, 3):
+        x = torch.randn(rows, layer.in_features, device=DEVICE)
+        y = spqr_matmul.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(),
+                             chunks=4, segments=True, prefetch=True)
+        _check(layer, x, y)
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"])
 @pytest.mark.parametrize("config", [
     get_preset("spqr-w3"),
     get_preset("gptq-w4"),  # one group per row, fp16 statistics
@@ -94,7 +106,7 @@ def test_fused_kernels_outlier_extremes(outlier_share, dense_rows, empty_rows):
     nnz = layer.n_outliers
     assert (nnz == 0) == (outlier_share == 0.0)
     x = torch.randn(2, 128, device=DEVICE)
-    for kernel in ("gemv", "gemv_xc", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"):
         _check(layer, x, MATMULS[kernel](layer, x))
 
 
@@ -136,19 +148,35 @@ def test_gather_x_tiles_kernel_is_the_reference_order(nch):
     assert torch.equal(spqr_matmul.gather_x_tiles(x, layer.perm, nch, 4), expected)  # row 3: padding
 
 
+@pytest.mark.parametrize("nch,wbits,group", [(1, 3, 16), (4, 2, 0), (16, 5, 8), (4, 8, 64)])
+def test_gather_x_scaled_kernel_is_the_reference(nch, wbits, group):
+    """x for the gemv_seg kernel: permuted, tiled code-major, scaled by each code position's 2**-e, zero padded
+    (150 columns: a padded last chunk; row 3: a padding row), and the sums of x over each segment of a chunk."""
+    layer = _layer(32, 150, get_preset("spqr-w3"))
+    x = torch.randn(3, 150, device=DEVICE, dtype=torch.float16)
+    xt, xs = spqr_matmul.gather_x_scaled(x, layer.perm, nch, 4, wbits, group)
+    ref_t, ref_s = spqr_matmul.scaled_x_reference(x, layer.perm, nch, 4, wbits, group)
+    assert torch.equal(xt, ref_t)
+    torch.testing.assert_close(xs, ref_s, rtol=1e-6, atol=1e-5)
+    assert bool((xt[3] == 0).all()) and bool((xs[3] == 0).all())
+    # every x value appears once, scaled by a power of two: the mantissas are x's
+    m_xt = torch.frexp(xt[:3][xt[:3] != 0])[0].sort().values
+    assert torch.equal(m_xt, torch.frexp(x.float()[x != 0])[0].sort().values)
+
+
 @pytest.mark.parametrize("wbits", [5, 6, 7, 8])
 def test_wide_codes(wbits):
     """5..8-bit codes (codes straddling words at 5, 6, 7 bits) in every kernel."""
     layer = _layer(32, 100, QuantConfig(wbits=wbits, beta1=16, beta2=16, scale_bits=4, zero_bits=4), seed=wbits)
     x = torch.randn(2, 100, device=DEVICE)
-    for kernel in ("gemv", "gemv_xc", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"):
         _check(layer, x, MATMULS[kernel](layer, x))
 
 
 def test_leading_dims_and_noncontiguous_input():
     layer = _layer(32, 96, get_preset("spqr-w3"))
     x = torch.randn(2, 3, 192, device=DEVICE)[..., ::2]  # [2, 3, 96], last-dim stride 2
-    for kernel in ("gemv", "gemv_xc", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"):
         y = MATMULS[kernel](layer, x)
         assert y.shape == (2, 3, 32)
         _check(layer, x.reshape(6, 96), y.reshape(6, 32))
@@ -165,7 +193,7 @@ def test_custom_op_registration_passes_opcheck():
     torch.library.opcheck(ops.gather_x_chunked, (x, layer.perm), test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "dot", "dequantize"])
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"])
 def test_torch_compile_traces_the_kernels_without_graph_breaks(kernel, monkeypatch):
     """fullgraph=True fails on any graph break: the ops' fake implementations let dynamo/AOT trace through."""
     monkeypatch.setenv(linear_mod.MATMUL_ENV, kernel)
@@ -191,7 +219,7 @@ def test_selector(monkeypatch):
     monkeypatch.setenv(linear_mod.MATMUL_ENV, "dot")
     with pytest.raises(ValueError, match="power of two"):
         choose_kernel(odd, x)
-    for kernel in ("gemv", "gemv_xc", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"):
         assert spqr_matmul.unsupported_reason(64, 6, 16, kernel) is None
         assert "power of two" in spqr_matmul.unsupported_reason(64, 3, 48, kernel)
 
@@ -217,7 +245,7 @@ def test_selector_on_cuda_by_batch(monkeypatch):
 def test_cuda_graph_capture_of_the_fused_kernels(monkeypatch):
     layer = _layer(256, 512, get_preset("spqr-w3"))
     x = torch.randn(1, 512, device="cuda", dtype=torch.float16)
-    for kernel in ("gemv", "gemv_xc", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"):
         monkeypatch.setenv(linear_mod.MATMUL_ENV, kernel)
         y = layer(x)  # compile before capture
         graph = torch.cuda.CUDAGraph()

@@ -25,6 +25,7 @@ def fused_matmul(
     """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
     gathering x into chunk-major order) or "dot" (tensor cores)."""
     fn = {"gemv": spqr_matmul.gemv, "gemv_xc": functools.partial(spqr_matmul.gemv, x_chunked=True),
+          "gemv_seg": functools.partial(spqr_matmul.gemv, segments=True),
           "dot": spqr_matmul.dot}[kernel]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:

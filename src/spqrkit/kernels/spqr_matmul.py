@@ -140,21 +140,22 @@ def _group_stats(
 
 
 @triton.jit
-def _outlier_block(
-    k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
+def _outlier_terms(
+    k0, k_hi, lo, hi, rows0, x_ptr,
     codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     cols_ptr, vals_ptr, perm_ptr,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-    BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr, ROUND_W: tl.constexpr, XC: tl.constexpr,
+    KO: tl.constexpr, ROUND_W: tl.constexpr, XC: tl.constexpr, XSCALED: tl.constexpr,
 ):
-    """XC: 0 when x is [BB, in] in the original column order, else the tile width of x given by
-    `_gather_x_tiles_kernel`. [BB, BR]: sum over outliers k0 .. min(k0 + KO, k_hi) - 1 (all in rows rows0 .. rows0 + BR - 1; nxt[i] =
-    row_ptr[rows0 + i + 1]) of (value - base weight) * x[b, perm[col]]. With ROUND_W the base weight is first
-    rounded to x's dtype, as the dense part of the `dot` kernel does."""
-    rr = tl.arange(0, BR)
+    """Outliers k0 .. min(k0 + KO, k_hi) - 1, all in the BR rows rows0 .. (row r's are lo[r] .. hi[r] - 1):
+    (hit [BR, KO]: outlier k is valid and in row r; [KO] tensors dv = value - base weight and p = the index of its
+    x in a row of x): their contribution to row r is dv * x[b, p] where hit. The base code and statistics at the outlier are decoded again from the packed tensors. With
+    ROUND_W the base weight is rounded to x's dtype first, as the dense part of the `dot` kernel does.
+    XC: 0 when x is in the original column order (p = perm[col]), else the tile width of x given by
+    `_gather_x_tiles_kernel`, or by `_gather_x_scaled_kernel` when XSCALED (its 2**-e is then folded into dv)."""
     k = k0 + tl.arange(0, KO)
     km = k < k_hi
-    loc = _local_row(k, nxt)  # [KO]
+    hit, loc = _outlier_rows(k, lo, hi)
     row = rows0 + loc
     col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
     v = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32)
@@ -168,37 +169,61 @@ def _outlier_block(
     base = s * (q - z)
     if ROUND_W:
         base = base.to(x_ptr.dtype.element_ty).to(tl.float32)
-    if XC > 0:  # x given in tiles of XC chunks (`_gather_x_tiles_kernel`)
+    dv = v - base
+    if XC > 0:  # x given in tiles of XC chunks
         ch = col // 32
         p = ((ch // XC) * 32 + col % 32) * XC + ch % XC
+        if XSCALED:
+            dv = dv * ((127 + _code_shift(col % 32, WB)) << 23).to(tl.float32, bitcast=True)  # * 2**e: exact
     else:
         p = tl.load(perm_ptr + col, mask=km, other=0).to(tl.int32) & 0xFFFF
-    xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & km[None, :],
-                 other=0.0).to(tl.float32)  # [BB, KO]
-    d = (v - base)[None, :] * xv  # [BB, KO]
-    sel = ((loc[:, None] == rr[None, :]) & km[:, None]).to(tl.float32)  # [KO, BR]: outlier k sits in row r
-    if ROUND_W:  # big [BB, BR] tiles: scatter-add by a product on the tensor cores (3xTF32: ~fp32 accurate)
-        return tl.dot(d, sel, input_precision="tf32x3")
-    else:
-        return tl.sum(d[:, :, None] * sel[None, :, :], axis=1)
+    return hit & km[None, :], dv, p, km
 
 
 @triton.jit
-def _local_row(k, nxt):
-    """Row (0-based within the block) of outliers k, given nxt[i] = row_ptr[rows0 + i + 1]: rows ending at or
-    before k precede it."""
-    return tl.sum((nxt[None, :] <= k[:, None]).to(tl.int32), axis=1)
+def _outlier_add(o, hit, dv, x_ptr, p, mask):
+    """o [BR, KO] + the outliers' terms dv * x[p] where hit (`_outlier_terms`): an elementwise update (no
+    reduction, no barrier); the caller sums o over KO once, at the end."""
+    xv = tl.load(x_ptr + p, mask=mask, other=0.0).to(tl.float32)
+    return o + tl.where(hit & mask[None, :], (dv * xv)[None, :], 0.0)
+
+
+@triton.jit
+def _outlier_block(
+    k0, k_hi, lo, hi, x_ptr, stride_xb, bb, bmask, rows0,
+    codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    cols_ptr, vals_ptr, perm_ptr,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
+    BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr,
+):
+    """[BB, BR] (`dot` kernel): the outliers' terms (`_outlier_terms`, x [BB, in] in the original order, weights
+    rounded like the dense part) summed per row by a product on the tensor cores (3xTF32: ~fp32 accurate)."""
+    hit, dv, p, km = _outlier_terms(
+        k0, k_hi, lo, hi, rows0, x_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
+        N_ZWORDS, BETA2, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, KO, True, 0, False)
+    xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & km[None, :],
+                 other=0.0).to(tl.float32)  # [BB, KO]
+    return tl.dot(dv[None, :] * xv, tl.trans(hit.to(tl.float32)), input_precision="tf32x3")
+
+
+@triton.jit
+def _outlier_rows(k, lo, hi):
+    """(hit [BR, KO]: outlier k lies in local row r, i.e. lo[r] <= k < hi[r]; the local row of each outlier [KO]).
+    Computed in the [BR, KO] layout itself, so that the caller's row-wise updates need no layout conversion."""
+    hit = (lo[:, None] <= k[None, :]) & (k[None, :] < hi[:, None])
+    return hit, tl.sum(tl.where(hit, tl.arange(0, lo.shape[0])[:, None], 0), axis=0)
 
 
 @triton.jit
 def _outlier_range(rowptr_ptr, rows0, OUT, BR: tl.constexpr):
-    """(first outlier, end, row_ptr[rows0 + 1 + i] for i < BR) of the rows rows0 .. rows0 + BR - 1 (CSR rows are
-    consecutive, so their outliers are one range)."""
+    """(first outlier, end, row_ptr[rows0 + i], row_ptr[rows0 + i + 1] for i < BR) of the rows rows0 .. rows0 +
+    BR - 1 (CSR rows are consecutive, so their outliers are one range; rows past OUT get empty ranges)."""
     rr = tl.arange(0, BR)
     k_lo = tl.load(rowptr_ptr + rows0)
     k_hi = tl.load(rowptr_ptr + tl.minimum(rows0 + BR, OUT))
-    nxt = tl.load(rowptr_ptr + rows0 + 1 + rr, mask=rows0 + rr < OUT, other=2147483647)
-    return k_lo, k_hi, nxt
+    lo = tl.load(rowptr_ptr + rows0 + rr, mask=rows0 + rr < OUT, other=2147483647)
+    hi = tl.load(rowptr_ptr + rows0 + 1 + rr, mask=rows0 + rr < OUT, other=2147483647)
+    return k_lo, k_hi, lo, hi
 
 
 # ---------------------------------------------------------------------------------------------------- gemv
@@ -212,6 +237,47 @@ def _gather_x_kernel(x_ptr, stride_xb, xc_ptr, perm_ptr, IN, N_CHUNKS, BLOCK: tl
     p = tl.load(perm_ptr + c, mask=valid, other=0).to(tl.int32) & 0xFFFF
     v = tl.load(x_ptr + b * stride_xb + p, mask=valid, other=0.0)
     tl.store(xc_ptr + b * (N_CHUNKS * 32) + k, v, mask=k < N_CHUNKS * 32)
+
+
+@triton.jit
+def _gemv_outliers(
+    o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
+    codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    cols_ptr, vals_ptr, perm_ptr,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
+    BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr, XC: tl.constexpr, XSCALED: tl.constexpr,
+):
+    """The gemv kernels' outlier step: KO outliers from k0 added to the [BR, KO] accumulators o_b of rows b of x."""
+    hit, dv, p, km = _outlier_terms(
+        k0, k_hi, lo, hi, rows0, x_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
+        N_ZWORDS, BETA2, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, KO, False, XC, XSCALED)
+    o0 = _outlier_add(o0, hit, dv, x_ptr, p, km)
+    # (row b of x exists: a tensor comparison, since Triton 3.9's interpreter rejects `mask & (M > b)`)
+    if BB > 1:
+        o1 = _outlier_add(o1, hit, dv, x_ptr + stride_xb, p, km & (p * 0 + 1 < M))
+    if BB > 2:
+        o2 = _outlier_add(o2, hit, dv, x_ptr + 2 * stride_xb, p, km & (p * 0 + 2 < M))
+        o3 = _outlier_add(o3, hit, dv, x_ptr + 3 * stride_xb, p, km & (p * 0 + 3 < M))
+    return o0, o1, o2, o3
+
+
+@triton.jit
+def _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M,
+                HAS_BIAS: tl.constexpr, BB: tl.constexpr):
+    """y[b, rows] = the sums of the dense accumulator [BR, NCH] and of the outlier one [BR, KO] (+ bias)."""
+    bias = tl.sum(o0, axis=1) * 0.0
+    if HAS_BIAS:
+        bias += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows, (tl.sum(acc0, axis=1) + tl.sum(o0, axis=1) + bias).to(y_ptr.dtype.element_ty),
+             mask=rmask)
+    if BB > 1:
+        tl.store(y_ptr + stride_yb + rows, (tl.sum(acc1, axis=1) + tl.sum(o1, axis=1) + bias)
+                 .to(y_ptr.dtype.element_ty), mask=rmask & (rows * 0 + 1 < M))
+    if BB > 2:
+        tl.store(y_ptr + 2 * stride_yb + rows, (tl.sum(acc2, axis=1) + tl.sum(o2, axis=1) + bias)
+                 .to(y_ptr.dtype.element_ty), mask=rmask & (rows * 0 + 2 < M))
+        tl.store(y_ptr + 3 * stride_yb + rows, (tl.sum(acc3, axis=1) + tl.sum(o3, axis=1) + bias)
+                 .to(y_ptr.dtype.element_ty), mask=rmask & (rows * 0 + 3 < M))
 
 
 @triton.jit
@@ -230,6 +296,136 @@ def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, perm_ptr, M, IN, TOTAL, NCH
 
 
 @triton.jit
+def _code_shift(i, WB: tl.constexpr):
+    """2**e(i) is the factor by which `_chunk_code_scaled` leaves code i of a chunk scaled (i: int or tensor)."""
+    o = (i * WB) % 32
+    return tl.where(o + WB > 32, 0, tl.where(o + WB <= 23, o, o - 16))
+
+
+@triton.jit
+def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
+    """fp32 q * 2**e(I), exactly, for code I (0..31) of each chunk: the code's bits are masked IN PLACE into the
+    mantissa of 2**23 (one LOP3) and 2**23 subtracted, so no shift is needed; codes in bits 23..31 of a word are
+    taken from the word's upper half (one shift per word, shared), codes straddling two words are shifted down
+    (e = 0). The x tiles of `_gather_x_scaled_kernel` carry the matching 2**-e(I)."""
+    K: tl.constexpr = (I * WB) // 32
+    O: tl.constexpr = (I * WB) % 32
+    MASK: tl.constexpr = (1 << WB) - 1
+    if O + WB > 32:
+        q = ((_pick(K, w0, w1, w2, w3, w4, w5, w6, w7) >> O) | (_pick(K + 1, w0, w1, w2, w3, w4, w5, w6, w7)
+                                                                << (32 - O))) & MASK
+    elif O + WB <= 23:
+        q = _pick(K, w0, w1, w2, w3, w4, w5, w6, w7) & (MASK << O)
+    else:
+        q = (_pick(K, w0, w1, w2, w3, w4, w5, w6, w7) >> 16) & (MASK << (O - 16))
+    return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _gather_x_scaled_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, M, IN, N_TILES,
+                           WB: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr):
+    """One program per (row b of x, tile t of NCH chunks), for `_gemv_seg_kernel`:
+    xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] * 2**-e(i) in fp32 (code-major inside the tile, so that code i
+    of the tile's chunks is contiguous; zero past IN and for rows b >= M), and
+    xs[b, t, g, j] = the sum of x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j (unscaled)."""
+    b = tl.program_id(0)
+    t = tl.program_id(1)
+    i = tl.arange(0, 32)
+    j = tl.arange(0, NCH)
+    c = (t * NCH + j[None, :]) * 32 + i[:, None]  # [32, NCH] permuted column
+    valid = (c < IN) & (c * 0 + b < M)
+    p = tl.load(perm_ptr + c, mask=valid, other=0).to(tl.int32) & 0xFFFF
+    v = tl.load(x_ptr + b * stride_xb + p, mask=valid, other=0.0).to(tl.float32)
+    scale = ((127 - _code_shift(i, WB)) << 23).to(tl.float32, bitcast=True)  # exactly 2**-e(i)
+    base = b * N_TILES + t
+    tl.store(xt_ptr + base * (32 * NCH) + i[:, None] * NCH + j[None, :], v * scale[:, None])
+    NSEG: tl.constexpr = 32 // SEG
+    seg = tl.sum(tl.reshape(v, (NSEG, SEG, NCH)), axis=1)
+    tl.store(xs_ptr + base * (NSEG * NCH) + tl.arange(0, NSEG)[:, None] * NCH + j[None, :], seg)
+
+
+@triton.jit
+def _gemv_seg_kernel(
+    xt_ptr, xs_ptr, stride_xtb, stride_xsb, y_ptr, stride_yb,
+    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
+    M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, SEG: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    """The "gemv_seg" decode kernel: `_gemv_kernel`'s tiles, with x prepared by `_gather_x_scaled_kernel`.
+    Per segment of SEG codes of a chunk (one group: SEG = beta1 < 32, else the whole chunk), it sums
+    (q 2**e) (x 2**-e) = q x (a mask, an or, one FADD and one FFMA per weight: no shift, no scale), then adds
+    s * sum - s z * sum(x) once. PREFETCH: the next tile's code words are loaded before this one is decoded."""
+    rows0 = tl.program_id(0) * BR
+    rows = rows0 + tl.arange(0, BR)
+    rmask = rows < OUT
+    jj = tl.arange(0, NCH)
+    n_words = N_CHUNKS * WB
+    NSEG: tl.constexpr = 32 // SEG
+    acc0 = tl.zeros([BR, NCH], dtype=tl.float32)
+    acc1 = acc0
+    acc2 = acc0
+    acc3 = acc0
+    k0, k_hi, lo, hi = _outlier_range(rowptr_ptr, rows0, OUT, BR)
+    o0 = tl.zeros([BR, KO], dtype=tl.float32)  # outlier terms, summed over KO at the end
+    o1 = o0
+    o2 = o0
+    o3 = o0
+    wp = codes_ptr + rows[:, None] * n_words + jj[None, :] * WB
+    if PREFETCH:
+        n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(wp, rmask[:, None] & (jj < N_CHUNKS)[None, :], WB)
+    for t in range(0, N_CHUNKS, NCH):
+        ch = t + jj
+        m2 = rmask[:, None] & (ch < N_CHUNKS)[None, :]
+        if PREFETCH:  # the next tile's words are in flight while this one is decoded
+            w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
+            n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(
+                wp + (t + NCH) * WB, rmask[:, None] & (ch + NCH < N_CHUNKS)[None, :], WB)
+        else:
+            w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp + t * WB, m2, WB)
+        o0, o1, o2, o3 = _gemv_outliers(
+            o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
+            codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, NCH, True,
+        )
+        k0 += KO
+        xt = xt_ptr + t * 32 + jj  # this tile's x: code i of its chunks at xt + i * NCH (fp32, zero padded)
+        xs = xs_ptr + t * NSEG + jj  # and its segment sums: segment g at xs + g * NCH
+        for g in tl.static_range(NSEG):
+            s, z = _group_stats(g * SEG, ch, rows, m2, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
+                                N_ZWORDS, BETA2, GROUP, SB, ZB)
+            sz = -s * z
+            p0 = tl.zeros([BR, NCH], dtype=tl.float32)
+            p1 = p0
+            p2 = p0
+            p3 = p0
+            for ii in tl.static_range(SEG):
+                q = _chunk_code_scaled(g * SEG + ii, WB, w0, w1, w2, w3, w4, w5, w6, w7)
+                xo = xt + (g * SEG + ii) * NCH
+                p0 += q * tl.load(xo)[None, :]
+                if BB > 1:
+                    p1 += q * tl.load(xo + stride_xtb)[None, :]
+                if BB > 2:
+                    p2 += q * tl.load(xo + 2 * stride_xtb)[None, :]
+                    p3 += q * tl.load(xo + 3 * stride_xtb)[None, :]
+            acc0 += s * p0 + sz * tl.load(xs + g * NCH)[None, :]
+            if BB > 1:
+                acc1 += s * p1 + sz * tl.load(xs + stride_xsb + g * NCH)[None, :]
+            if BB > 2:
+                acc2 += s * p2 + sz * tl.load(xs + 2 * stride_xsb + g * NCH)[None, :]
+                acc3 += s * p3 + sz * tl.load(xs + 3 * stride_xsb + g * NCH)[None, :]
+    while k0 < k_hi:
+        o0, o1, o2, o3 = _gemv_outliers(
+            o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
+            codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, NCH, True,
+        )
+        k0 += KO
+    _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, BB)
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, stride_xb, y_ptr, stride_yb,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
@@ -243,8 +439,6 @@ def _gemv_kernel(
     rows0 = tl.program_id(0) * BR
     rows = rows0 + tl.arange(0, BR)
     rmask = rows < OUT
-    bb = tl.arange(0, BB)
-    bmask = bb < M
     jj = tl.arange(0, NCH)
     n_words = N_CHUNKS * WB
     # One [BR, NCH] accumulator per row of x (BB <= 4): every per-code tensor keeps the layout of the code tile, so
@@ -256,18 +450,21 @@ def _gemv_kernel(
     acc3 = acc0
     # The outliers of these rows are one CSR range; KO of them are handled in every tile iteration (so that their
     # dependent gathers overlap the streaming of the codes), the rest after the loop.
-    k0, k_hi, nxt = _outlier_range(rowptr_ptr, rows0, OUT, BR)
-    corr = tl.zeros([BB, BR], dtype=tl.float32)
+    k0, k_hi, lo, hi = _outlier_range(rowptr_ptr, rows0, OUT, BR)
+    o0 = tl.zeros([BR, KO], dtype=tl.float32)  # outlier terms, summed over KO at the end
+    o1 = o0
+    o2 = o0
+    o3 = o0
     for t in range(0, N_CHUNKS, NCH):
         ch = t + jj
         cm = ch < N_CHUNKS
         m2 = rmask[:, None] & cm[None, :]
         w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(
             codes_ptr + rows[:, None] * n_words + ch[None, :] * WB, m2, WB)
-        corr += _outlier_block(
-            k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
+        o0, o1, o2, o3 = _gemv_outliers(
+            o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False, XC,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, XC, False,
         )
         k0 += KO
         xt = x_ptr + t * 32 + jj  # (XC) this tile's x: code i of its chunks at xt + i * NCH
@@ -300,22 +497,13 @@ def _gemv_kernel(
                     acc3 += w * tl.load(x_ptr + 3 * stride_xb + p, mask=xm2 & (p * 0 + 3 < M),
                                         other=0.0).to(tl.float32)
     while k0 < k_hi:
-        corr += _outlier_block(
-            k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
+        o0, o1, o2, o3 = _gemv_outliers(
+            o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, False, XC,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, XC, False,
         )
         k0 += KO
-    y = corr + tl.where(bb[:, None] == 0, tl.sum(acc0, axis=1)[None, :], 0.0)  # [BB, BR]
-    if BB > 1:
-        y += tl.where(bb[:, None] == 1, tl.sum(acc1, axis=1)[None, :], 0.0)
-    if BB > 2:
-        y += tl.where(bb[:, None] == 2, tl.sum(acc2, axis=1)[None, :], 0.0)
-        y += tl.where(bb[:, None] == 3, tl.sum(acc3, axis=1)[None, :], 0.0)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + bb[:, None] * stride_yb + rows[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=bmask[:, None] & rmask[None, :])
+    _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, BB)
 
 
 # ---------------------------------------------------------------------------------------------------- dot
@@ -339,13 +527,13 @@ def _dot_kernel(
         g0 = rows * 0
         s_row = _stat_at(s_ptr, sst_ptr, rows, g0, rmask, N_GROUPS, N_SWORDS, BETA2, SB)[:, None]
         z_row = _stat_at(z_ptr, zst_ptr, rows, g0, rmask, N_GROUPS, N_ZWORDS, BETA2, ZB)[:, None]
-    k0, k_hi, nxt = _outlier_range(rowptr_ptr, rows0, OUT, BN)
+    k0, k_hi, lo, hi = _outlier_range(rowptr_ptr, rows0, OUT, BN)
     corr = tl.zeros([BM, BN], dtype=tl.float32)
     for c0 in range(0, IN, BK):
         corr += _outlier_block(
-            k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
+            k0, k_hi, lo, hi, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True, False,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO,
         )
         k0 += KO
         cols = c0 + kk
@@ -376,9 +564,9 @@ def _dot_kernel(
             acc = tl.dot(xt, tl.trans(w), acc)
     while k0 < k_hi:
         corr += _outlier_block(
-            k0, k_hi, nxt, x_ptr, stride_xb, bb, bmask, rows0,
+            k0, k_hi, lo, hi, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO, True, False,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO,
         )
         k0 += KO
     acc += corr
@@ -421,11 +609,11 @@ def _scatter_outliers_kernel(w_ptr, rowptr_ptr, cols_ptr, vals_ptr, OUT, N_CHUNK
                              KO: tl.constexpr):
     """W_chunked[row, position of col] = value for the outliers of rows BR * pid .. (after `_dequantize_kernel`)."""
     rows0 = tl.program_id(0) * BR
-    k0, k_hi, nxt = _outlier_range(rowptr_ptr, rows0, OUT, BR)
+    k0, k_hi, lo, hi = _outlier_range(rowptr_ptr, rows0, OUT, BR)
     while k0 < k_hi:
         k = k0 + tl.arange(0, KO)
         km = k < k_hi
-        row = rows0 + _local_row(k, nxt)
+        row = rows0 + _outlier_rows(k, lo, hi)[1]
         col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
         v = tl.load(vals_ptr + k, mask=km, other=0.0)
         tl.store(w_ptr + row * (N_CHUNKS * 32) + (col % 32) * N_CHUNKS + col // 32, v.to(w_ptr.dtype.element_ty),
@@ -449,7 +637,7 @@ def _layout_args(in_features: int, out_features: int, wbits: int, group: int, sc
 
 def unsupported_reason(in_features: int, wbits: int, group: int, kernel: str) -> str | None:
     """Why `kernel` cannot run this layout, or None. Groups must be a power of two (or one per row)."""
-    if kernel not in ("gemv", "gemv_xc", "dot", "dequantize"):
+    if kernel not in ("gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"):
         return f"unknown kernel {kernel!r}"
     if group and group & (group - 1):
         return f"group size {group} is not a power of two"
@@ -467,7 +655,7 @@ GEMV_MAX_BATCH = 4  # rows of x the gemv kernel accumulates (one register tile e
 
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
-         num_stages=None, x_chunked=False):
+         num_stages=None, x_chunked=False, segments=False, prefetch=False):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
     into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
     it contiguously, unmasked, at compile-time offsets."""
@@ -487,6 +675,17 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     grid = (triton.cdiv(out_features, BR),)
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
+    if segments:  # "gemv_seg"
+        xt, xs = gather_x_scaled(x, perm, NCH, BB, wbits, group)
+        _gemv_seg_kernel[grid](
+            xt, xs, xt.stride(0), xs.stride(0), y, y.stride(0),
+            codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
+            M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
+            WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
+            BB=BB, BR=BR, NCH=NCH, KO=64, SEG=_segment(group), PREFETCH=prefetch,
+            num_warps=num_warps, num_stages=num_stages or 1,
+        )
+        return y
     if x_chunked:
         x = gather_x_tiles(x, perm, NCH, BB)
     _gemv_kernel[grid](
@@ -575,6 +774,46 @@ def tiled_column_order(perm, in_features: int, nch: int):
     order = torch.zeros(total, dtype=torch.int64, device=perm.device)
     order[valid] = perm.to(torch.int64)[c[valid]] & 0xFFFF
     return order, valid
+
+
+def _segment(group: int) -> int:
+    """Codes per statistics segment of a chunk in `_gemv_seg_kernel`: one group, or the whole chunk."""
+    return group if 0 < group < 32 else 32
+
+
+def gather_x_scaled(x, perm, nch: int, rows: int, wbits: int, group: int):
+    """x [M, in] -> (xt, xs) for `_gemv_seg_kernel`, one kernel: xt fp32 [rows, n_tiles * 32 * nch] holds tile t
+    (chunks t nch .. t nch + nch - 1) code-major, [t, i, j] = x[b, perm[32 (t nch + j) + i]] * 2**-e(i) (e: the
+    code's in-place bit offset, `_code_shift`), and xs fp32 [rows, n_tiles * (32 / seg) * nch] the sums of x over
+    each segment of `seg` codes of every chunk. Zero past `in` and for rows >= M. Reference: `scaled_x_reference`."""
+    import torch
+
+    M, n_in = x.shape
+    n_tiles = triton.cdiv(-(-n_in // 32), nch)
+    seg = _segment(group)
+    xt = torch.empty(rows, n_tiles * 32 * nch, dtype=torch.float32, device=x.device)
+    xs = torch.empty(rows, n_tiles * (32 // seg) * nch, dtype=torch.float32, device=x.device)
+    _gather_x_scaled_kernel[(rows, n_tiles)](x, x.stride(0), xt, xs, perm, M, n_in, n_tiles, WB=wbits, NCH=nch,
+                                            SEG=seg, num_warps=4)
+    return xt, xs
+
+
+def scaled_x_reference(x, perm, nch: int, rows: int, wbits: int, group: int):
+    """Plain-torch reference of `gather_x_scaled` (same outputs; the segment sums up to summation order)."""
+    import torch
+
+    M, n_in = x.shape
+    n_chunks = -(-n_in // 32)
+    n_tiles = -(-n_chunks // nch)
+    seg = _segment(group)
+    xp = torch.zeros(rows, n_tiles * nch * 32, dtype=torch.float32, device=x.device)
+    xp[:M, :n_in] = x.float()[:, perm.to(torch.int64) & 0xFFFF]  # permuted, padded: [rows, chunk, code]
+    xp = xp.view(rows, n_tiles, nch, 32)
+    o = (torch.arange(32, device=x.device) * wbits) % 32
+    e = torch.where(o + wbits > 32, 0, torch.where(o + wbits <= 23, o, o - 16))
+    xt = torch.ldexp(xp, -e.to(x.device)).transpose(2, 3).reshape(rows, -1)  # exact powers of two
+    xs = xp.view(rows, n_tiles, nch, 32 // seg, seg).sum(-1).transpose(2, 3).reshape(rows, -1)
+    return xt, xs
 
 
 def gather_x_chunked(x, perm):

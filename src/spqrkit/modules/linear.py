@@ -181,6 +181,11 @@ def gemv_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     return _fused(layer, x, "gemv")
 
 
+def gemv_seg_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
+    """The gemv with x pre-scaled per code position and the statistics applied per segment (candidate)."""
+    return _fused(layer, x, "gemv_seg")
+
+
 def gemv_xc_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     """The decode kernel after one small kernel gathers x into chunk-major permuted order (coalesced x reads)."""
     return _fused(layer, x, "gemv_xc")
@@ -204,7 +209,8 @@ def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 
 
 MATMULS: dict[str, Matmul] = {
-    "reference": reference_matmul, "gemv": gemv_matmul, "gemv_xc": gemv_xc_matmul, "dot": dot_matmul,
+    "reference": reference_matmul, "gemv": gemv_matmul, "gemv_xc": gemv_xc_matmul, "gemv_seg": gemv_seg_matmul,
+    "dot": dot_matmul,
     "dequantize": dequantize_matmul,
 }
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H100
