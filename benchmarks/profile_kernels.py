@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from spqrkit.config import get_preset
 from spqrkit.format.synthetic import random_quantized_weight
 from spqrkit.modules.linear import MATMULS, SpQRLinear
-from spqrkit.config import get_preset
 
 
 def main(argv=None) -> int:
@@ -45,9 +45,9 @@ def main(argv=None) -> int:
 
             tensors = {k: v.cpu() for k, v in layer.packed_tensors().items()}
             theirs = to_spqr_quant(tensors, (out, n_in), get_preset(args.preset))
-            call = lambda: spqr_quant_matvec(theirs, x)  # noqa: E731
+            call = lambda theirs=theirs: spqr_quant_matvec(theirs, x)
         else:
-            call = lambda name=name: MATMULS[name](layer, x)  # noqa: E731
+            call = lambda name=name: MATMULS[name](layer, x)
         for _ in range(args.calls):
             y = call()
         torch.cuda.synchronize()
