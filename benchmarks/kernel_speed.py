@@ -170,7 +170,9 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
     return rows
 
 
-TUNE_TILES = {(2, 32), (4, 32), (8, 16), (4, 64)}  # (block_rows, chunks) tried for the gemv kernels
+# (block_rows, chunks, warps) tried for gemv_xc / gemv_seg: 4 x 64 with 4 warps and 2 x 64 split each row's
+# chunks over two warps (twice the warps per row block, half the tiles each)
+TUNE_TILES = ((4, 32, 2), (2, 32, 2), (4, 64, 4), (2, 64, 4), (8, 32, 4))
 
 
 def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
@@ -189,10 +191,8 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
             space.append((spqr_matmul.gemv, "gemv", {"block_rows": br, "chunks": nch, "num_warps": nw}))
     for name, flags in (("gemv_xc", {"x_chunked": True}), ("gemv_seg", {"segments": True})):
         if batch <= 4 and name in kernels:
-            for br, nch, nw in itertools.product((2, 4, 8), (16, 32, 64), (1, 2, 4)):
-                if (br, nch) in TUNE_TILES:
-                    space.append((spqr_matmul.gemv, name, {"block_rows": br, "chunks": nch, "num_warps": nw,
-                                                           **flags}))
+            for br, nch, nw in TUNE_TILES:
+                space.append((spqr_matmul.gemv, name, {"block_rows": br, "chunks": nch, "num_warps": nw, **flags}))
     if batch <= 4 and "gemv_seg" in kernels:
         for br in (2, 4):
             space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": 32, "num_warps": 2,
