@@ -23,7 +23,8 @@ def fused_matmul(
     out_features: int, wbits: int, group: int, beta2: int, scale_bits: int, zero_bits: int, kernel: str,
 ) -> Tensor:
     """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
-    gathering x into chunk-major order) or "dot" (tensor cores)."""
+    gathering x into the kernel's tile order), "gemv_seg" (x also pre-scaled per code position, statistics applied
+    per segment) or "dot" (tensor cores)."""
     fn = {"gemv": spqr_matmul.gemv, "gemv_xc": functools.partial(spqr_matmul.gemv, x_chunked=True),
           "gemv_seg": functools.partial(spqr_matmul.gemv, segments=True),
           "dot": spqr_matmul.dot}[kernel]

@@ -1,29 +1,37 @@
 """Triton kernels that compute y = x W^T + b straight from the packed SpQR format (docs/format.md).
 
-Three kernels, one per batch regime; `spqrkit.modules.linear.select_matmul` picks among them and the plain-torch
+One kernel family per batch regime; `spqrkit.modules.linear.select_matmul` picks among them and the plain-torch
 reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py. Measured
-on an H100 so far (benchmarks/kernel_speed.py): all are slower than fp16 cuBLAS; see README and issue 4's notes.
+on an H100 (benchmarks/kernel_speed.py, README): at batch 1 `gemv_seg` is about as fast as fp16 cuBLAS (0.94x-1.33x
+on the LLaMA-2 shapes) while the authors' spqr-quant kernel is still faster (ours takes 1.03x-1.50x its time);
+batches of 4 and more are slower than fp16.
 
-- `gemv`: decode (a handful of rows of x). One program owns BLOCK_R output rows and walks the input in tiles of
-  NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant shifts
-  (the offset of code i in a chunk is known at compile time), multiplies by the group's scale and zero, and
-  accumulates x[perm[c]] * w on CUDA cores, one register tile per row of x (at most 4 rows per launch). With
-  `x_chunked` (kernel name "gemv_xc") a small kernel first gathers x into chunk-major permuted order, so that the
-  main loop reads x contiguously instead of through the permutation.
-- `dot`: small batches (not chosen automatically while it is slower than `dequantize` + cuBLAS). One program owns a [BLOCK_M, BLOCK_N] output tile: it dequantizes a [BLOCK_N, BLOCK_K]
-  weight tile in registers to the activation dtype (exactly the reference's rounding) and feeds the tensor cores
-  with tl.dot against the gathered x[:, perm[c]] tile. Any wbits 2..8.
+- `gemv` (decode, at most 4 rows of x per launch): one program owns BLOCK_R output rows and walks the input in tiles
+  of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant
+  shifts (the offset of code i in a chunk is known at compile time), multiplies by the group's scale and zero, and
+  accumulates x * w on CUDA cores, one register tile per row of x. Three variants:
+  - "gemv": x gathered through the permutation inside the loop (no pre-kernel; a baseline, forced only);
+  - "gemv_xc" (`x_chunked`): one small kernel first gathers x (fp32) into tiles of NCH chunks, code-major
+    (`gather_x_tiles`), so the loop reads x contiguously, unmasked, at compile-time offsets;
+  - "gemv_seg" (`segments`): the pre-kernel also scales x by 2**-e(i) for code position i (`gather_x_scaled`), so
+    each code is decoded IN PLACE (mask and or into the mantissa of 2**23, one subtraction: no shift), the
+    products q x are summed per segment (one group, or a chunk) and s * sum - s z * sum(x) is added once per
+    segment with the segment sums of x from the pre-kernel.
+- `dot`: small batches (not chosen automatically while it is slower than `dequantize` + cuBLAS). One program owns a
+  [BLOCK_M, BLOCK_N] output tile: it dequantizes a [BLOCK_N, BLOCK_K] weight tile in registers to the activation
+  dtype (exactly the reference's rounding) and feeds the tensor cores with tl.dot against the gathered x[:, perm[c]]
+  tile. Any wbits 2..8.
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
   the caller gathers x's columns in the same order and multiplies with cuBLAS.
 
 Outliers (CSR, rows sorted) replace base weights. The fused kernels first sum the dense base weights, then, for the
 outliers of their rows, add (value - base) * x: the base code and statistics at the outlier's position are decoded
-again, so the packed format is read as stored, with no derived tensors. The permutation is applied by gathering x
-inside the kernels. Statistics: second-level-quantized (codes packed along groups + fp16 (scale, zero) per beta2 rows
-and group) or fp16, each independently. Group size: any power of two, or one group per row (GROUP = 0).
+again, so the packed format is read as stored, with no derived tensors. In the gemv kernels the outlier terms go
+elementwise into a [rows, KO] register tile that is summed once at the end (no reduction, no barrier per tile).
+Statistics: second-level-quantized (codes packed along groups + fp16 (scale, zero) per beta2 rows and group) or
+fp16, each independently. Group size: any power of two, or one group per row (GROUP = 0).
 """
-
 from __future__ import annotations
 
 import triton

@@ -182,12 +182,12 @@ def gemv_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 
 
 def gemv_seg_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
-    """The gemv with x pre-scaled per code position and the statistics applied per segment (candidate)."""
+    """The gemv reading x gathered once, pre-scaled per code position, statistics applied per segment."""
     return _fused(layer, x, "gemv_seg")
 
 
 def gemv_xc_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
-    """The decode kernel after one small kernel gathers x into chunk-major permuted order (coalesced x reads)."""
+    """The decode kernel after one small kernel gathers x (fp32) into tiles of its chunks, code-major."""
     return _fused(layer, x, "gemv_xc")
 
 
@@ -214,10 +214,12 @@ MATMULS: dict[str, Matmul] = {
     "dequantize": dequantize_matmul,
 }
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H100
-# (2026-11-25, benchmarks/results/kernel_speed_h100.json): gemv_xc (gemv reading x gathered once into tiles) beats
-# gemv and dequantize+cuBLAS up to 4 rows (19.1 vs 26.8 vs 52 us at 4096^2, one row); the `dot`
-# kernel is slower than dequantize+cuBLAS at every batch measured, so it is not chosen automatically (DOT_MAX_ROWS
-# = GEMV_MAX_ROWS) until it is faster; SPQRKIT_MATMUL=dot still runs it.
+# (2026-11-25, benchmarks/results/kernel_speed_h100.json, spqr-w3, 1% outliers): at one row gemv_seg is fastest
+# (16.9 us at 4096^2 against 20.9 for gemv_xc and 52 for dequantize + cuBLAS); at four rows gemv_xc (37.4 against
+# 47.3 and 52.5); at 16 rows dequantize + cuBLAS. Two and three rows were not measured: they take gemv_xc. The `dot`
+# kernel is slower than dequantize + cuBLAS at every batch measured, so it is not chosen automatically (DOT_MAX_ROWS
+# = GEMV_MAX_ROWS) until it is faster; SPQRKIT_MATMUL=dot still runs it, as it runs the plain gemv (no pre-gather).
+GEMV_SEG_MAX_ROWS = 1
 GEMV_MAX_ROWS = 4
 DOT_MAX_ROWS = GEMV_MAX_ROWS
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
@@ -236,8 +238,8 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
 
     SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv_xc` up to GEMV_MAX_ROWS rows of x, `dot` up to DOT_MAX_ROWS, `dequantize` beyond (and
-    for layouts the chosen fused kernel does not cover)."""
+    do not cover; on CUDA `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `gemv_xc` up to GEMV_MAX_ROWS, `dot` up
+    to DOT_MAX_ROWS, `dequantize` beyond (and for layouts the chosen fused kernel does not cover)."""
     wbits, group = layer.config.wbits, layer.config.beta1 or 0
     forced = os.environ.get(MATMUL_ENV, "auto")
     if forced != "auto":
@@ -260,8 +262,10 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
         return "reference"
     from ..kernels.spqr_matmul import unsupported_reason
 
-    if rows <= GEMV_MAX_ROWS:
-        wanted = ["gemv_xc", "gemv", "dequantize"]
+    if rows <= GEMV_SEG_MAX_ROWS:
+        wanted = ["gemv_seg", "gemv_xc", "dequantize"]
+    elif rows <= GEMV_MAX_ROWS:
+        wanted = ["gemv_xc", "dequantize"]
     elif rows <= DOT_MAX_ROWS:
         wanted = ["dot", "dequantize"]
     else:
