@@ -194,9 +194,9 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
             for br, nch, nw in TUNE_TILES:
                 space.append((spqr_matmul.gemv, name, {"block_rows": br, "chunks": nch, "num_warps": nw, **flags}))
     if batch <= 4 and "gemv_seg" in kernels:
-        for br in (2, 4):
+        for br, prefetch, pdl in ((2, True, False), (4, True, False), (4, False, True), (4, True, True)):
             space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": 32, "num_warps": 2,
-                                                         "segments": True, "prefetch": True}))
+                                                         "segments": True, "prefetch": prefetch, "pdl": pdl}))
     if "dot" in kernels:
         for bn, bk, nw, ns in itertools.product((32, 64, 128), (64,), (4,), (2, 3)):
             space.append((spqr_matmul.dot, "dot", {"block_n": bn, "block_k": bk, "num_warps": nw,

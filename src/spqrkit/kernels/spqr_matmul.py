@@ -34,8 +34,15 @@ fp16, each independently. Group size: any power of two, or one group per row (GR
 """
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+try:  # grid dependency control (programmatic dependent launch), Triton >= 3.4
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover
+    gdc_launch_dependents = gdc_wait = None
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
@@ -331,11 +338,14 @@ def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5
 
 @triton.jit
 def _gather_x_scaled_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, M, IN, N_TILES,
-                           WB: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr):
+                           WB: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, PDL: tl.constexpr):
     """One program per (row b of x, tile t of NCH chunks), for `_gemv_seg_kernel`:
     xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] * 2**-e(i) in fp32 (code-major inside the tile, so that code i
     of the tile's chunks is contiguous; zero past IN and for rows b >= M), and
-    xs[b, t, g, j] = the sum of x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j (unscaled)."""
+    xs[b, t, g, j] = the sum of x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j (unscaled).
+    PDL: let the dependent gemv kernel launch at once (it waits for this grid before reading xt / xs)."""
+    if PDL:
+        gdc_launch_dependents()
     b = tl.program_id(0)
     t = tl.program_id(1)
     i = tl.arange(0, 32)
@@ -359,12 +369,14 @@ def _gemv_seg_kernel(
     M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
     BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, SEG: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
     """The "gemv_seg" decode kernel: `_gemv_kernel`'s tiles, with x prepared by `_gather_x_scaled_kernel`.
     Per segment of SEG codes of a chunk (one group: SEG = beta1 < 32, else the whole chunk), it sums
     (q 2**e) (x 2**-e) = q x (a mask, an or, one FADD and one FFMA per weight: no shift, no scale), then adds
-    s * sum - s z * sum(x) once. PREFETCH: the next tile's code words are loaded before this one is decoded."""
+    s * sum - s z * sum(x) once. PREFETCH: the next tile's code words are loaded before this one is decoded.
+    PDL (launched as a programmatic dependent of the x kernel): everything up to the first tile's words runs while
+    the x kernel finishes; `gdc_wait` orders the reads of xt / xs after it."""
     rows0 = tl.program_id(0) * BR
     rows = rows0 + tl.arange(0, BR)
     rmask = rows < OUT
@@ -383,6 +395,8 @@ def _gemv_seg_kernel(
     wp = codes_ptr + rows[:, None] * n_words + jj[None, :] * WB
     if PREFETCH:
         n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(wp, rmask[:, None] & (jj < N_CHUNKS)[None, :], WB)
+    if PDL:
+        gdc_wait()
     for t in range(0, N_CHUNKS, NCH):
         ch = t + jj
         m2 = rmask[:, None] & (ch < N_CHUNKS)[None, :]
@@ -663,10 +677,13 @@ GEMV_MAX_BATCH = 4  # rows of x the gemv kernel accumulates (one register tile e
 
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
-         num_stages=None, x_chunked=False, segments=False, prefetch=False):
+         num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=False):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
     into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
-    it contiguously, unmasked, at compile-time offsets."""
+    it contiguously, unmasked, at compile-time offsets. `segments` ("gemv_seg"): x also pre-scaled per code
+    position, statistics applied per segment (`_gemv_seg_kernel`); with it, `prefetch` (next tile's words loaded
+    ahead) and `pdl` (the main kernel launched as a programmatic dependent of the x kernel: Hopper and newer,
+    ignored in Triton's interpreter) are tuning options, off by default (not measured yet)."""
     import torch
 
     M, n_in = x.shape
@@ -676,7 +693,8 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
     # H100, 4096x4096 spqr-w3, batch 1 (benchmarks/kernel_speed.py --tune, 2026-11-25): 4 rows x 32 chunks with
-    # 2 warps was fastest (26.7 us; 4 warps 30.3). At 3-4 rows of x, 8 x 16 tiles keep it free of spills.
+    # 2 warps was the fastest gemv_seg tile (17.1 us; 4 x 64 with 4 warps 18.8, 2 x 32 19.0) and within 5% of the
+    # fastest gemv_xc one. At 3-4 rows of x, 8 x 16 tiles with 4 warps keep them free of spills.
     BR = block_rows or (4 if BB <= 2 else 8)
     NCH = chunks or (32 if BB <= 2 else 16)
     num_warps = num_warps or (2 if BB <= 2 else 4)
@@ -684,14 +702,15 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
     if segments:  # "gemv_seg"
-        xt, xs = gather_x_scaled(x, perm, NCH, BB, wbits, group)
+        pdl = pdl and gdc_wait is not None and os.environ.get("TRITON_INTERPRET") != "1"
+        xt, xs = gather_x_scaled(x, perm, NCH, BB, wbits, group, pdl=pdl)
         _gemv_seg_kernel[grid](
             xt, xs, xt.stride(0), xs.stride(0), y, y.stride(0),
             codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
             M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
             WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-            BB=BB, BR=BR, NCH=NCH, KO=64, SEG=_segment(group), PREFETCH=prefetch,
-            num_warps=num_warps, num_stages=num_stages or 1,
+            BB=BB, BR=BR, NCH=NCH, KO=64, SEG=_segment(group), PREFETCH=prefetch, PDL=pdl,
+            num_warps=num_warps, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
         )
         return y
     if x_chunked:
@@ -789,7 +808,7 @@ def _segment(group: int) -> int:
     return group if 0 < group < 32 else 32
 
 
-def gather_x_scaled(x, perm, nch: int, rows: int, wbits: int, group: int):
+def gather_x_scaled(x, perm, nch: int, rows: int, wbits: int, group: int, *, pdl: bool = False):
     """x [M, in] -> (xt, xs) for `_gemv_seg_kernel`, one kernel: xt fp32 [rows, n_tiles * 32 * nch] holds tile t
     (chunks t nch .. t nch + nch - 1) code-major, [t, i, j] = x[b, perm[32 (t nch + j) + i]] * 2**-e(i) (e: the
     code's in-place bit offset, `_code_shift`), and xs fp32 [rows, n_tiles * (32 / seg) * nch] the sums of x over
@@ -802,7 +821,7 @@ def gather_x_scaled(x, perm, nch: int, rows: int, wbits: int, group: int):
     xt = torch.empty(rows, n_tiles * 32 * nch, dtype=torch.float32, device=x.device)
     xs = torch.empty(rows, n_tiles * (32 // seg) * nch, dtype=torch.float32, device=x.device)
     _gather_x_scaled_kernel[(rows, n_tiles)](x, x.stride(0), xt, xs, perm, M, n_in, n_tiles, WB=wbits, NCH=nch,
-                                            SEG=seg, num_warps=4)
+                                             SEG=seg, PDL=pdl, num_warps=4)
     return xt, xs
 
 
