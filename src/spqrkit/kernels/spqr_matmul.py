@@ -280,9 +280,9 @@ def _gemv_outliers(
 def _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M,
                 HAS_BIAS: tl.constexpr, BB: tl.constexpr):
     """y[b, rows] = the sums of the dense accumulator [BR, NCH] and of the outlier one [BR, KO] (+ bias)."""
-    bias = tl.sum(o0, axis=1) * 0.0
+    bias = tl.zeros(rows.shape, dtype=tl.float32)
     if HAS_BIAS:
-        bias += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, (tl.sum(acc0, axis=1) + tl.sum(o0, axis=1) + bias).to(y_ptr.dtype.element_ty),
              mask=rmask)
     if BB > 1:
@@ -319,8 +319,8 @@ def _code_shift(i, WB: tl.constexpr):
 
 @triton.jit
 def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
-    """fp32 q * 2**e(I), exactly, for code I (0..31) of each chunk: the code's bits are masked IN PLACE into the
-    mantissa of 2**23 (one LOP3) and 2**23 subtracted, so no shift is needed; codes in bits 23..31 of a word are
+    """fp32 q * 2**e(I), exactly, for code I (0..31) of each chunk: the code's bits are masked IN PLACE and or-ed
+    into the mantissa of 2**23 (an AND and an OR), then 2**23 is subtracted, so no shift is needed; codes in bits 23..31 of a word are
     taken from the word's upper half (one shift per word, shared), codes straddling two words are shifted down
     (e = 0). The x tiles of `_gather_x_scaled_kernel` carry the matching 2**-e(I)."""
     K: tl.constexpr = (I * WB) // 32
