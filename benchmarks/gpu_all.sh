@@ -22,7 +22,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
 
 timeout "${KERNELS_TIMEOUT:-220}" python3 benchmarks/kernel_speed.py --kernels gemv_xc,gemv_seg,dequantize \
-  --tune --tune-batches 1 --repeats 10 --json "$out/kernel_speed.json" > "$out/kernel_speed.log" 2>&1
+  --tune --tune-batches 1,4 --repeats 10 --json "$out/kernel_speed.json" > "$out/kernel_speed.log" 2>&1
 echo "kernel_speed: exit $?"
 grep -v "^\s*$" "$out/kernel_speed.log" | tail -34
 

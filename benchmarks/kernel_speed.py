@@ -193,6 +193,10 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
         if batch <= 4 and name in kernels:
             for br, nch, nw in TUNE_TILES:
                 space.append((spqr_matmul.gemv, name, {"block_rows": br, "chunks": nch, "num_warps": nw, **flags}))
+    for name, flags in (("gemv_xc", {"x_chunked": True}), ("gemv_seg", {"segments": True})):
+        if 2 < batch <= 4 and name in kernels:  # 4 warps: 128 outliers per step keep the row lookup in-thread
+            space.append((spqr_matmul.gemv, name, {"block_rows": 8, "chunks": 16, "num_warps": 4,
+                                                   "outliers_per_step": 128, **flags}))
     if batch <= 4 and "gemv_seg" in kernels:
         for br, prefetch, pdl in ((2, True, False), (4, True, False), (4, False, True), (4, True, True)):
             space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": 32, "num_warps": 2,

@@ -677,13 +677,15 @@ GEMV_MAX_BATCH = 4  # rows of x the gemv kernel accumulates (one register tile e
 
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
-         num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=False):
+         num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=False, outliers_per_step=64):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
     into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
     it contiguously, unmasked, at compile-time offsets. `segments` ("gemv_seg"): x also pre-scaled per code
     position, statistics applied per segment (`_gemv_seg_kernel`); with it, `prefetch` (next tile's words loaded
     ahead) and `pdl` (the main kernel launched as a programmatic dependent of the x kernel: Hopper and newer,
-    ignored in Triton's interpreter) are tuning options, off by default (not measured yet)."""
+    ignored in Triton's interpreter) are tuning options, off by default (not measured yet). `outliers_per_step`
+    (KO, a power of two): outliers handled per tile; 32 * num_warps keeps every row of the outlier tile in one
+    thread, so its row lookup needs no cross-warp reduction (benchmarks/sass_report.py counts the barriers)."""
     import torch
 
     M, n_in = x.shape
@@ -709,7 +711,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
             codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
             M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
             WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-            BB=BB, BR=BR, NCH=NCH, KO=64, SEG=_segment(group), PREFETCH=prefetch, PDL=pdl,
+            BB=BB, BR=BR, NCH=NCH, KO=outliers_per_step, SEG=_segment(group), PREFETCH=prefetch, PDL=pdl,
             num_warps=num_warps, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
         )
         return y
@@ -720,7 +722,8 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BB=BB, BR=BR, NCH=NCH, KO=64, XC=NCH if x_chunked else 0, num_warps=num_warps, num_stages=num_stages or 3,
+        BB=BB, BR=BR, NCH=NCH, KO=outliers_per_step, XC=NCH if x_chunked else 0, num_warps=num_warps,
+        num_stages=num_stages or 3,
     )
     return y
 

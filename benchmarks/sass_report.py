@@ -1,0 +1,109 @@
+"""Offline report on the compiled decode / dequantize kernels: registers, spills and the instruction mix of every loop
+of the sm_90a machine code, without a GPU.
+
+Each kernel is compiled by Triton for an H100 target (`GPUTarget("cuda", 90, 32)`); Triton's bundled `cuobjdump` reads
+the cubin's resource usage (registers, local memory = spills) and disassembles it; every backward branch marks a loop,
+whose instructions are counted by opcode. The main loop of a decode kernel is its largest one: its size per weight
+and its barriers (BAR) are what the H100 measurements tracked (issue 4's notes: the kernels are issue- and
+latency-bound, and a barrier per tile synchronises the warps of a program).
+
+    python benchmarks/sass_report.py [--json out.json]
+
+Prints a table; the JSON has every kernel's counts. Run it with TRITON_INTERPRET unset (it is unset here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from spqrkit.kernels import spqr_matmul as m  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+POINTERS = {
+    "x_ptr": "*fp16", "y_ptr": "*fp16", "bias_ptr": "*fp16", "codes_ptr": "*i32", "s_ptr": "*i32", "sst_ptr": "*fp16",
+    "z_ptr": "*i32", "zst_ptr": "*fp16", "rowptr_ptr": "*i32", "vals_ptr": "*fp16", "cols_ptr": "*i16",
+    "perm_ptr": "*i16", "w_ptr": "*fp16", "xt_ptr": "*fp32", "xs_ptr": "*fp32",
+}
+SPQR_W3 = {"WB": 3, "GROUP": 16, "SB": 3, "ZB": 3, "HAS_BIAS": False, "KO": 64}
+
+
+def kernels():
+    """(name, jit function, constexprs, num_warps, weights per thread per main-loop iteration) of the selector's
+    kernels at their default tiles, spqr-w3 (`spqr_matmul.gemv` / `dequantize_chunked`)."""
+    return [
+        ("gemv_seg 1 row", m._gemv_seg_kernel,
+         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, PREFETCH=False, PDL=False), 2, 4 * 32 * 32 // 64),
+        ("gemv_xc 4 rows", m._gemv_kernel, dict(SPQR_W3, BB=4, BR=8, NCH=16, XC=16), 4, 8 * 16 * 32 // 128),
+        ("gemv 1 row", m._gemv_kernel, dict(SPQR_W3, BB=1, BR=4, NCH=32, XC=0), 2, 4 * 32 * 32 // 64),
+        ("dequantize", m._dequantize_kernel,
+         {k: v for k, v in dict(SPQR_W3, BR=8, NCH=32).items() if k not in ("HAS_BIAS", "KO")}, 4, None),
+    ]
+
+
+def analyse(fn, constexprs: dict, num_warps: int) -> dict:
+    sig = {n: ("constexpr" if n in constexprs else POINTERS.get(n, "i32")) for n in fn.arg_names}
+    k = triton.compile(ASTSource(fn, sig, constexprs), target=TARGET, options={"num_warps": num_warps})
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(k.asm["cubin"])
+        usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
+                               check=True).stdout
+        sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
+                              check=True).stdout
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    spills = int(re.search(r"LOCAL:(\d+)", usage).group(1))  # local memory = register spills here
+    ins = []
+    for line in sass.splitlines():
+        mt = re.match(r"\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)", line)
+        if mt:
+            ins.append((int(mt.group(1), 16), mt.group(2).split(".")[0], mt.group(3)))
+    loops = []
+    for addr, op, rest in ins:
+        target = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
+        if target and int(target.group(1), 16) < addr:
+            body = collections.Counter(o for a, o, _ in ins if int(target.group(1), 16) <= a <= addr)
+            loops.append({"instructions": sum(body.values()), "barriers": body.get("BAR", 0),
+                          "mix": dict(body.most_common(12))})
+    loops.sort(key=lambda lp: -lp["instructions"])
+    return {"registers": regs, "spill_bytes": spills, "instructions": len(ins), "loops": loops}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if not (BIN / "cuobjdump").exists():
+        print(f"no cuobjdump under {BIN} (this Triton install has no bundled CUDA tools)", file=sys.stderr)
+        return 2
+    rows = []
+    print(f"{'kernel':<16} {'regs':>5} {'local B':>7} {'instr':>6} {'main loop':>9} {'per weight':>10} {'BAR':>4}")
+    for name, fn, constexprs, warps, weights in kernels():
+        r = analyse(fn, constexprs, warps)
+        main_loop = r["loops"][0] if r["loops"] else {"instructions": 0, "barriers": 0}
+        per_w = main_loop["instructions"] / weights if weights else float("nan")
+        rows.append({"kernel": name, "constexprs": constexprs, "num_warps": warps, "weights_per_iteration": weights,
+                     **r})
+        print(f"{name:<16} {r['registers']:>5} {r['spill_bytes']:>7} {r['instructions']:>6} "
+              f"{main_loop['instructions']:>9} {per_w:>10.1f} {main_loop['barriers']:>4}")
+    if args.json:
+        args.json.write_text(json.dumps({"target": "sm_90a", "triton": triton.__version__, "kernels": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
