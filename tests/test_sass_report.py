@@ -19,7 +19,7 @@ def test_sass_report(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile for real, not interpret
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_report.py"), "--json", str(out)],
-                         env=env, capture_output=True, text=True, timeout=600)
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
     if run.returncode == 2 and "cuobjdump" in run.stderr:
         pytest.skip(run.stderr.strip())
     assert run.returncode == 0, run.stderr[-3000:]
