@@ -202,9 +202,8 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
             space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": 32, "num_warps": 2,
                                                          "segments": True, "prefetch": prefetch, "pdl": pdl}))
     if "dot" in kernels:
-        for bn, bk, nw, ns in itertools.product((32, 64, 128), (64,), (4,), (2, 3)):
-            space.append((spqr_matmul.dot, "dot", {"block_n": bn, "block_k": bk, "num_warps": nw,
-                                                   "num_stages": ns}))
+        for bn, nch, nw in itertools.product((32, 64, 128), (16, 32), (4,)):
+            space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "num_warps": nw}))
     ref = MATMULS["reference"](layers[0], x).float()
     for fn, name, params in space:
         try:

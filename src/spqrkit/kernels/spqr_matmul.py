@@ -17,10 +17,11 @@ batches of 4 and more are slower than fp16.
     each code is decoded IN PLACE (mask and or into the mantissa of 2**23, one subtraction: no shift), the
     products q x are summed per segment (one group, or a chunk) and s * sum - s z * sum(x) is added once per
     segment with the segment sums of x from the pre-kernel.
-- `dot`: small batches (not chosen automatically while it is slower than `dequantize` + cuBLAS). One program owns a
-  [BLOCK_M, BLOCK_N] output tile: it dequantizes a [BLOCK_N, BLOCK_K] weight tile in registers to the activation
-  dtype (exactly the reference's rounding) and feeds the tensor cores with tl.dot against the gathered x[:, perm[c]]
-  tile. Any wbits 2..8.
+- `dot`: tensor cores (forced only until measured faster than `dequantize` + cuBLAS). x is gathered once into the
+  gemv_xc tile order in its own dtype; one program owns a [BLOCK_M, BLOCK_N] output tile and, per tile of NCH
+  chunks, decodes code i of the chunks as a [BLOCK_N, NCH] weight slice (s * (q - z) rounded to x's dtype, the
+  reference's weight) and multiplies it with x's [BLOCK_M, NCH] slice for code i (one tl.dot per code). This
+  chunk-decoding version is not measured yet (the previous per-element one took ~0.7 ms at 4096^2, 16 rows).
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
   the caller gathers x's columns in the same order and multiplies with cuBLAS.
@@ -297,7 +298,7 @@ def _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_p
 
 @triton.jit
 def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, perm_ptr, M, IN, TOTAL, NCH: tl.constexpr, BLOCK: tl.constexpr):
-    """xt[b, t, i, j] = fp32 x[b, perm[32 (t NCH + j) + i]] for b < M (zero past IN, and for rows M <= b): x in
+    """xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] (in xt's dtype) for b < M (zero past IN, and for rows M <= b): x in
     tiles of NCH chunks, code-major inside a tile, so that the x values of code i of a tile's NCH chunks are
     contiguous. TOTAL = number of tiles * 32 * NCH."""
     b = tl.program_id(0)
@@ -306,8 +307,8 @@ def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, perm_ptr, M, IN, TOTAL, NCH
     c = ((k // (32 * NCH)) * NCH + r % NCH) * 32 + r // NCH
     valid = (k < TOTAL) & (c < IN) & (k * 0 + b < M)
     p = tl.load(perm_ptr + c, mask=valid, other=0).to(tl.int32) & 0xFFFF
-    v = tl.load(x_ptr + b * stride_xb + p, mask=valid, other=0.0).to(tl.float32)
-    tl.store(xt_ptr + b * TOTAL + k, v, mask=k < TOTAL)
+    v = tl.load(x_ptr + b * stride_xb + p, mask=valid, other=0.0)
+    tl.store(xt_ptr + b * TOTAL + k, v.to(xt_ptr.dtype.element_ty), mask=k < TOTAL)
 
 
 @triton.jit
@@ -531,59 +532,49 @@ def _gemv_kernel(
 # ---------------------------------------------------------------------------------------------------- dot
 @triton.jit
 def _dot_kernel(
-    x_ptr, stride_xb, y_ptr, stride_yb,
+    xt_ptr, stride_xtb, x_ptr, stride_xb, y_ptr, stride_yb,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
     M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KO: tl.constexpr, IEEE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, IEEE: tl.constexpr,
 ):
+    """[BM, BN] output tile on the tensor cores, x given by `_gather_x_tiles_kernel` in x's dtype (tiles of NCH
+    chunks, code-major). Per tile, the BN rows' NCH chunks are loaded once (`wbits` words each) and decoded code by
+    code like the gemv kernels: code i of the NCH chunks is a [BN, NCH] weight slice, s * (q - z) in fp32 rounded to
+    x's dtype (the reference's weight), and its product with x's [BM, NCH] slice for code i is one tl.dot."""
     rows0 = tl.program_id(0) * BN
     rows = rows0 + tl.arange(0, BN)
     rmask = rows < OUT
     bb = tl.program_id(1) * BM + tl.arange(0, BM)
     bmask = bb < M
-    kk = tl.arange(0, BK)
+    jj = tl.arange(0, NCH)
     n_words = N_CHUNKS * WB
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    if GROUP == 0:  # one group per row: the statistics are fixed for the whole loop
-        g0 = rows * 0
-        s_row = _stat_at(s_ptr, sst_ptr, rows, g0, rmask, N_GROUPS, N_SWORDS, BETA2, SB)[:, None]
-        z_row = _stat_at(z_ptr, zst_ptr, rows, g0, rmask, N_GROUPS, N_ZWORDS, BETA2, ZB)[:, None]
     k0, k_hi, lo, hi = _outlier_range(rowptr_ptr, rows0, OUT, BN)
     corr = tl.zeros([BM, BN], dtype=tl.float32)
-    for c0 in range(0, IN, BK):
+    for t in range(0, N_CHUNKS, NCH):
+        ch = t + jj
+        m2 = rmask[:, None] & (ch < N_CHUNKS)[None, :]
+        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(
+            codes_ptr + rows[:, None] * n_words + ch[None, :] * WB, m2, WB)
         corr += _outlier_block(
             k0, k_hi, lo, hi, x_ptr, stride_xb, bb, bmask, rows0,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
             cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO,
         )
         k0 += KO
-        cols = c0 + kk
-        cm = cols < IN
-        m2 = rmask[:, None] & cm[None, :]
-        q = _code_at(codes_ptr, rows[:, None] * n_words, cols[None, :], WB, m2).to(tl.float32)  # [BN, BK]
-        if GROUP == 0:
-            s = s_row
-            z = z_row
-        elif GROUP >= BK:  # the tile lies inside one group
-            gs = rows * 0 + c0 // GROUP
-            s = _stat_at(s_ptr, sst_ptr, rows, gs, rmask, N_GROUPS, N_SWORDS, BETA2, SB)[:, None]
-            z = _stat_at(z_ptr, zst_ptr, rows, gs, rmask, N_GROUPS, N_ZWORDS, BETA2, ZB)[:, None]
-        else:  # BK // GROUP whole groups per tile: decode each once, then broadcast over its columns
-            NG: tl.constexpr = BK // GROUP
-            gi = c0 // GROUP + tl.arange(0, NG)
-            gm = rmask[:, None] & (gi < N_GROUPS)[None, :]
-            s2 = _stat_at(s_ptr, sst_ptr, rows[:, None], gi[None, :], gm, N_GROUPS, N_SWORDS, BETA2, SB)
-            z2 = _stat_at(z_ptr, zst_ptr, rows[:, None], gi[None, :], gm, N_GROUPS, N_ZWORDS, BETA2, ZB)
-            s = tl.reshape(tl.broadcast_to(s2[:, :, None], (BN, NG, GROUP)), (BN, BK))
-            z = tl.reshape(tl.broadcast_to(z2[:, :, None], (BN, NG, GROUP)), (BN, BK))
-        w = (s * (q - z)).to(x_ptr.dtype.element_ty)  # the reference's fp32 weight, rounded to x's dtype
-        p = tl.load(perm_ptr + cols, mask=cm, other=0).to(tl.int32) & 0xFFFF
-        xt = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & cm[None, :], other=0.0)
-        if IEEE:
-            acc = tl.dot(xt, tl.trans(w), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(xt, tl.trans(w), acc)
+        xrow = xt_ptr + bb[:, None] * stride_xtb + t * 32 + jj[None, :]  # code i of this tile at xrow + i * NCH
+        for i in tl.static_range(32):
+            if i == 0 or (GROUP > 0 and GROUP < 32 and i % GROUP == 0):
+                s, z = _group_stats(i, ch, rows, m2, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS,
+                                    BETA2, GROUP, SB, ZB)
+            w = (s * (_code_to_float(_chunk_code(i, WB, w0, w1, w2, w3, w4, w5, w6, w7)) - z)).to(
+                xt_ptr.dtype.element_ty)  # [BN, NCH]: the reference's fp32 weight, rounded to x's dtype
+            xi = tl.load(xrow + i * NCH, mask=bmask[:, None], other=0.0)  # [BM, NCH]
+            if IEEE:
+                acc = tl.dot(xi, tl.trans(w), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xi, tl.trans(w), acc)
     while k0 < k_hi:
         corr += _outlier_block(
             k0, k_hi, lo, hi, x_ptr, stride_xb, bb, bmask, rows0,
@@ -729,27 +720,30 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
 
 
 def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-        out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, block_k=None,
+        out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, chunks=None,
         num_warps=None, num_stages=None):
-    """y [M, out] = x [M, in] W^T (+ bias), the weight dequantized per tile into tensor-core products."""
+    """y [M, out] = x [M, in] W^T (+ bias) on the tensor cores: x gathered once into tiles of `chunks` chunks
+    (`gather_x_tiles`, x's dtype), the weight decoded chunk-wise per tile and multiplied code by code.
+    Not measured on a GPU in this form (the previous per-element version took ~0.7 ms at 4096^2)."""
     import torch
 
     M, n_in = x.shape
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BM = block_m or (16 if M <= 16 else (32 if M <= 32 else 64))
-    BN = block_n or 32
-    BK = block_k or 64
+    BN = block_n or 64
+    NCH = chunks or 16  # the K of each tl.dot (>= 16)
     grid = (triton.cdiv(out_features, BN), triton.cdiv(M, BM))
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
+    xt = gather_x_tiles(x, perm, NCH, M, dtype=x.dtype)
     _dot_kernel[grid](
-        x, x.stride(0), y, y.stride(0),
+        xt, xt.stride(0), x, x.stride(0), y, y.stride(0),
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
         M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BM=BM, BN=BN, BK=BK, KO=64, IEEE=x.dtype == torch.float32,
-        num_warps=num_warps or 4, num_stages=num_stages or 3,
+        BM=BM, BN=BN, NCH=NCH, KO=64, IEEE=x.dtype == torch.float32,
+        num_warps=num_warps or 4, num_stages=num_stages or 1,
     )
     return y
 
@@ -776,15 +770,16 @@ def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, col
     return w
 
 
-def gather_x_tiles(x, perm, nch: int, rows: int):
-    """x [M, in] -> fp32 [rows, n_tiles * 32 * nch] (rows >= M; rows past M are zero): tile t holds the permuted
-    columns of chunks t * nch .. t * nch + nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch + j) + i]] (zero
-    past `in`). The gemv kernel's x when `x_chunked`; reference: `tiled_column_order`."""
+def gather_x_tiles(x, perm, nch: int, rows: int, dtype=None):
+    """x [M, in] -> [rows, n_tiles * 32 * nch] in `dtype` (default fp32; rows >= M, rows past M are zero): tile t
+    holds the permuted columns of chunks t * nch .. t * nch + nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch
+    + j) + i]] (zero past `in`). The gemv kernel's x when `x_chunked` (fp32) and the dot kernel's (x's dtype);
+    reference: `tiled_column_order`."""
     import torch
 
     M, n_in = x.shape
     total = triton.cdiv(-(-n_in // 32), nch) * 32 * nch
-    xt = torch.empty(rows, total, dtype=torch.float32, device=x.device)
+    xt = torch.empty(rows, total, dtype=dtype or torch.float32, device=x.device)
     _gather_x_tiles_kernel[(rows, triton.cdiv(total, 1024))](x, x.stride(0), xt, perm, M, n_in, total, NCH=nch,
                                                              BLOCK=1024)
     return xt

@@ -217,8 +217,9 @@ MATMULS: dict[str, Matmul] = {
 # (2026-11-25, benchmarks/results/kernel_speed_h100.json, spqr-w3, 1% outliers): at one row gemv_seg is fastest
 # (16.9 us at 4096^2 against 20.9 for gemv_xc and 52 for dequantize + cuBLAS); at four rows gemv_xc (37.4 against
 # 47.3 and 52.5); at 16 rows dequantize + cuBLAS. Two and three rows were not measured: they take gemv_xc. The `dot`
-# kernel is slower than dequantize + cuBLAS at every batch measured, so it is not chosen automatically (DOT_MAX_ROWS
-# = GEMV_MAX_ROWS) until it is faster; SPQRKIT_MATMUL=dot still runs it, as it runs the plain gemv (no pre-gather).
+# kernel was slower than dequantize + cuBLAS at every batch measured (its chunk-decoding rewrite is not measured
+# yet), so it is not chosen automatically (DOT_MAX_ROWS = GEMV_MAX_ROWS) until it is faster; SPQRKIT_MATMUL=dot
+# still runs it, as it runs the plain gemv (no pre-gather).
 GEMV_SEG_MAX_ROWS = 1
 GEMV_MAX_ROWS = 4
 DOT_MAX_ROWS = GEMV_MAX_ROWS
