@@ -21,7 +21,7 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
 
-timeout "${KERNELS_TIMEOUT:-220}" python3 benchmarks/kernel_speed.py --kernels gemv_xc,gemv_seg,dequantize \
+timeout "${KERNELS_TIMEOUT:-260}" python3 benchmarks/kernel_speed.py --kernels gemv_xc,gemv_seg,dot,dequantize \
   --tune --tune-batches 1,4 --repeats 10 --json "$out/kernel_speed.json" > "$out/kernel_speed.log" 2>&1
 echo "kernel_speed: exit $?"
 grep -v "^\s*$" "$out/kernel_speed.log" | tail -34
@@ -31,6 +31,6 @@ timeout "${GENERATE_TIMEOUT:-100}" python3 benchmarks/generate.py --new-tokens 6
 echo "generate: exit $?"
 tail -7 "$out/generate.log"
 
-timeout "${TESTS_TIMEOUT:-220}" python3 -m pytest -q -p no:cacheprovider --tb=short \
+timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider --tb=short \
   tests/test_kernels_matmul.py tests/test_cuda.py > "$out/tests.log" 2>&1
 echo "tests: exit $? ($(tail -1 "$out/tests.log"))"

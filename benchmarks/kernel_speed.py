@@ -1,7 +1,7 @@
 """SpQR matmul kernels vs torch fp16 (cuBLAS) vs the authors' kernel (PyPI spqr-quant 0.2.0), on LLaMA-2 shapes.
 
 For every [out x in] shape of LLaMA-2 7B and 70B and every batch size: the median time of each of our kernels
-(gemv, gemv_xc, dot, dequantize+cuBLAS) and of the one the selector picks ("auto"), of F.linear with an fp16 weight,
+(gemv, gemv_xc, gemv_seg, dot, dequantize+cuBLAS; `--kernels` picks) and of the one the selector picks ("auto"), of F.linear with an fp16 weight,
 and at batch 1 of spqr-quant's fused kernel (3-bit 16x16 only; it has no batched kernel). Effective bandwidth = bytes of
 the packed layer (every stored tensor) / time, against the device-to-device copy bandwidth measured in the same run
 (bytes read + written / time).
@@ -13,7 +13,7 @@ outliers (`spqrkit.format.synthetic`). Every kernel's output is checked against 
 
     python benchmarks/kernel_speed.py --json out.json                # the full table (GPU)
     python benchmarks/kernel_speed.py --layouts                          # + every wbits x beta1 x beta2 at 4096x4096
-    python benchmarks/kernel_speed.py --tune                             # + block-size sweeps at 4096x4096
+    python benchmarks/kernel_speed.py --tune                             # + tile / tuning-flag sweeps at 4096x4096
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
         for wb, b1, b2 in itertools.product((2, 3, 4), (8, 16, 32, 64), (16, 32, 64)):
             cfg = QuantConfig(wbits=wb, beta1=b1, beta2=b2, scale_bits=3, zero_bits=3)
             lrows += bench_shape(f"w{wb} {b1}x{b2}", 4096, 4096, cfg, [1, 16], max(5, args.repeats // 2), None,
-                                 kernels=("gemv", "gemv_xc", "dot"))
+                                 kernels=("gemv", "gemv_xc", "gemv_seg", "dot"))
         print("\nevery layout at 4096x4096 (3-bit statistics):")
         print_table(lrows, copy_bw)
         result["layouts"] = lrows
