@@ -1,8 +1,8 @@
 """SpQR matmul kernels vs torch fp16 (cuBLAS) vs the authors' kernel (PyPI spqr-quant 0.2.0), on LLaMA-2 shapes.
 
 For every [out x in] shape of LLaMA-2 7B and 70B and every batch size: the median time of each of our kernels
-(gemv, gemv_xc, gemv_seg, dot, dequantize+cuBLAS; `--kernels` picks) and of the one the selector picks ("auto"), of F.linear with an fp16 weight,
-and at batch 1 of spqr-quant's fused kernel (3-bit 16x16 only; it has no batched kernel). Effective bandwidth = bytes of
+(gemv, gemv_xc, gemv_seg, dot, dequantize+cuBLAS; `--kernels` picks) and of the one the selector picks ("auto"),
+of F.linear with an fp16 weight, and at batch 1 of spqr-quant's fused kernel (3-bit 16x16 only; it has no batched kernel). Effective bandwidth = bytes of
 the packed layer (every stored tensor) / time, against the device-to-device copy bandwidth measured in the same run
 (bytes read + written / time).
 
