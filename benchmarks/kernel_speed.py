@@ -2,9 +2,9 @@
 
 For every [out x in] shape of LLaMA-2 7B and 70B and every batch size: the median time of each of our kernels
 (gemv, gemv_xc, gemv_seg, dot, dequantize+cuBLAS; `--kernels` picks) and of the one the selector picks ("auto"),
-of F.linear with an fp16 weight, and at batch 1 of spqr-quant's fused kernel (3-bit 16x16 only; it has no batched kernel). Effective bandwidth = bytes of
-the packed layer (every stored tensor) / time, against the device-to-device copy bandwidth measured in the same run
-(bytes read + written / time).
+of F.linear with an fp16 weight, and at batch 1 of spqr-quant's fused kernel (3-bit 16x16 only; it has no batched
+kernel). Effective bandwidth = bytes of the packed layer (every stored tensor) / time, against the device-to-device
+copy bandwidth measured in the same run (bytes read + written / time).
 
 Timing: each measurement is a CUDA graph of K back-to-back calls on K different copies of the weight (K large enough
 that the copies exceed twice the L2 cache, so every call reads its weight from HBM, as in a real model), replayed

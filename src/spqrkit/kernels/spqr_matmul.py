@@ -165,8 +165,9 @@ def _outlier_terms(
 ):
     """Outliers k0 .. min(k0 + KO, k_hi) - 1, all in the BR rows rows0 .. (row r's are lo[r] .. hi[r] - 1):
     (hit [BR, KO]: outlier k is valid and in row r; [KO] tensors dv = value - base weight and p = the index of its
-    x in a row of x): their contribution to row r is dv * x[b, p] where hit. The base code and statistics at the outlier are decoded again from the packed tensors. With
-    ROUND_W the base weight is rounded to x's dtype first, as the dense part of the `dot` kernel does.
+    x in a row of x): their contribution to row r is dv * x[b, p] where hit. The base code and statistics at the
+    outlier are decoded again from the packed tensors. With ROUND_W the base weight is rounded to x's dtype first,
+    as the dense part of the `dot` kernel does.
     XC: 0 when x is in the original column order (p = perm[col]), else the tile width of x given by
     `_gather_x_tiles_kernel`, or by `_gather_x_scaled_kernel` when XSCALED (its 2**-e is then folded into dv)."""
     k = k0 + tl.arange(0, KO)
@@ -298,9 +299,9 @@ def _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_p
 
 @triton.jit
 def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, perm_ptr, M, IN, TOTAL, NCH: tl.constexpr, BLOCK: tl.constexpr):
-    """xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] (in xt's dtype) for b < M (zero past IN, and for rows M <= b): x in
-    tiles of NCH chunks, code-major inside a tile, so that the x values of code i of a tile's NCH chunks are
-    contiguous. TOTAL = number of tiles * 32 * NCH."""
+    """xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] (in xt's dtype) for b < M (zero past IN, and for rows
+    M <= b): x in tiles of NCH chunks, code-major inside a tile, so that the x values of code i of a tile's NCH
+    chunks are contiguous. TOTAL = number of tiles * 32 * NCH."""
     b = tl.program_id(0)
     k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     r = k % (32 * NCH)
@@ -321,9 +322,9 @@ def _code_shift(i, WB: tl.constexpr):
 @triton.jit
 def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
     """fp32 q * 2**e(I), exactly, for code I (0..31) of each chunk: the code's bits are masked IN PLACE and or-ed
-    into the mantissa of 2**23 (an AND and an OR), then 2**23 is subtracted, so no shift is needed; codes in bits 23..31 of a word are
-    taken from the word's upper half (one shift per word, shared), codes straddling two words are shifted down
-    (e = 0). The x tiles of `_gather_x_scaled_kernel` carry the matching 2**-e(I)."""
+    into the mantissa of 2**23 (an AND and an OR), then 2**23 is subtracted, so no shift is needed; codes in bits
+    23..31 of a word are taken from the word's upper half (one shift per word, shared), codes straddling two words
+    are shifted down (e = 0). The x tiles of `_gather_x_scaled_kernel` carry the matching 2**-e(I)."""
     K: tl.constexpr = (I * WB) // 32
     O: tl.constexpr = (I * WB) % 32
     MASK: tl.constexpr = (1 << WB) - 1
