@@ -155,6 +155,7 @@ def test_gather_x_tiles_kernel_is_the_reference_order(nch):
     expected = torch.zeros(4, order.numel(), device=DEVICE)
     expected[:3] = torch.where(valid, x.float().index_select(-1, order), 0.0)
     assert torch.equal(spqr_matmul.gather_x_tiles(x, layer.perm, nch, 4), expected)  # row 3: padding
+    assert torch.equal(spqr_matmul.gather_x_tiles(x, layer.perm, nch, 3, dtype=x.dtype), expected[:3].half())
 
 
 @pytest.mark.parametrize("nch,wbits,group", [(1, 3, 16), (4, 2, 0), (16, 5, 8), (4, 8, 64)])
