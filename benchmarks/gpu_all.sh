@@ -1,24 +1,16 @@
 #!/usr/bin/env bash
 # Everything the GPU side of spqrkit needs timed and checked, in one go (one device call, <= 9 minutes):
 #   1. benchmarks/kernel_speed.py --tune (the selector's kernels vs fp16 vs spqr-quant on the LLaMA-2 shapes, and a
-#      sweep of the decode kernels' tiles and tuning flags at 4096x4096, one row),
+#      sweep of the decode kernels' tiles and tuning flags at 4096x4096, one and four rows),
 #   2. benchmarks/generate.py (7B-shaped decode tokens/s, fp16 vs spqr-w3, CUDA graphs),
 #   3. the kernel and CUDA tests (compiled kernels against the plain-torch reference) with the time that is left:
 #      they need more than 200 s of Triton compilation on an H100 machine, so they run last.
 # Results go to $1 (default: $OUT when set, else ./gpu_results): kernel_speed.json, generate.json, tests.log + logs.
-# Wheels in .whl/ (spqr-quant, pytest, ...) are installed to /tmp/site first when present (no network needed).
+# Wheels in .whl/ are installed first when present (benchmarks/gpu_env.sh).
 #
 #   bash benchmarks/gpu_all.sh            # on the GPU machine (limits: KERNELS_TIMEOUT, GENERATE_TIMEOUT, TESTS_TIMEOUT)
 set -u
-out="${1:-${OUT:-gpu_results}}"
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl > /dev/null 2>&1
-  export PYTHONPATH="/tmp/site:$PWD/src:${PYTHONPATH:-}"
-else
-  export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
-fi
+source "$(dirname "$0")/gpu_env.sh" "$@"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
 
 timeout "${KERNELS_TIMEOUT:-260}" python3 benchmarks/kernel_speed.py --kernels gemv_xc,gemv_seg,dot,dequantize \

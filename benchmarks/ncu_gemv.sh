@@ -1,16 +1,9 @@
 #!/usr/bin/env bash
-# Nsight Compute profiles of the decode kernels at 4096x4096 spqr-w3, batch 1 (one device call): our gemv and
-# gemv_xc, gemv without outliers, and spqr-quant's kernel. Full reports to $1 (default $OUT); key lines printed.
+# Nsight Compute profiles of the decode kernels at 4096x4096 spqr-w3, batch 1 (one device call): our gemv,
+# gemv_xc, gemv_seg, gemv without outliers, the dequantize kernel and spqr-quant's kernel. Full reports to $1
+# (default $OUT); key lines printed.
 set -u
-out="${1:-${OUT:-gpu_results}}"
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl > /dev/null 2>&1
-  export PYTHONPATH="/tmp/site:$PWD/src:${PYTHONPATH:-}"
-else
-  export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
-fi
+source "$(dirname "$0")/gpu_env.sh" "$@"
 sections="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section InstructionStats --section MemoryWorkloadAnalysis --section SchedulerStats"
 metrics="--metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio,smsp__inst_executed.sum,sm__sass_inst_executed_op_global_ld.sum,l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum"
 run() {  # name, kernel regex, profile_kernels args
@@ -22,6 +15,7 @@ run() {  # name, kernel regex, profile_kernels args
 }
 run gemv _gemv_kernel --kernels gemv
 run gemv_xc _gemv_kernel --kernels gemv_xc
+run gemv_seg _gemv_seg_kernel --kernels gemv_seg
 run gemv_no_outliers _gemv_kernel --kernels gemv --outlier-share 0
 run dequantize _dequantize_kernel --kernels dequantize
 run spqr_quant spqr_quantized_matvec --kernels spqr-quant

@@ -154,18 +154,20 @@ def test_gather_x_tiles_kernel_is_the_reference_order(nch):
     assert valid.sum() == 150 and order[valid].sort().values.tolist() == list(range(150))
     expected = torch.zeros(4, order.numel(), device=DEVICE)
     expected[:3] = torch.where(valid, x.float().index_select(-1, order), 0.0)
-    assert torch.equal(spqr_matmul.gather_x_tiles(x, layer.perm, nch, 4), expected)  # row 3: padding
-    assert torch.equal(spqr_matmul.gather_x_tiles(x, layer.perm, nch, 3, dtype=x.dtype), expected[:3].half())
+    xt, xs = spqr_matmul.gather_x_tiles(x, layer.perm, nch, 4)
+    assert torch.equal(xt, expected) and xs is None  # row 3: padding
+    assert torch.equal(spqr_matmul.gather_x_tiles(x, layer.perm, nch, 3, dtype=x.dtype)[0], expected[:3].half())
 
 
 @pytest.mark.parametrize("nch,wbits,group", [(1, 3, 16), (4, 2, 0), (16, 5, 8), (4, 8, 64)])
-def test_gather_x_scaled_kernel_is_the_reference(nch, wbits, group):
+def test_gather_x_tiles_scaled_with_sums_is_the_reference(nch, wbits, group):
     """x for the gemv_seg kernel: permuted, tiled code-major, scaled by each code position's 2**-e, zero padded
     (150 columns: a padded last chunk; row 3: a padding row), and the sums of x over each segment of a chunk."""
     layer = _layer(32, 150, get_preset("spqr-w3"))
     x = torch.randn(3, 150, device=DEVICE, dtype=torch.float16)
-    xt, xs = spqr_matmul.gather_x_scaled(x, layer.perm, nch, 4, wbits, group)
-    ref_t, ref_s = spqr_matmul.scaled_x_reference(x, layer.perm, nch, 4, wbits, group)
+    seg = spqr_matmul._segment(group)
+    xt, xs = spqr_matmul.gather_x_tiles(x, layer.perm, nch, 4, scale_wbits=wbits, segment=seg)
+    ref_t, ref_s = spqr_matmul.tiled_x_reference(x, layer.perm, nch, 4, scale_wbits=wbits, segment=seg)
     assert torch.equal(xt, ref_t)
     torch.testing.assert_close(xs, ref_s, rtol=1e-6, atol=1e-5)
     assert bool((xt[3] == 0).all()) and bool((xs[3] == 0).all())

@@ -126,20 +126,10 @@ def unpack_layer(tensors: dict[str, torch.Tensor], shape: tuple[int, int], confi
             stats[name] = (tensors[name], None, None)
         else:
             stats[name] = (None, unpack_codes(tensors[f"{name}_codes"], bits, g), tensors[f"{name}_stats"])
-    return QuantizedWeight(
-        config=config,
-        shape=(out, n_in),
-        perm=from_u16(tensors["perm"]),
-        codes=unpack_codes(tensors["codes"], config.wbits, n_in),
-        scale=stats["scale"][0],
-        zero=stats["zero"][0],
-        scale_codes=stats["scale"][1],
-        scale_stats=stats["scale"][2],
-        zero_codes=stats["zero"][1],
-        zero_stats=stats["zero"][2],
-        outlier_row_ptr=tensors["outlier_row_ptr"],
-        outlier_cols=from_u16(tensors["outlier_cols"]).to(torch.int32),
-        outlier_values=tensors["outlier_values"],
+    return QuantizedWeight.from_statistics(
+        config, (out, n_in), from_u16(tensors["perm"]), unpack_codes(tensors["codes"], config.wbits, n_in),
+        stats["scale"], stats["zero"], tensors["outlier_row_ptr"],
+        from_u16(tensors["outlier_cols"]).to(torch.int32), tensors["outlier_values"],
     )
 
 

@@ -66,20 +66,9 @@ def random_quantized_weight(
     row_ptr, cols = csr_from_mask(mask)
     values = (torch.randn(cols.numel(), generator=gen, device=dev) * 0.1).half()
 
-    return QuantizedWeight(
-        config=config,
-        shape=(out_features, in_features),
-        perm=torch.randperm(in_features, generator=gen, device=dev),
-        codes=codes,
-        scale=stats["scale"][0],
-        zero=stats["zero"][0],
-        scale_codes=stats["scale"][1],
-        scale_stats=stats["scale"][2],
-        zero_codes=stats["zero"][1],
-        zero_stats=stats["zero"][2],
-        outlier_row_ptr=row_ptr,
-        outlier_cols=cols,
-        outlier_values=values,
+    return QuantizedWeight.from_statistics(
+        config, (out_features, in_features), torch.randperm(in_features, generator=gen, device=dev), codes,
+        stats["scale"], stats["zero"], row_ptr, cols, values,
     )
 
 

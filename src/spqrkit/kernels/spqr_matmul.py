@@ -13,7 +13,7 @@ batches of 4 and more are slower than fp16.
   - "gemv": x gathered through the permutation inside the loop (no pre-kernel; a baseline, forced only);
   - "gemv_xc" (`x_chunked`): one small kernel first gathers x (fp32) into tiles of NCH chunks, code-major
     (`gather_x_tiles`), so the loop reads x contiguously, unmasked, at compile-time offsets;
-  - "gemv_seg" (`segments`): the pre-kernel also scales x by 2**-e(i) for code position i (`gather_x_scaled`), so
+  - "gemv_seg" (`segments`): the pre-kernel also scales x by 2**-e(i) for code position i (`scale_wbits`), so
     each code is decoded IN PLACE (mask and or into the mantissa of 2**23, one subtraction: no shift), the
     products q x are summed per segment (one group, or a chunk) and s * sum - s z * sum(x) is added once per
     segment with the segment sums of x from the pre-kernel.
@@ -169,7 +169,7 @@ def _outlier_terms(
     outlier are decoded again from the packed tensors. With ROUND_W the base weight is rounded to x's dtype first,
     as the dense part of the `dot` kernel does.
     XC: 0 when x is in the original column order (p = perm[col]), else the tile width of x given by
-    `_gather_x_tiles_kernel`, or by `_gather_x_scaled_kernel` when XSCALED (its 2**-e is then folded into dv)."""
+    `_gather_x_tiles_kernel`, scaled by 2**-e when XSCALED (that 2**e is then folded into dv)."""
     k = k0 + tl.arange(0, KO)
     km = k < k_hi
     hit, loc = _outlier_rows(k, lo, hi)
@@ -298,21 +298,6 @@ def _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_p
 
 
 @triton.jit
-def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, perm_ptr, M, IN, TOTAL, NCH: tl.constexpr, BLOCK: tl.constexpr):
-    """xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] (in xt's dtype) for b < M (zero past IN, and for rows
-    M <= b): x in tiles of NCH chunks, code-major inside a tile, so that the x values of code i of a tile's NCH
-    chunks are contiguous. TOTAL = number of tiles * 32 * NCH."""
-    b = tl.program_id(0)
-    k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    r = k % (32 * NCH)
-    c = ((k // (32 * NCH)) * NCH + r % NCH) * 32 + r // NCH
-    valid = (k < TOTAL) & (c < IN) & (k * 0 + b < M)
-    p = tl.load(perm_ptr + c, mask=valid, other=0).to(tl.int32) & 0xFFFF
-    v = tl.load(x_ptr + b * stride_xb + p, mask=valid, other=0.0)
-    tl.store(xt_ptr + b * TOTAL + k, v.to(xt_ptr.dtype.element_ty), mask=k < TOTAL)
-
-
-@triton.jit
 def _code_shift(i, WB: tl.constexpr):
     """2**e(i) is the factor by which `_chunk_code_scaled` leaves code i of a chunk scaled (i: int or tensor)."""
     o = (i * WB) % 32
@@ -324,7 +309,7 @@ def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5
     """fp32 q * 2**e(I), exactly, for code I (0..31) of each chunk: the code's bits are masked IN PLACE and or-ed
     into the mantissa of 2**23 (an AND and an OR), then 2**23 is subtracted, so no shift is needed; codes in bits
     23..31 of a word are taken from the word's upper half (one shift per word, shared), codes straddling two words
-    are shifted down (e = 0). The x tiles of `_gather_x_scaled_kernel` carry the matching 2**-e(I)."""
+    are shifted down (e = 0). `_gather_x_tiles_kernel` with SCALE_WB gives x the matching 2**-e(I)."""
     K: tl.constexpr = (I * WB) // 32
     O: tl.constexpr = (I * WB) % 32
     MASK: tl.constexpr = (1 << WB) - 1
@@ -339,12 +324,13 @@ def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5
 
 
 @triton.jit
-def _gather_x_scaled_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, M, IN, N_TILES,
-                           WB: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, PDL: tl.constexpr):
-    """One program per (row b of x, tile t of NCH chunks), for `_gemv_seg_kernel`:
-    xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] * 2**-e(i) in fp32 (code-major inside the tile, so that code i
-    of the tile's chunks is contiguous; zero past IN and for rows b >= M), and
-    xs[b, t, g, j] = the sum of x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j (unscaled).
+def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, M, IN, N_TILES, NCH: tl.constexpr,
+                           SCALE_WB: tl.constexpr, SEG: tl.constexpr, PDL: tl.constexpr):
+    """One program per (row b of x, tile t of NCH chunks): x in the tile order of the gemv / dot kernels,
+    xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] in xt's dtype (code-major inside the tile, so that code i of
+    the tile's chunks is contiguous; zero past IN and for rows b >= M), times 2**-e(i) when SCALE_WB > 0 (the
+    in-place decode of SCALE_WB-bit codes, `_chunk_code_scaled`); with SEG > 0 also xs[b, t, g, j] = the sum of
+    (unscaled) x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j.
     PDL: let the dependent gemv kernel launch at once (it waits for this grid before reading xt / xs)."""
     if PDL:
         gdc_launch_dependents()
@@ -356,12 +342,15 @@ def _gather_x_scaled_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, M, IN, N
     valid = (c < IN) & (c * 0 + b < M)
     p = tl.load(perm_ptr + c, mask=valid, other=0).to(tl.int32) & 0xFFFF
     v = tl.load(x_ptr + b * stride_xb + p, mask=valid, other=0.0).to(tl.float32)
-    scale = ((127 - _code_shift(i, WB)) << 23).to(tl.float32, bitcast=True)  # exactly 2**-e(i)
     base = b * N_TILES + t
-    tl.store(xt_ptr + base * (32 * NCH) + i[:, None] * NCH + j[None, :], v * scale[:, None])
-    NSEG: tl.constexpr = 32 // SEG
-    seg = tl.sum(tl.reshape(v, (NSEG, SEG, NCH)), axis=1)
-    tl.store(xs_ptr + base * (NSEG * NCH) + tl.arange(0, NSEG)[:, None] * NCH + j[None, :], seg)
+    xv = v
+    if SCALE_WB > 0:
+        xv = v * ((127 - _code_shift(i, SCALE_WB)) << 23).to(tl.float32, bitcast=True)[:, None]  # exactly 2**-e(i)
+    tl.store(xt_ptr + base * (32 * NCH) + i[:, None] * NCH + j[None, :], xv.to(xt_ptr.dtype.element_ty))
+    if SEG > 0:
+        NSEG: tl.constexpr = 32 // SEG
+        seg = tl.sum(tl.reshape(v, (NSEG, SEG, NCH)), axis=1)
+        tl.store(xs_ptr + base * (NSEG * NCH) + tl.arange(0, NSEG)[:, None] * NCH + j[None, :], seg)
 
 
 @triton.jit
@@ -373,7 +362,7 @@ def _gemv_seg_kernel(
     BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, SEG: tl.constexpr,
     PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
-    """The "gemv_seg" decode kernel: `_gemv_kernel`'s tiles, with x prepared by `_gather_x_scaled_kernel`.
+    """The "gemv_seg" decode kernel: `_gemv_kernel`'s tiles, x from `_gather_x_tiles_kernel` scaled, with sums.
     Per segment of SEG codes of a chunk (one group: SEG = beta1 < 32, else the whole chunk), it sums
     (q 2**e) (x 2**-e) = q x (a mask, an or, one FADD and one FFMA per weight: no shift, no scale), then adds
     s * sum - s z * sum(x) once. PREFETCH: the next tile's code words are loaded before this one is decoded.
@@ -458,7 +447,7 @@ def _gemv_kernel(
     BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, XC: tl.constexpr,
 ):
     """XC = 0: x [M, IN] is gathered through the permutation for every code. XC = NCH: x is given as fp32 tiles
-    (`_gather_x_tiles_kernel`, BB rows of stride stride_xb): the x values of code i of the tile's NCH chunks are
+    (`_gather_x_tiles_kernel`, BB rows of stride stride_xb, unscaled): the x values of code i of the tile's NCH chunks are
     contiguous, at a compile-time offset, with no mask and no conversion."""
     rows0 = tl.program_id(0) * BR
     rows = rows0 + tl.arange(0, BR)
@@ -697,7 +686,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     zp, zsp = _stat_ptrs(zero, zero_stats)
     if segments:  # "gemv_seg"
         pdl = pdl and gdc_wait is not None and os.environ.get("TRITON_INTERPRET") != "1"
-        xt, xs = gather_x_scaled(x, perm, NCH, BB, wbits, group, pdl=pdl)
+        xt, xs = gather_x_tiles(x, perm, NCH, BB, scale_wbits=wbits, segment=_segment(group), pdl=pdl)
         _gemv_seg_kernel[grid](
             xt, xs, xt.stride(0), xs.stride(0), y, y.stride(0),
             codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
@@ -708,7 +697,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
         )
         return y
     if x_chunked:
-        x = gather_x_tiles(x, perm, NCH, BB)
+        x = gather_x_tiles(x, perm, NCH, BB)[0]
     _gemv_kernel[grid](
         x, x.stride(0), y, y.stride(0),
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
@@ -737,7 +726,7 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
     grid = (triton.cdiv(out_features, BN), triton.cdiv(M, BM))
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
-    xt = gather_x_tiles(x, perm, NCH, M, dtype=x.dtype)
+    xt = gather_x_tiles(x, perm, NCH, M, dtype=x.dtype)[0]
     _dot_kernel[grid](
         xt, xt.stride(0), x, x.stride(0), y, y.stride(0),
         codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
@@ -771,24 +760,28 @@ def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, col
     return w
 
 
-def gather_x_tiles(x, perm, nch: int, rows: int, dtype=None):
-    """x [M, in] -> [rows, n_tiles * 32 * nch] in `dtype` (default fp32; rows >= M, rows past M are zero): tile t
-    holds the permuted columns of chunks t * nch .. t * nch + nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch
-    + j) + i]] (zero past `in`). The gemv kernel's x when `x_chunked` (fp32) and the dot kernel's (x's dtype);
-    reference: `tiled_column_order`."""
+def gather_x_tiles(x, perm, nch: int, rows: int, *, dtype=None, scale_wbits: int = 0, segment: int = 0,
+                   pdl: bool = False):
+    """x [M, in] -> (xt, xs), one kernel (`_gather_x_tiles_kernel`). xt [rows, n_tiles * 32 * nch] in `dtype`
+    (default fp32; rows >= M, rows past M are zero): tile t holds the permuted columns of chunks t * nch .. t * nch +
+    nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch + j) + i]] (zero past `in`), times 2**-e(i) for
+    `scale_wbits`-bit codes (`_code_shift`; gemv_seg). xs (with `segment`, else None) fp32 [rows, n_tiles * (32 /
+    segment) * nch]: the sums of x over each segment of `segment` codes of every chunk. gemv_xc takes xt in fp32,
+    dot in x's dtype, gemv_seg scaled with the sums. Reference: `tiled_x_reference`."""
     import torch
 
     M, n_in = x.shape
-    total = triton.cdiv(-(-n_in // 32), nch) * 32 * nch
-    xt = torch.empty(rows, total, dtype=dtype or torch.float32, device=x.device)
-    _gather_x_tiles_kernel[(rows, triton.cdiv(total, 1024))](x, x.stride(0), xt, perm, M, n_in, total, NCH=nch,
-                                                             BLOCK=1024)
-    return xt
+    n_tiles = triton.cdiv(-(-n_in // 32), nch)
+    xt = torch.empty(rows, n_tiles * 32 * nch, dtype=dtype or torch.float32, device=x.device)
+    xs = torch.empty(rows, n_tiles * (32 // segment) * nch, dtype=torch.float32, device=x.device) if segment else None
+    _gather_x_tiles_kernel[(rows, n_tiles)](x, x.stride(0), xt, xt if xs is None else xs, perm, M, n_in, n_tiles,
+                                            NCH=nch, SCALE_WB=scale_wbits, SEG=segment, PDL=pdl, num_warps=4)
+    return xt, xs
 
 
 def tiled_column_order(perm, in_features: int, nch: int):
     """(int64 [n_tiles * 32 * nch] original input column of each entry of `gather_x_tiles`'s rows, bool mask of
-    the entries that hold one (the rest are zero padding)). Plain torch: the reference of `gather_x_tiles`."""
+    the entries that hold one (the rest are zero padding))."""
     import torch
 
     n_chunks = -(-in_features // 32)
@@ -807,38 +800,22 @@ def _segment(group: int) -> int:
     return group if 0 < group < 32 else 32
 
 
-def gather_x_scaled(x, perm, nch: int, rows: int, wbits: int, group: int, *, pdl: bool = False):
-    """x [M, in] -> (xt, xs) for `_gemv_seg_kernel`, one kernel: xt fp32 [rows, n_tiles * 32 * nch] holds tile t
-    (chunks t nch .. t nch + nch - 1) code-major, [t, i, j] = x[b, perm[32 (t nch + j) + i]] * 2**-e(i) (e: the
-    code's in-place bit offset, `_code_shift`), and xs fp32 [rows, n_tiles * (32 / seg) * nch] the sums of x over
-    each segment of `seg` codes of every chunk. Zero past `in` and for rows >= M. Reference: `scaled_x_reference`."""
+def tiled_x_reference(x, perm, nch: int, rows: int, *, scale_wbits: int = 0, segment: int = 0):
+    """Plain-torch reference of `gather_x_tiles` in fp32 (the segment sums equal up to summation order)."""
     import torch
 
     M, n_in = x.shape
-    n_tiles = triton.cdiv(-(-n_in // 32), nch)
-    seg = _segment(group)
-    xt = torch.empty(rows, n_tiles * 32 * nch, dtype=torch.float32, device=x.device)
-    xs = torch.empty(rows, n_tiles * (32 // seg) * nch, dtype=torch.float32, device=x.device)
-    _gather_x_scaled_kernel[(rows, n_tiles)](x, x.stride(0), xt, xs, perm, M, n_in, n_tiles, WB=wbits, NCH=nch,
-                                             SEG=seg, PDL=pdl, num_warps=4)
-    return xt, xs
-
-
-def scaled_x_reference(x, perm, nch: int, rows: int, wbits: int, group: int):
-    """Plain-torch reference of `gather_x_scaled` (same outputs; the segment sums up to summation order)."""
-    import torch
-
-    M, n_in = x.shape
-    n_chunks = -(-n_in // 32)
-    n_tiles = -(-n_chunks // nch)
-    seg = _segment(group)
-    xp = torch.zeros(rows, n_tiles * nch * 32, dtype=torch.float32, device=x.device)
-    xp[:M, :n_in] = x.float()[:, perm.to(torch.int64) & 0xFFFF]  # permuted, padded: [rows, chunk, code]
-    xp = xp.view(rows, n_tiles, nch, 32)
-    o = (torch.arange(32, device=x.device) * wbits) % 32
-    e = torch.where(o + wbits > 32, 0, torch.where(o + wbits <= 23, o, o - 16))
-    xt = torch.ldexp(xp, -e.to(x.device)).transpose(2, 3).reshape(rows, -1)  # exact powers of two
-    xs = xp.view(rows, n_tiles, nch, 32 // seg, seg).sum(-1).transpose(2, 3).reshape(rows, -1)
+    order, valid = tiled_column_order(perm, n_in, nch)
+    xp = torch.zeros(rows, order.numel(), dtype=torch.float32, device=x.device)
+    xp[:M] = torch.where(valid, x.float().index_select(-1, order), 0.0)
+    xt = xp
+    if scale_wbits:
+        o = ((torch.arange(order.numel(), device=x.device) % (32 * nch)) // nch * scale_wbits) % 32  # code i's bit
+        e = torch.where(o + scale_wbits > 32, 0, torch.where(o + scale_wbits <= 23, o, o - 16))
+        xt = torch.ldexp(xp, -e)  # exact powers of two
+    xs = None
+    if segment:
+        xs = xp.view(rows, -1, 32 // segment, segment, nch).sum(3).reshape(rows, -1)
     return xt, xs
 
 

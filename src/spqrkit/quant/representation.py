@@ -38,6 +38,17 @@ class QuantizedWeight:
     outlier_cols: torch.Tensor  # int32 [nnz]
     outlier_values: torch.Tensor  # fp16 [nnz]
 
+    @classmethod
+    def from_statistics(cls, config: QuantConfig, shape: tuple[int, int], perm: torch.Tensor, codes: torch.Tensor,
+                        scale: tuple, zero: tuple, outlier_row_ptr: torch.Tensor, outlier_cols: torch.Tensor,
+                        outlier_values: torch.Tensor) -> QuantizedWeight:
+        """Build from each statistic as one (fp16 values or None, second-level codes or None, second-level stats or
+        None) triple, the form the solver, the unpacker and the synthetic layers produce."""
+        (s_fp, s_codes, s_stats), (z_fp, z_codes, z_stats) = scale, zero
+        return cls(config=config, shape=shape, perm=perm, codes=codes, scale=s_fp, zero=z_fp, scale_codes=s_codes,
+                   scale_stats=s_stats, zero_codes=z_codes, zero_stats=z_stats, outlier_row_ptr=outlier_row_ptr,
+                   outlier_cols=outlier_cols, outlier_values=outlier_values)
+
     # ------------------------------------------------------------------ sizes
     @property
     def out_features(self) -> int:

@@ -339,25 +339,12 @@ def quantize_matrices(
         r1 = r0 + rows
         mask = outliers[r0:r1]
         row_ptr, outlier_cols = csr_from_mask(mask)
-        s_fp, s_codes, s_stats = scales.rows(r0, r1, config.beta2)
-        z_fp, z_codes, z_stats = zeros.rows(r0, r1, config.beta2)
-        results.append(
-            QuantizedWeight(
-                config=config,
-                shape=(rows, n),
-                perm=perm.clone(),
-                codes=codes[r0:r1].clone(),
-                scale=None if s_fp is None else s_fp.clone(),
-                zero=None if z_fp is None else z_fp.clone(),
-                scale_codes=None if s_codes is None else s_codes.clone(),
-                scale_stats=None if s_stats is None else s_stats.clone(),
-                zero_codes=None if z_codes is None else z_codes.clone(),
-                zero_stats=None if z_stats is None else z_stats.clone(),
-                outlier_row_ptr=row_ptr,
-                outlier_cols=outlier_cols,
-                outlier_values=W[r0:r1][mask].half(),
-            )
-        )
+        scale, zero = (tuple(None if t is None else t.clone() for t in stat.rows(r0, r1, config.beta2))
+                       for stat in (scales, zeros))
+        results.append(QuantizedWeight.from_statistics(
+            config, (rows, n), perm.clone(), codes[r0:r1].clone(), scale, zero, row_ptr, outlier_cols,
+            W[r0:r1][mask].half(),
+        ))
         r0 = r1
     return results
 
