@@ -154,6 +154,11 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
             row[f"{kernel}_err"] = check(layers[0], x, kernel)
             row[f"{kernel}_s"] = time_graph([lambda lay=lay, k=kernel, x=x: MATMULS[k](lay, x)
                                                for lay in layers], repeats)
+        if "gemv_seg" in kernels and batch <= spqr_matmul.GEMV_MAX_BATCH:
+            wb, group, beta2, sb, zb = layers[0].kernel_layout()
+            for vname, params in SEG_VARIANTS.items():
+                row[f"{vname}_s"] = time_graph([lambda lay=lay, x=x, prm=params: spqr_matmul.gemv(
+                    x, *lay.kernel_tensors(), None, out, wb, group, beta2, sb, zb, **prm) for lay in layers], repeats)
         row["auto_kernel"] = choose_kernel(layers[0], x)
         row["auto_s"] = row.get(f"{row['auto_kernel']}_s")
         if batch == 1 and isinstance(theirs, tuple):
@@ -168,6 +173,10 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
     del layers, dense, dense_copies, theirs
     torch.cuda.empty_cache()
     return rows
+
+
+# gemv_seg with other options than its defaults, timed on every shape (column name -> options)
+SEG_VARIANTS = {"seg_nosplit": {"segments": True, "split": 1}, "seg_pdl": {"segments": True, "pdl": True}}
 
 
 # (block_rows, chunks, warps) tried for gemv_xc / gemv_seg: 4 x 64 with 4 warps and 2 x 64 split each row's
@@ -198,10 +207,14 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
             space.append((spqr_matmul.gemv, name, {"block_rows": 8, "chunks": 16, "num_warps": 4,
                                                    "outliers_per_step": 128, **flags}))
     if batch <= 4 and "gemv_seg" in kernels:
-        for br, prefetch, pdl in ((2, True, False), (4, True, False), (4, False, True), (4, True, True)):
-            space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": 32, "num_warps": 2,
+        for split in (1, 2, 4):  # split K: programs per row block (the default tiles' `split=None` picks one)
+            space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": 4, "chunks": 32, "num_warps": 2,
+                                                         "segments": True, "split": split}))
+        for br, nch, prefetch, pdl in ((4, 32, True, False), (4, 32, False, True), (4, 32, True, True),
+                                       (8, 16, False, True), (4, 16, False, True)):
+            space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": nch, "num_warps": 2,
                                                          "segments": True, "prefetch": prefetch, "pdl": pdl}))
-    if "dot" in kernels:
+    if "dot" in kernels and batch > 4:
         for bn, nch, nw in itertools.product((32, 64, 128), (16, 32), (4,)):
             space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "num_warps": nw}))
     ref = MATMULS["reference"](layers[0], x).float()
@@ -246,6 +259,16 @@ def print_table(rows, copy_bw):
               f"{r['auto_kernel']:>10} {speed:7.2f} {bw:8.1f} {fmt_us(theirs)} {vs}")
 
 
+def print_variants(rows):
+    vrows = [r for r in rows if any(f"{v}_s" in r for v in SEG_VARIANTS)]
+    if not vrows:
+        return
+    print("\ngemv_seg options (us): default (auto split, no pdl) vs " + ", ".join(SEG_VARIANTS))
+    for r in vrows:
+        print(f"{r['shape']:<12} {r['out']:>5}x{r['in']:<6} {r['batch']:>3} {fmt_us(r.get('gemv_seg_s'))} "
+              + " ".join(fmt_us(r.get(f"{v}_s")) for v in SEG_VARIANTS))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
@@ -286,6 +309,7 @@ def main(argv=None) -> int:
         rows += bench_shape(name, out, n_in, config, batches, args.repeats, spqr_quant, kernels=kernels)
         print(f"  {name} done", flush=True)
     print_table(rows, copy_bw)
+    print_variants(rows)
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": args.preset, "outlier_share": args.outlier_share,
               "config": config.to_dict() if hasattr(config, "to_dict") else repr(config),

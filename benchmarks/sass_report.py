@@ -38,6 +38,7 @@ POINTERS = {
     "x_ptr": "*fp16", "y_ptr": "*fp16", "bias_ptr": "*fp16", "codes_ptr": "*i32", "s_ptr": "*i32", "sst_ptr": "*fp16",
     "z_ptr": "*i32", "zst_ptr": "*fp16", "rowptr_ptr": "*i32", "vals_ptr": "*fp16", "cols_ptr": "*i16",
     "perm_ptr": "*i16", "w_ptr": "*fp16", "xt_ptr": "*fp32", "xs_ptr": "*fp32",
+    "ws_ptr": "*fp32", "cnt_ptr": "*i32", "sst32_ptr": "*i32", "zst32_ptr": "*i32",
 }
 SPQR_W3 = {"WB": 3, "GROUP": 16, "SB": 3, "ZB": 3, "HAS_BIAS": False, "KO": 64}
 
@@ -47,7 +48,7 @@ def kernels():
     kernels at their default tiles, spqr-w3 (`spqr_matmul.gemv` / `dequantize_chunked`)."""
     return [
         ("gemv_seg 1 row", m._gemv_seg_kernel,
-         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, PREFETCH=False, PDL=False), 2, 4 * 32 * 32 // 64),
+         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=True, SHARED2=True, PREFETCH=False, PDL=False), 2, 4 * 32 * 32 // 64),
         ("gemv_xc 4 rows", m._gemv_kernel, dict(SPQR_W3, BB=4, BR=8, NCH=16, XC=16), 4, 8 * 16 * 32 // 128),
         ("gemv 1 row", m._gemv_kernel, dict(SPQR_W3, BB=1, BR=4, NCH=32, XC=0), 2, 4 * 32 * 32 // 64),
         ("dequantize", m._dequantize_kernel,

@@ -63,9 +63,9 @@ def test_fused_kernels_every_layout(kernel, wbits, beta1, beta2):
 
 @pytest.mark.parametrize("wbits,beta1,beta2", GRID[::3])
 def test_gemv_tuning_options(wbits, beta1, beta2):
-    """The gemv kernels' tuning options: gemv_seg's PREFETCH (next tile's words loaded ahead) and PDL (programmatic
-    dependent launch after the x kernel; on a GPU only, Triton's interpreter ignores it), and 128 outliers per
-    step."""
+    """The gemv kernels' tuning options: gemv_seg's PREFETCH (next tile's words loaded ahead), PDL (programmatic
+    dependent launch after the x kernel; on a GPU only, Triton's interpreter ignores it) and split K (several
+    programs per row block, partial sums added atomically, the last one writes y), and 128 outliers per step."""
     cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
     layer = _layer(beta2 * 2, 1100 if on_cuda else 300, cfg, dense_rows=3, empty_rows=5)
     for rows in (1, 3):
@@ -76,6 +76,10 @@ def test_gemv_tuning_options(wbits, beta1, beta2):
         y = spqr_matmul.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(),
                              chunks=4, segments=True, pdl=True)
         _check(layer, x, y)
+        for split in (1, 2, 3, 100):  # 100: capped at one program per tile
+            y = spqr_matmul.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features,
+                                 *layer.kernel_layout(), chunks=4, segments=True, split=split, prefetch=split == 2)
+            _check(layer, x, y)
         for flags in ({"segments": True}, {"x_chunked": True}):  # 128 outliers per step (4 warps)
             y = spqr_matmul.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features,
                                  *layer.kernel_layout(), chunks=4, num_warps=4, outliers_per_step=128, **flags)

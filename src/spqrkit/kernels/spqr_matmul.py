@@ -35,6 +35,7 @@ fp16, each independently. Group size: any power of two, or one group per row (GR
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import triton
@@ -324,18 +325,23 @@ def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5
 
 
 @triton.jit
-def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, M, IN, N_TILES, NCH: tl.constexpr,
-                           SCALE_WB: tl.constexpr, SEG: tl.constexpr, PDL: tl.constexpr):
+def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, zero_ptr, M, IN, N_TILES, N_ZERO,
+                           NCH: tl.constexpr, SCALE_WB: tl.constexpr, SEG: tl.constexpr, PDL: tl.constexpr):
     """One program per (row b of x, tile t of NCH chunks): x in the tile order of the gemv / dot kernels,
     xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] in xt's dtype (code-major inside the tile, so that code i of
     the tile's chunks is contiguous; zero past IN and for rows b >= M), times 2**-e(i) when SCALE_WB > 0 (the
     in-place decode of SCALE_WB-bit codes, `_chunk_code_scaled`); with SEG > 0 also xs[b, t, g, j] = the sum of
     (unscaled) x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j.
+    Also zeroes the N_ZERO int32 words at zero_ptr (split K's sums and counters, `_gemv_seg_kernel`).
     PDL: let the dependent gemv kernel launch at once (it waits for this grid before reading xt / xs)."""
     if PDL:
         gdc_launch_dependents()
     b = tl.program_id(0)
     t = tl.program_id(1)
+    ZBLOCK: tl.constexpr = 1024
+    for z0 in range((b * N_TILES + t) * ZBLOCK, N_ZERO, tl.num_programs(0) * N_TILES * ZBLOCK):
+        zo = z0 + tl.arange(0, ZBLOCK)
+        tl.store(zero_ptr + zo, tl.zeros([ZBLOCK], dtype=tl.int32), mask=zo < N_ZERO)
     i = tl.arange(0, 32)
     j = tl.arange(0, NCH)
     c = (t * NCH + j[None, :]) * 32 + i[:, None]  # [32, NCH] permuted column
@@ -354,47 +360,103 @@ def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, M, IN, N_
 
 
 @triton.jit
+def _stat_window(q_ptr, rows, ch, m2, N_WORDS, GROUP: tl.constexpr, NSEG: tl.constexpr, BITS: tl.constexpr):
+    """uint64 [BR, NCH]: the packed BITS-bit statistic codes of rows, from the first group of chunk ch on (its
+    NSEG groups, or the one group holding it when GROUP >= 32), in the low bits: one or two word loads per chunk
+    instead of one or two per group (`_seg_stat` takes group J of the window). Only when BITS > 0."""
+    if GROUP == 0:
+        g0 = ch * 0
+    else:
+        g0 = (ch * 32) // GROUP
+    bit = g0 * BITS
+    wp = q_ptr + rows[:, None] * N_WORDS + (bit // 32)[None, :]
+    off = (bit % 32)[None, :]
+    lo = tl.load(wp, mask=m2, other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
+    hi = tl.load(wp + 1, mask=m2 & (off + NSEG * BITS > 32), other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
+    return ((hi << 32) | lo) >> off.to(tl.uint64)
+
+
+@triton.jit
+def _seg_stat(win, J: tl.constexpr, q_ptr, st_ptr, rows, blk, g, gm, gm1, N_GROUPS, BETA2, BITS: tl.constexpr,
+              SHARED2: tl.constexpr):
+    """First-level statistic (fp32 [BR, NCH]) of group g (= the J-th group of the chunk's window `win`) of rows:
+    BITS > 0: code J of the window dequantized with its second-level (scale, zero), read as ONE int32 (st_ptr: the
+    [out / beta2, n_groups, 2] fp16 stats viewed as int32), once for the whole row block when SHARED2 (every row of
+    the block lies in the same beta2 block `blk`; g, gm1 [NCH]); BITS == 0: the fp16 value (q_ptr [out, n_groups])."""
+    if BITS > 0:
+        q = _code_to_float((win >> (J * BITS)).to(tl.uint32) & ((1 << BITS) - 1))
+        if SHARED2:
+            w = tl.load(st_ptr + blk * N_GROUPS + g, mask=gm1, other=0)[None, :]
+        else:
+            w = tl.load(st_ptr + (rows[:, None] // BETA2) * N_GROUPS + g[None, :], mask=gm, other=0)
+        s2 = (w & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        z2 = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        return s2 * (q - z2)
+    else:
+        return tl.load(q_ptr + rows[:, None] * N_GROUPS + g[None, :], mask=gm, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _gemv_seg_kernel(
-    xt_ptr, xs_ptr, stride_xtb, stride_xsb, y_ptr, stride_yb,
-    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
-    M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    xt_ptr, xs_ptr, stride_xtb, stride_xsb, y_ptr, stride_yb, ws_ptr, cnt_ptr,
+    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, sst32_ptr, zst32_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
+    bias_ptr,
+    M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
     BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, SEG: tl.constexpr,
-    PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    SPLIT: tl.constexpr, SHARED2: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
     """The "gemv_seg" decode kernel: `_gemv_kernel`'s tiles, x from `_gather_x_tiles_kernel` scaled, with sums.
     Per segment of SEG codes of a chunk (one group: SEG = beta1 < 32, else the whole chunk), it sums
     (q 2**e) (x 2**-e) = q x (a mask, an or, one FADD and one FFMA per weight: no shift, no scale), then adds
-    s * sum - s z * sum(x) once. PREFETCH: the next tile's code words are loaded before this one is decoded.
+    s * sum - s z * sum(x) once. The statistic codes of a chunk's groups come from one window of words
+    (`_stat_window`), their second-level pairs as one int32 each (sst32_ptr / zst32_ptr: int32 views of sst_ptr /
+    zst_ptr), per row block when SHARED2 (BR divides beta2).
+    SPLIT (split K): program (i, s) takes chunks [s CPS, (s + 1) CPS) of row block i and the s-th share of its
+    outliers, adds its fp32 partial sums to ws [M, OUT] (zeroed by the x kernel) and counts itself in cnt[i]; the
+    last of the row block's programs writes y = ws (+ bias). More programs per row block = more loads in flight.
+    PREFETCH: the next tile's code words are loaded before this one is decoded.
     PDL (launched as a programmatic dependent of the x kernel): everything up to the first tile's words runs while
-    the x kernel finishes; `gdc_wait` orders the reads of xt / xs after it."""
-    rows0 = tl.program_id(0) * BR
+    the x kernel finishes; `gdc_wait` orders the reads of xt / xs (and ws) after it."""
+    rb = tl.program_id(0)
+    rows0 = rb * BR
     rows = rows0 + tl.arange(0, BR)
     rmask = rows < OUT
     jj = tl.arange(0, NCH)
     n_words = N_CHUNKS * WB
     NSEG: tl.constexpr = 32 // SEG
+    blk = rows0 // BETA2
     acc0 = tl.zeros([BR, NCH], dtype=tl.float32)
     acc1 = acc0
     acc2 = acc0
     acc3 = acc0
     k0, k_hi, lo, hi = _outlier_range(rowptr_ptr, rows0, OUT, BR)
+    c_begin = 0
+    c_end = N_CHUNKS
+    if SPLIT:  # this program's chunks and share of the row block's outliers
+        sp = tl.program_id(1)
+        c_begin = sp * CPS
+        c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
+        share = tl.cdiv(k_hi - k0, tl.num_programs(1))
+        k0 = k0 + sp * share
+        k_hi = tl.minimum(k0 + share, k_hi)
     o0 = tl.zeros([BR, KO], dtype=tl.float32)  # outlier terms, summed over KO at the end
     o1 = o0
     o2 = o0
     o3 = o0
     wp = codes_ptr + rows[:, None] * n_words + jj[None, :] * WB
     if PREFETCH:
-        n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(wp, rmask[:, None] & (jj < N_CHUNKS)[None, :], WB)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(
+            wp + c_begin * WB, rmask[:, None] & (c_begin + jj < c_end)[None, :], WB)
     if PDL:
         gdc_wait()
-    for t in range(0, N_CHUNKS, NCH):
+    for t in range(c_begin, c_end, NCH):
         ch = t + jj
         m2 = rmask[:, None] & (ch < N_CHUNKS)[None, :]
         if PREFETCH:  # the next tile's words are in flight while this one is decoded
             w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
             n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(
-                wp + (t + NCH) * WB, rmask[:, None] & (ch + NCH < N_CHUNKS)[None, :], WB)
+                wp + (t + NCH) * WB, rmask[:, None] & (ch + NCH < c_end)[None, :], WB)
         else:
             w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp + t * WB, m2, WB)
         o0, o1, o2, o3 = _gemv_outliers(
@@ -405,9 +467,25 @@ def _gemv_seg_kernel(
         k0 += KO
         xt = xt_ptr + t * 32 + jj  # this tile's x: code i of its chunks at xt + i * NCH (fp32, zero padded)
         xs = xs_ptr + t * NSEG + jj  # and its segment sums: segment g at xs + g * NCH
+        if SB > 0:
+            swin = _stat_window(s_ptr, rows, ch, m2, N_SWORDS, GROUP, NSEG, SB)
+        else:
+            swin = 0
+        if ZB > 0:
+            zwin = _stat_window(z_ptr, rows, ch, m2, N_ZWORDS, GROUP, NSEG, ZB)
+        else:
+            zwin = 0
         for g in tl.static_range(NSEG):
-            s, z = _group_stats(g * SEG, ch, rows, m2, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
-                                N_ZWORDS, BETA2, GROUP, SB, ZB)
+            if GROUP == 0:
+                grp = ch * 0
+            else:
+                grp = (ch * 32 + g * SEG) // GROUP
+            gm1 = (ch < N_CHUNKS) & (grp < N_GROUPS)  # (a padded last chunk may reach past the last group)
+            gm = rmask[:, None] & gm1[None, :]
+            s = _seg_stat(swin, g, s_ptr, sst32_ptr, rows, blk, grp, gm, gm1, N_GROUPS, BETA2, SB,
+                          SHARED2)
+            z = _seg_stat(zwin, g, z_ptr, zst32_ptr, rows, blk, grp, gm, gm1, N_GROUPS, BETA2, ZB,
+                          SHARED2)
             sz = -s * z
             p0 = tl.zeros([BR, NCH], dtype=tl.float32)
             p1 = p0
@@ -435,7 +513,35 @@ def _gemv_seg_kernel(
             cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, NCH, True,
         )
         k0 += KO
-    _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, BB)
+    if SPLIT:
+        _split_add(acc0, o0, ws_ptr, rows, rmask, OUT, 0, M)
+        if BB > 1:
+            _split_add(acc1, o1, ws_ptr, rows, rmask, OUT, 1, M)
+        if BB > 2:
+            _split_add(acc2, o2, ws_ptr, rows, rmask, OUT, 2, M)
+            _split_add(acc3, o3, ws_ptr, rows, rmask, OUT, 3, M)
+        tl.debug_barrier()  # every thread's partial sums are in before the block is counted
+        if tl.atomic_add(cnt_ptr + rb, 1, sem="acq_rel") == tl.num_programs(1) - 1:  # the row block's last program
+            zero = tl.zeros([BR, 1], dtype=tl.float32)
+            _gemv_store(_split_sum(ws_ptr, rows, rmask, OUT, 0), _split_sum(ws_ptr, rows, rmask, OUT, 1),
+                        _split_sum(ws_ptr, rows, rmask, OUT, 2), _split_sum(ws_ptr, rows, rmask, OUT, 3),
+                        zero, zero, zero, zero, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, BB)
+    else:
+        _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS,
+                    BB)
+
+
+@triton.jit
+def _split_add(acc, o, ws_ptr, rows, rmask, OUT, B: tl.constexpr, M):
+    """ws[B, rows] += this program's partial sums of row B of x (split K)."""
+    tl.atomic_add(ws_ptr + B * OUT + rows, tl.sum(acc, axis=1) + tl.sum(o, axis=1), mask=rmask & (rows * 0 + B < M),
+                  sem="relaxed")
+
+
+@triton.jit
+def _split_sum(ws_ptr, rows, rmask, OUT, B: tl.constexpr):
+    """[BR, 1]: ws[B, rows] as summed by every program of the row block (read from L2: written by atomics)."""
+    return tl.load(ws_ptr + B * OUT + rows, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]
 
 
 @triton.jit
@@ -654,11 +760,30 @@ def _stat_ptrs(stat, stats):
 
 
 GEMV_MAX_BATCH = 4  # rows of x the gemv kernel accumulates (one register tile each)
+SPLIT_PROGRAMS_PER_SM = 16  # gemv_seg's default split K aims at this many programs per multiprocessor
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device) -> int:
+    import torch
+
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _int32_pairs(stats, bits: int):
+    """The [..., n_groups, 2] fp16 second-level statistics viewed as int32 (scale in the low half, zero in the
+    high one) for `_seg_stat`; fp16 first-level statistics (bits == 0) unchanged."""
+    import torch
+
+    return stats.view(torch.int32) if bits > 0 else stats
 
 
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
-         num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=False, outliers_per_step=64):
+         num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=False, outliers_per_step=64,
+         split=None):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
     into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
     it contiguously, unmasked, at compile-time offsets. `segments` ("gemv_seg"): x also pre-scaled per code
@@ -666,7 +791,10 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     ahead) and `pdl` (the main kernel launched as a programmatic dependent of the x kernel: Hopper and newer,
     ignored in Triton's interpreter) are tuning options, off by default (not measured yet). `outliers_per_step`
     (KO, a power of two): outliers handled per tile; 32 * num_warps keeps every row of the outlier tile in one
-    thread, so its row lookup needs no cross-warp reduction (benchmarks/sass_report.py counts the barriers)."""
+    thread, so its row lookup needs no cross-warp reduction (benchmarks/sass_report.py counts the barriers).
+    `split` (gemv_seg): programs per row block, each over its share of the tiles (split K, fp32 partial sums added
+    atomically; so the summation order, not the result beyond fp32 rounding, varies from run to run); None: enough
+    for `SPLIT_PROGRAMS_PER_SM` programs per multiprocessor, 1 = no split."""
     import torch
 
     M, n_in = x.shape
@@ -686,13 +814,28 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     zp, zsp = _stat_ptrs(zero, zero_stats)
     if segments:  # "gemv_seg"
         pdl = pdl and gdc_wait is not None and os.environ.get("TRITON_INTERPRET") != "1"
-        xt, xs = gather_x_tiles(x, perm, NCH, BB, scale_wbits=wbits, segment=_segment(group), pdl=pdl)
-        _gemv_seg_kernel[grid](
-            xt, xs, xt.stride(0), xs.stride(0), y, y.stride(0),
-            codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
-            M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
+        n_tiles = triton.cdiv(n_chunks, NCH)
+        if split is None:
+            split = triton.cdiv(SPLIT_PROGRAMS_PER_SM * _multiprocessors(x.device), grid[0])
+        split = max(1, min(split, n_tiles))
+        cps = triton.cdiv(n_tiles, split) * NCH  # chunks per program
+        split = triton.cdiv(n_chunks, cps)
+        ws = cnt = zero = None
+        if split > 1:  # fp32 sums [BB, out] and one counter per row block, zeroed by the x kernel
+            zero = torch.empty(BB * out_features + grid[0], dtype=torch.int32, device=x.device)
+            ws, cnt = zero[:BB * out_features].view(torch.float32), zero[BB * out_features:]
+        xt, xs = gather_x_tiles(x, perm, NCH, BB, scale_wbits=wbits, segment=_segment(group), pdl=pdl, zero=zero)
+        shared2 = beta2 > 0 and beta2 % BR == 0
+        _gemv_seg_kernel[(grid[0], split)](
+            xt, xs, xt.stride(0), xs.stride(0), y, y.stride(0), ws if ws is not None else xt,
+            cnt if cnt is not None else perm,
+            codes, sp, ssp, zp, zsp, _int32_pairs(ssp, scale_bits), _int32_pairs(zsp, zero_bits), row_ptr, cols, vals,
+            perm,
+            bias if bias is not None else x,
+            M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps,
             WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-            BB=BB, BR=BR, NCH=NCH, KO=outliers_per_step, SEG=_segment(group), PREFETCH=prefetch, PDL=pdl,
+            BB=BB, BR=BR, NCH=NCH, KO=outliers_per_step, SEG=_segment(group), SPLIT=split > 1, SHARED2=shared2,
+            PREFETCH=prefetch, PDL=pdl,
             num_warps=num_warps, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
         )
         return y
@@ -761,21 +904,23 @@ def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, col
 
 
 def gather_x_tiles(x, perm, nch: int, rows: int, *, dtype=None, scale_wbits: int = 0, segment: int = 0,
-                   pdl: bool = False):
+                   pdl: bool = False, zero=None):
     """x [M, in] -> (xt, xs), one kernel (`_gather_x_tiles_kernel`). xt [rows, n_tiles * 32 * nch] in `dtype`
     (default fp32; rows >= M, rows past M are zero): tile t holds the permuted columns of chunks t * nch .. t * nch +
     nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch + j) + i]] (zero past `in`), times 2**-e(i) for
     `scale_wbits`-bit codes (`_code_shift`; gemv_seg). xs (with `segment`, else None) fp32 [rows, n_tiles * (32 /
     segment) * nch]: the sums of x over each segment of `segment` codes of every chunk. gemv_xc takes xt in fp32,
-    dot in x's dtype, gemv_seg scaled with the sums. Reference: `tiled_x_reference`."""
+    dot in x's dtype, gemv_seg scaled with the sums. Reference: `tiled_x_reference`. `zero`: an int32 tensor the
+    same kernel fills with zeros (gemv_seg's split-K sums and counters)."""
     import torch
 
     M, n_in = x.shape
     n_tiles = triton.cdiv(-(-n_in // 32), nch)
     xt = torch.empty(rows, n_tiles * 32 * nch, dtype=dtype or torch.float32, device=x.device)
     xs = torch.empty(rows, n_tiles * (32 // segment) * nch, dtype=torch.float32, device=x.device) if segment else None
-    _gather_x_tiles_kernel[(rows, n_tiles)](x, x.stride(0), xt, xt if xs is None else xs, perm, M, n_in, n_tiles,
-                                            NCH=nch, SCALE_WB=scale_wbits, SEG=segment, PDL=pdl, num_warps=4)
+    _gather_x_tiles_kernel[(rows, n_tiles)](
+        x, x.stride(0), xt, xt if xs is None else xs, perm, zero if zero is not None else perm, M, n_in, n_tiles,
+        0 if zero is None else zero.numel(), NCH=nch, SCALE_WB=scale_wbits, SEG=segment, PDL=pdl, num_warps=4)
     return xt, xs
 
 
