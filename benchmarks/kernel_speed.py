@@ -155,10 +155,9 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
             row[f"{kernel}_s"] = time_graph([lambda lay=lay, k=kernel, x=x: MATMULS[k](lay, x)
                                                for lay in layers], repeats)
         if "gemv_seg" in kernels and batch <= spqr_matmul.GEMV_MAX_BATCH:
-            wb, group, beta2, sb, zb = layers[0].kernel_layout()
             for vname, params in SEG_VARIANTS.items():
                 row[f"{vname}_s"] = time_graph([lambda lay=lay, x=x, prm=params: spqr_matmul.gemv(
-                    x, *lay.kernel_tensors(), None, out, wb, group, beta2, sb, zb, **prm) for lay in layers], repeats)
+                    x, *lay.kernel_tensors(), None, out, *lay.kernel_layout(), **prm) for lay in layers], repeats)
         row["auto_kernel"] = choose_kernel(layers[0], x)
         row["auto_s"] = row.get(f"{row['auto_kernel']}_s")
         if batch == 1 and isinstance(theirs, tuple):

@@ -763,7 +763,7 @@ GEMV_MAX_BATCH = 4  # rows of x the gemv kernel accumulates (one register tile e
 SPLIT_PROGRAMS_PER_SM = 16  # gemv_seg's default split K aims at this many programs per multiprocessor
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device) -> int:
     import torch
 
