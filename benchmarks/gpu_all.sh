@@ -13,10 +13,10 @@ set -u
 source "$(dirname "$0")/gpu_env.sh" "$@"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
 
-timeout "${KERNELS_TIMEOUT:-300}" python3 benchmarks/kernel_speed.py --kernels gemv_xc,gemv_seg,dot,dequantize \
+timeout "${KERNELS_TIMEOUT:-300}" python3 benchmarks/kernel_speed.py --kernels gemv_xc,gemv_seg,dequantize \
   --tune --tune-batches 1,4 --repeats 10 --json "$out/kernel_speed.json" > "$out/kernel_speed.log" 2>&1
 echo "kernel_speed: exit $?"
-grep -v "^\s*$" "$out/kernel_speed.log" | tail -50
+grep -v "^\s*$" "$out/kernel_speed.log" | tail -70
 
 timeout "${GENERATE_TIMEOUT:-100}" python3 benchmarks/generate.py --new-tokens 64 --repeats 3 \
   --json "$out/generate.json" > "$out/generate.log" 2>&1

@@ -155,7 +155,10 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
             row[f"{kernel}_s"] = time_graph([lambda lay=lay, k=kernel, x=x: MATMULS[k](lay, x)
                                                for lay in layers], repeats)
         if "gemv_seg" in kernels and batch <= spqr_matmul.GEMV_MAX_BATCH:
+            ref = MATMULS["reference"](layers[0], x).float()
             for vname, params in SEG_VARIANTS.items():
+                y = spqr_matmul.gemv(x, *layers[0].kernel_tensors(), None, out, *layers[0].kernel_layout(), **params)
+                row[f"{vname}_err"] = ((y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
                 row[f"{vname}_s"] = time_graph([lambda lay=lay, x=x, prm=params: spqr_matmul.gemv(
                     x, *lay.kernel_tensors(), None, out, *lay.kernel_layout(), **prm) for lay in layers], repeats)
         row["auto_kernel"] = choose_kernel(layers[0], x)
@@ -175,12 +178,14 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
 
 
 # gemv_seg with other options than its defaults, timed on every shape (column name -> options)
-SEG_VARIANTS = {"seg_nosplit": {"segments": True, "split": 1}, "seg_pdl": {"segments": True, "pdl": True}}
+SEG_VARIANTS = {"seg_nosplit": {"segments": True, "split": 1}, "seg_pdl": {"segments": True, "pdl": True},
+                "seg_cols": {"segments": True, "rows_in_thread": False, "split": 1}}  # (stop 8's kernel layout)
 
 
-# (block_rows, chunks, warps) tried for gemv_xc / gemv_seg: 4 x 64 with 4 warps and 2 x 64 split each row's
-# chunks over two warps (twice the warps per row block, half the tiles each)
-TUNE_TILES = ((4, 32, 2), (2, 32, 2), (4, 64, 4), (2, 64, 4), (8, 32, 4))
+# (block_rows, chunks, warps) tried for gemv_xc (the best two of stop 8's sweep) and gemv_seg (rows in thread: a
+# thread holds one chunk of every row of the block)
+XC_TILES = ((4, 32, 2), (4, 64, 4))
+SEG_TILES = ((4, 64, 2), (2, 64, 2), (8, 64, 2), (4, 32, 1), (4, 128, 4), (2, 32, 1))
 
 
 def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
@@ -197,22 +202,18 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
     if batch <= 4 and "gemv" in kernels:
         for br, nch, nw in itertools.product((2, 4, 8), (16, 32), (2, 4)):
             space.append((spqr_matmul.gemv, "gemv", {"block_rows": br, "chunks": nch, "num_warps": nw}))
-    for name, flags in (("gemv_xc", {"x_chunked": True}), ("gemv_seg", {"segments": True})):
-        if batch <= 4 and name in kernels:
-            for br, nch, nw in TUNE_TILES:
-                space.append((spqr_matmul.gemv, name, {"block_rows": br, "chunks": nch, "num_warps": nw, **flags}))
-    for name, flags in (("gemv_xc", {"x_chunked": True}), ("gemv_seg", {"segments": True})):
-        if 2 < batch <= 4 and name in kernels:  # 4 warps: 128 outliers per step keep the row lookup in-thread
-            space.append((spqr_matmul.gemv, name, {"block_rows": 8, "chunks": 16, "num_warps": 4,
-                                                   "outliers_per_step": 128, **flags}))
+    if batch <= 4 and "gemv_xc" in kernels:
+        for br, nch, nw in XC_TILES:
+            space.append((spqr_matmul.gemv, "gemv_xc", {"block_rows": br, "chunks": nch, "num_warps": nw,
+                                                        "x_chunked": True}))
     if batch <= 4 and "gemv_seg" in kernels:
-        for split in (1, 2, 4):  # split K: programs per row block (the default tiles' `split=None` picks one)
-            space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": 4, "chunks": 32, "num_warps": 2,
-                                                         "segments": True, "split": split}))
-        for br, nch, prefetch, pdl in ((4, 32, True, False), (4, 32, False, True), (4, 32, True, True),
-                                       (8, 16, False, True), (4, 16, False, True)):
-            space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": nch, "num_warps": 2,
-                                                         "segments": True, "prefetch": prefetch, "pdl": pdl}))
+        for br, nch, nw in SEG_TILES:  # rows in thread (the default)
+            space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": nch, "num_warps": nw,
+                                                         "segments": True}))
+        for flags in ({"prefetch": True}, {"pdl": True}, {"prefetch": True, "pdl": True}):
+            space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, **flags}))
+        space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": 4, "chunks": 32, "num_warps": 2, "segments": True,
+                                                     "rows_in_thread": False}))  # stop 8's tile
     if "dot" in kernels and batch > 4:
         for bn, nch, nw in itertools.product((32, 64, 128), (16, 32), (4,)):
             space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "num_warps": nw}))
@@ -265,7 +266,8 @@ def print_variants(rows):
     print("\ngemv_seg options (us): default (auto split, no pdl) vs " + ", ".join(SEG_VARIANTS))
     for r in vrows:
         print(f"{r['shape']:<12} {r['out']:>5}x{r['in']:<6} {r['batch']:>3} {fmt_us(r.get('gemv_seg_s'))} "
-              + " ".join(fmt_us(r.get(f"{v}_s")) for v in SEG_VARIANTS))
+              + " ".join(fmt_us(r.get(f"{v}_s")) for v in SEG_VARIANTS)
+              + "   max rel err " + " ".join(f"{r.get(f'{v}_err', float('nan')):.1e}" for v in SEG_VARIANTS))
 
 
 def main(argv=None) -> int:
@@ -314,6 +316,12 @@ def main(argv=None) -> int:
               "config": config.to_dict() if hasattr(config, "to_dict") else repr(config),
               "copy_bandwidth_Bps": copy_bw, "spqr_quant": spqr_quant_note or "available", "rows": rows,
               "selector": {"gemv_max_rows": linear_mod.GEMV_MAX_ROWS, "dot_max_rows": linear_mod.DOT_MAX_ROWS}}
+    def save():
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=1, default=str))
+
+    save()  # (again after each part below: a run cut short keeps what it measured)
     if args.layouts:
         lrows = []
         for wb, b1, b2 in itertools.product((2, 3, 4), (8, 16, 32, 64), (16, 32, 64)):
@@ -323,18 +331,18 @@ def main(argv=None) -> int:
         print("\nevery layout at 4096x4096 (3-bit statistics):")
         print_table(lrows, copy_bw)
         result["layouts"] = lrows
+        save()
     if args.tune:
         result["tune"] = {}
         for (out, n_in), batch in itertools.product(((4096, 4096),), [int(b) for b in args.tune_batches.split(",")]):
             res = tune(out, n_in, config, batch, max(5, args.repeats // 2), kernels)
             key = f"{out}x{n_in} b{batch}"
             result["tune"][key] = [(n, p, t) for n, p, t in res]
-            print(f"\ntune {key}: best")
-            for n, prm, t in res[:6]:
+            print(f"\ntune {key}:")
+            for n, prm, t in res:
                 print(f"  {n:<5} {prm} {fmt_us(t)} us")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=str))
+            save()
+    save()
     return 0
 
 

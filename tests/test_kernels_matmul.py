@@ -77,9 +77,11 @@ def test_gemv_tuning_options(wbits, beta1, beta2):
                              chunks=4, segments=True, pdl=True)
         _check(layer, x, y)
         for split in (1, 2, 3, 100):  # 100: capped at one program per tile
-            y = spqr_matmul.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features,
-                                 *layer.kernel_layout(), chunks=4, segments=True, split=split, prefetch=split == 2)
-            _check(layer, x, y)
+            for rt in (True, False):  # rows in thread ([chunks, rows] tile) or not
+                y = spqr_matmul.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features,
+                                     *layer.kernel_layout(), chunks=4, segments=True, split=split,
+                                     prefetch=split == 2, rows_in_thread=rt)
+                _check(layer, x, y)
         for flags in ({"segments": True}, {"x_chunked": True}):  # 128 outliers per step (4 warps)
             y = spqr_matmul.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features,
                                  *layer.kernel_layout(), chunks=4, num_warps=4, outliers_per_step=128, **flags)

@@ -35,7 +35,6 @@ fp16, each independently. Group size: any power of two, or one group per row (GR
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import triton
@@ -360,40 +359,60 @@ def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, zero_ptr,
 
 
 @triton.jit
-def _stat_window(q_ptr, rows, ch, m2, N_WORDS, GROUP: tl.constexpr, NSEG: tl.constexpr, BITS: tl.constexpr):
-    """uint64 [BR, NCH]: the packed BITS-bit statistic codes of rows, from the first group of chunk ch on (its
-    NSEG groups, or the one group holding it when GROUP >= 32), in the low bits: one or two word loads per chunk
-    instead of one or two per group (`_seg_stat` takes group J of the window). Only when BITS > 0."""
-    if GROUP == 0:
-        g0 = ch * 0
+def _cv(c, RT: tl.constexpr):
+    """A per-chunk vector [NCH] as a column of the gemv_seg tile: [1, NCH], or [NCH, 1] when RT (the tile is
+    [NCH, BR], rows in thread)."""
+    if RT:
+        return c[:, None]
     else:
-        g0 = (ch * 32) // GROUP
+        return c[None, :]
+
+
+@triton.jit
+def _rv(r, RT: tl.constexpr):
+    """A per-row vector [BR] as a row of the gemv_seg tile: [BR, 1], or [1, BR] when RT."""
+    if RT:
+        return r[None, :]
+    else:
+        return r[:, None]
+
+
+@triton.jit
+def _stat_window(q_ptr, R, C, m2, N_WORDS, GROUP: tl.constexpr, NSEG: tl.constexpr, BITS: tl.constexpr):
+    """uint64, the tile's shape: the packed BITS-bit statistic codes of rows R, from the first group of chunks C on
+    (its NSEG groups, or the one group holding it when GROUP >= 32), in the low bits: one or two word loads per
+    chunk instead of one or two per group (`_seg_stat` takes group J of the window). Only when BITS > 0."""
+    if GROUP == 0:
+        g0 = C * 0
+    else:
+        g0 = (C * 32) // GROUP
     bit = g0 * BITS
-    wp = q_ptr + rows[:, None] * N_WORDS + (bit // 32)[None, :]
-    off = (bit % 32)[None, :]
+    wp = q_ptr + R * N_WORDS + bit // 32
+    off = bit % 32
     lo = tl.load(wp, mask=m2, other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
     hi = tl.load(wp + 1, mask=m2 & (off + NSEG * BITS > 32), other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
     return ((hi << 32) | lo) >> off.to(tl.uint64)
 
 
 @triton.jit
-def _seg_stat(win, J: tl.constexpr, q_ptr, st_ptr, rows, blk, g, gm, gm1, N_GROUPS, BETA2, BITS: tl.constexpr,
+def _seg_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS, BETA2, BITS: tl.constexpr,
               SHARED2: tl.constexpr):
-    """First-level statistic (fp32 [BR, NCH]) of group g (= the J-th group of the chunk's window `win`) of rows:
-    BITS > 0: code J of the window dequantized with its second-level (scale, zero), read as ONE int32 (st_ptr: the
-    [out / beta2, n_groups, 2] fp16 stats viewed as int32), once for the whole row block when SHARED2 (every row of
-    the block lies in the same beta2 block `blk`; g, gm1 [NCH]); BITS == 0: the fp16 value (q_ptr [out, n_groups])."""
+    """First-level statistic (fp32, the tile's shape) of groups G (per chunk: the J-th group of the window `win`)
+    of rows R: BITS > 0: code J of the window dequantized with its second-level (scale, zero), read as ONE int32
+    (st_ptr: the [out / beta2, n_groups, 2] fp16 stats viewed as int32), once for the whole row block when SHARED2
+    (every row of the block lies in the same beta2 block `blk`; mask gm1 per chunk); BITS == 0: the fp16 value
+    (q_ptr [out, n_groups])."""
     if BITS > 0:
         q = _code_to_float((win >> (J * BITS)).to(tl.uint32) & ((1 << BITS) - 1))
         if SHARED2:
-            w = tl.load(st_ptr + blk * N_GROUPS + g, mask=gm1, other=0)[None, :]
+            w = tl.load(st_ptr + blk * N_GROUPS + G, mask=gm1, other=0)
         else:
-            w = tl.load(st_ptr + (rows[:, None] // BETA2) * N_GROUPS + g[None, :], mask=gm, other=0)
+            w = tl.load(st_ptr + (R // BETA2) * N_GROUPS + G, mask=gm, other=0)
         s2 = (w & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         z2 = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         return s2 * (q - z2)
     else:
-        return tl.load(q_ptr + rows[:, None] * N_GROUPS + g[None, :], mask=gm, other=0.0).to(tl.float32)
+        return tl.load(q_ptr + R * N_GROUPS + G, mask=gm, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -404,7 +423,7 @@ def _gemv_seg_kernel(
     M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
     BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, SEG: tl.constexpr,
-    SPLIT: tl.constexpr, SHARED2: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    SPLIT: tl.constexpr, SHARED2: tl.constexpr, RT: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
     """The "gemv_seg" decode kernel: `_gemv_kernel`'s tiles, x from `_gather_x_tiles_kernel` scaled, with sums.
     Per segment of SEG codes of a chunk (one group: SEG = beta1 < 32, else the whole chunk), it sums
@@ -415,6 +434,8 @@ def _gemv_seg_kernel(
     SPLIT (split K): program (i, s) takes chunks [s CPS, (s + 1) CPS) of row block i and the s-th share of its
     outliers, adds its fp32 partial sums to ws [M, OUT] (zeroed by the x kernel) and counts itself in cnt[i]; the
     last of the row block's programs writes y = ws (+ bias). More programs per row block = more loads in flight.
+    RT (rows in thread): the tile is [NCH, BR] instead of [BR, NCH], which puts a thread's elements in several rows
+    of one chunk (Triton's layout), so that each x value it loads serves all of them.
     PREFETCH: the next tile's code words are loaded before this one is decoded.
     PDL (launched as a programmatic dependent of the x kernel): everything up to the first tile's words runs while
     the x kernel finishes; `gdc_wait` orders the reads of xt / xs (and ws) after it."""
@@ -426,7 +447,10 @@ def _gemv_seg_kernel(
     n_words = N_CHUNKS * WB
     NSEG: tl.constexpr = 32 // SEG
     blk = rows0 // BETA2
-    acc0 = tl.zeros([BR, NCH], dtype=tl.float32)
+    if RT:
+        acc0 = tl.zeros([NCH, BR], dtype=tl.float32)
+    else:
+        acc0 = tl.zeros([BR, NCH], dtype=tl.float32)
     acc1 = acc0
     acc2 = acc0
     acc3 = acc0
@@ -444,19 +468,20 @@ def _gemv_seg_kernel(
     o1 = o0
     o2 = o0
     o3 = o0
-    wp = codes_ptr + rows[:, None] * n_words + jj[None, :] * WB
+    R = _rv(rows, RT)
+    RM = _rv(rmask, RT)
+    wp = codes_ptr + R * n_words + _cv(jj, RT) * WB
     if PREFETCH:
-        n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(
-            wp + c_begin * WB, rmask[:, None] & (c_begin + jj < c_end)[None, :], WB)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(wp + c_begin * WB, RM & _cv(c_begin + jj < c_end, RT), WB)
     if PDL:
         gdc_wait()
     for t in range(c_begin, c_end, NCH):
         ch = t + jj
-        m2 = rmask[:, None] & (ch < N_CHUNKS)[None, :]
+        C = _cv(ch, RT)
+        m2 = RM & (C < N_CHUNKS)
         if PREFETCH:  # the next tile's words are in flight while this one is decoded
             w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
-            n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(
-                wp + (t + NCH) * WB, rmask[:, None] & (ch + NCH < c_end)[None, :], WB)
+            n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(wp + (t + NCH) * WB, RM & (C + NCH < c_end), WB)
         else:
             w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp + t * WB, m2, WB)
         o0, o1, o2, o3 = _gemv_outliers(
@@ -468,11 +493,11 @@ def _gemv_seg_kernel(
         xt = xt_ptr + t * 32 + jj  # this tile's x: code i of its chunks at xt + i * NCH (fp32, zero padded)
         xs = xs_ptr + t * NSEG + jj  # and its segment sums: segment g at xs + g * NCH
         if SB > 0:
-            swin = _stat_window(s_ptr, rows, ch, m2, N_SWORDS, GROUP, NSEG, SB)
+            swin = _stat_window(s_ptr, R, C, m2, N_SWORDS, GROUP, NSEG, SB)
         else:
             swin = 0
         if ZB > 0:
-            zwin = _stat_window(z_ptr, rows, ch, m2, N_ZWORDS, GROUP, NSEG, ZB)
+            zwin = _stat_window(z_ptr, R, C, m2, N_ZWORDS, GROUP, NSEG, ZB)
         else:
             zwin = 0
         for g in tl.static_range(NSEG):
@@ -481,31 +506,31 @@ def _gemv_seg_kernel(
             else:
                 grp = (ch * 32 + g * SEG) // GROUP
             gm1 = (ch < N_CHUNKS) & (grp < N_GROUPS)  # (a padded last chunk may reach past the last group)
-            gm = rmask[:, None] & gm1[None, :]
-            s = _seg_stat(swin, g, s_ptr, sst32_ptr, rows, blk, grp, gm, gm1, N_GROUPS, BETA2, SB,
-                          SHARED2)
-            z = _seg_stat(zwin, g, z_ptr, zst32_ptr, rows, blk, grp, gm, gm1, N_GROUPS, BETA2, ZB,
-                          SHARED2)
+            G = _cv(grp, RT)
+            GM1 = _cv(gm1, RT)
+            gm = RM & GM1
+            s = _seg_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, gm, GM1, N_GROUPS, BETA2, SB, SHARED2)
+            z = _seg_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, gm, GM1, N_GROUPS, BETA2, ZB, SHARED2)
             sz = -s * z
-            p0 = tl.zeros([BR, NCH], dtype=tl.float32)
+            p0 = tl.zeros_like(acc0)
             p1 = p0
             p2 = p0
             p3 = p0
             for ii in tl.static_range(SEG):
                 q = _chunk_code_scaled(g * SEG + ii, WB, w0, w1, w2, w3, w4, w5, w6, w7)
                 xo = xt + (g * SEG + ii) * NCH
-                p0 += q * tl.load(xo)[None, :]
+                p0 += q * _cv(tl.load(xo), RT)
                 if BB > 1:
-                    p1 += q * tl.load(xo + stride_xtb)[None, :]
+                    p1 += q * _cv(tl.load(xo + stride_xtb), RT)
                 if BB > 2:
-                    p2 += q * tl.load(xo + 2 * stride_xtb)[None, :]
-                    p3 += q * tl.load(xo + 3 * stride_xtb)[None, :]
-            acc0 += s * p0 + sz * tl.load(xs + g * NCH)[None, :]
+                    p2 += q * _cv(tl.load(xo + 2 * stride_xtb), RT)
+                    p3 += q * _cv(tl.load(xo + 3 * stride_xtb), RT)
+            acc0 += s * p0 + sz * _cv(tl.load(xs + g * NCH), RT)
             if BB > 1:
-                acc1 += s * p1 + sz * tl.load(xs + stride_xsb + g * NCH)[None, :]
+                acc1 += s * p1 + sz * _cv(tl.load(xs + stride_xsb + g * NCH), RT)
             if BB > 2:
-                acc2 += s * p2 + sz * tl.load(xs + 2 * stride_xsb + g * NCH)[None, :]
-                acc3 += s * p3 + sz * tl.load(xs + 3 * stride_xsb + g * NCH)[None, :]
+                acc2 += s * p2 + sz * _cv(tl.load(xs + 2 * stride_xsb + g * NCH), RT)
+                acc3 += s * p3 + sz * _cv(tl.load(xs + 3 * stride_xsb + g * NCH), RT)
     while k0 < k_hi:
         o0, o1, o2, o3 = _gemv_outliers(
             o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
@@ -513,6 +538,11 @@ def _gemv_seg_kernel(
             cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, NCH, True,
         )
         k0 += KO
+    if RT:  # (one layout conversion, after the loop)
+        acc0 = tl.sum(acc0, axis=0)[:, None]
+        acc1 = tl.sum(acc1, axis=0)[:, None]
+        acc2 = tl.sum(acc2, axis=0)[:, None]
+        acc3 = tl.sum(acc3, axis=0)[:, None]
     if SPLIT:
         _split_add(acc0, o0, ws_ptr, rows, rmask, OUT, 0, M)
         if BB > 1:
@@ -760,17 +790,10 @@ def _stat_ptrs(stat, stats):
 
 
 GEMV_MAX_BATCH = 4  # rows of x the gemv kernel accumulates (one register tile each)
-SPLIT_PROGRAMS_PER_SM = 16  # gemv_seg's default split K aims at this many programs per multiprocessor
-
-
-@functools.cache
-def _multiprocessors(device) -> int:
-    import torch
-
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
+# gemv_seg's default split K: one program per row block and SPLIT_CHUNKS chunks (16384 columns). H200, spqr-w3, batch
+# 1, 2026-11-25: two programs per row block at 8192 x 28672 took 174.5 us against 256.6 for one; at the shapes with
+# 4096..11008 columns splitting cost 0.2..7 us (4096^2: 20.4 against 17.2 for one program per row block).
+SPLIT_CHUNKS = 512
 
 def _int32_pairs(stats, bits: int):
     """The [..., n_groups, 2] fp16 second-level statistics viewed as int32 (scale in the low half, zero in the
@@ -783,7 +806,7 @@ def _int32_pairs(stats, bits: int):
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
          num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=False, outliers_per_step=64,
-         split=None):
+         split=None, rows_in_thread=False):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
     into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
     it contiguously, unmasked, at compile-time offsets. `segments` ("gemv_seg"): x also pre-scaled per code
@@ -793,8 +816,9 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     (KO, a power of two): outliers handled per tile; 32 * num_warps keeps every row of the outlier tile in one
     thread, so its row lookup needs no cross-warp reduction (benchmarks/sass_report.py counts the barriers).
     `split` (gemv_seg): programs per row block, each over its share of the tiles (split K, fp32 partial sums added
-    atomically; so the summation order, not the result beyond fp32 rounding, varies from run to run); None: enough
-    for `SPLIT_PROGRAMS_PER_SM` programs per multiprocessor, 1 = no split."""
+    atomically; so the summation order, not the result beyond fp32 rounding, varies from run to run); None: one
+    per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg, default on): the tile is
+    [chunks, rows], so that each thread holds one chunk of several rows and loads each x value once for them."""
     import torch
 
     M, n_in = x.shape
@@ -804,11 +828,18 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
     # H100, 4096x4096 spqr-w3, batch 1 (benchmarks/kernel_speed.py --tune, 2026-11-25): 4 rows x 32 chunks with
-    # 2 warps was the fastest gemv_seg tile (17.1 us; 4 x 64 with 4 warps 18.8, 2 x 32 19.0) and within 5% of the
-    # fastest gemv_xc one. At 3-4 rows of x, 8 x 16 tiles with 4 warps keep them free of spills.
-    BR = block_rows or (4 if BB <= 2 else 8)
-    NCH = chunks or (32 if BB <= 2 else 16)
-    num_warps = num_warps or (2 if BB <= 2 else 4)
+    # 2 warps was the fastest gemv_xc tile. At 3-4 rows of x, 8 x 16 tiles with 4 warps keep them free of spills.
+    # gemv_seg with rows in thread: 4 (1-2 rows of x) or 2 (3-4 rows) rows x 64 chunks, 2 warps (a chunk per thread).
+    if rows_in_thread is None:
+        rows_in_thread = segments
+    if segments and rows_in_thread:
+        BR = block_rows or (4 if BB <= 2 else 2)
+        NCH = chunks or 64
+        num_warps = num_warps or 2
+    else:
+        BR = block_rows or (4 if BB <= 2 else 8)
+        NCH = chunks or (32 if BB <= 2 else 16)
+        num_warps = num_warps or (2 if BB <= 2 else 4)
     grid = (triton.cdiv(out_features, BR),)
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
@@ -816,7 +847,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
         pdl = pdl and gdc_wait is not None and os.environ.get("TRITON_INTERPRET") != "1"
         n_tiles = triton.cdiv(n_chunks, NCH)
         if split is None:
-            split = triton.cdiv(SPLIT_PROGRAMS_PER_SM * _multiprocessors(x.device), grid[0])
+            split = triton.cdiv(n_chunks, SPLIT_CHUNKS)
         split = max(1, min(split, n_tiles))
         cps = triton.cdiv(n_tiles, split) * NCH  # chunks per program
         split = triton.cdiv(n_chunks, cps)
@@ -835,7 +866,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
             M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps,
             WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
             BB=BB, BR=BR, NCH=NCH, KO=outliers_per_step, SEG=_segment(group), SPLIT=split > 1, SHARED2=shared2,
-            PREFETCH=prefetch, PDL=pdl,
+            RT=rows_in_thread, PREFETCH=prefetch, PDL=pdl,
             num_warps=num_warps, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
         )
         return y
