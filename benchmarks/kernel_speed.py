@@ -179,7 +179,7 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
 
 # gemv_seg with other options than its defaults, timed on every shape (column name -> options)
 SEG_VARIANTS = {"seg_nosplit": {"segments": True, "split": 1}, "seg_pdl": {"segments": True, "pdl": True},
-                "seg_cols": {"segments": True, "rows_in_thread": False, "split": 1}}  # (stop 8's kernel layout)
+                "seg_rt": {"segments": True, "rows_in_thread": True}}
 
 
 # (block_rows, chunks, warps) tried for gemv_xc (the best two of stop 8's sweep) and gemv_seg (rows in thread: a

@@ -817,7 +817,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     thread, so its row lookup needs no cross-warp reduction (benchmarks/sass_report.py counts the barriers).
     `split` (gemv_seg): programs per row block, each over its share of the tiles (split K, fp32 partial sums added
     atomically; so the summation order, not the result beyond fp32 rounding, varies from run to run); None: one
-    per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg, default on): the tile is
+    per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg, off: measured slower): the tile is
     [chunks, rows], so that each thread holds one chunk of several rows and loads each x value once for them."""
     import torch
 
@@ -827,15 +827,13 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
-    # H100, 4096x4096 spqr-w3, batch 1 (benchmarks/kernel_speed.py --tune, 2026-11-25): 4 rows x 32 chunks with
-    # 2 warps was the fastest gemv_xc tile. At 3-4 rows of x, 8 x 16 tiles with 4 warps keep them free of spills.
-    # gemv_seg with rows in thread: 4 (1-2 rows of x) or 2 (3-4 rows) rows x 64 chunks, 2 warps (a chunk per thread).
-    if rows_in_thread is None:
-        rows_in_thread = segments
-    if segments and rows_in_thread:
-        BR = block_rows or (4 if BB <= 2 else 2)
-        NCH = chunks or 64
-        num_warps = num_warps or 2
+    # Tiles (benchmarks/kernel_speed.py --tune, 4096x4096 spqr-w3, 2026-11-25). gemv_seg: 4 rows x 32 chunks with
+    # 2 warps for 1 to 4 rows of x (H200: 17.1 us at one row, 24.0 at four, where 8 x 16 / 4 warps took 45.8 and
+    # gemv_xc's best 29.8); rows in thread measured slower (4 x 64 / 2 warps 21.1 us, 2 x 32 / 1 warp 18.1) though
+    # it compiles to fewer instructions (7.8 per weight instead of 10.8). gemv_xc (H100): 4 x 32 / 2 warps at one
+    # row; at 3-4 rows of x, 8 x 16 tiles with 4 warps keep it free of spills.
+    if segments:
+        BR, NCH, num_warps = block_rows or 4, chunks or 32, num_warps or 2
     else:
         BR = block_rows or (4 if BB <= 2 else 8)
         NCH = chunks or (32 if BB <= 2 else 16)

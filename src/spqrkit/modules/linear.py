@@ -213,14 +213,14 @@ MATMULS: dict[str, Matmul] = {
     "dot": dot_matmul,
     "dequantize": dequantize_matmul,
 }
-# Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H100
-# (2026-11-25, benchmarks/results/kernel_speed_h100.json, spqr-w3, 1% outliers): at one row gemv_seg is fastest
-# (16.9 us at 4096^2 against 20.9 for gemv_xc and 52 for dequantize + cuBLAS); at four rows gemv_xc (37.4 against
-# 47.3 and 52.5); at 16 rows dequantize + cuBLAS. Two and three rows were not measured: they take gemv_xc. The `dot`
-# kernel was slower than dequantize + cuBLAS at every batch measured (its chunk-decoding rewrite is not measured
-# yet), so it is not chosen automatically (DOT_MAX_ROWS = GEMV_MAX_ROWS) until it is faster; SPQRKIT_MATMUL=dot
-# still runs it, as it runs the plain gemv (no pre-gather).
-GEMV_SEG_MAX_ROWS = 1
+# Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py
+# (benchmarks/results/kernel_speed_h200.json, H200, 2026-11-25, spqr-w3, 1% outliers): gemv_seg is the fastest
+# fused kernel at one row (17.0 us at 4096^2 against 20.1 for gemv_xc and 49.3 for dequantize + cuBLAS) and at four
+# (24.0 us with its 4 x 32 tile against 29.8 for gemv_xc's best tile); two and three rows take it too (not timed
+# separately). At 16 rows dequantize + cuBLAS. The `dot` kernel took 348-3187 us where dequantize + cuBLAS took
+# 50-563 (every shape, 1 to 16 rows), so it is never chosen automatically (DOT_MAX_ROWS = GEMV_MAX_ROWS);
+# SPQRKIT_MATMUL=dot still runs it, as it runs gemv_xc and the plain gemv (no pre-gather).
+GEMV_SEG_MAX_ROWS = 4
 GEMV_MAX_ROWS = 4
 DOT_MAX_ROWS = GEMV_MAX_ROWS
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
