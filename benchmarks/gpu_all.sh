@@ -8,13 +8,14 @@
 # Results go to $1 (default: $OUT when set, else ./gpu_results): kernel_speed.json, generate.json, tests.log + logs.
 # Wheels in .whl/ are installed first when present (benchmarks/gpu_env.sh).
 #
-#   bash benchmarks/gpu_all.sh            # on the GPU machine (limits: KERNELS_TIMEOUT, GENERATE_TIMEOUT, TESTS_TIMEOUT)
+#   bash benchmarks/gpu_all.sh            # on the GPU machine (limits: KERNELS_TIMEOUT, GENERATE_TIMEOUT, TESTS_TIMEOUT;
+#                                         # TUNE_ARGS= skips the sweeps)
 set -u
 source "$(dirname "$0")/gpu_env.sh" "$@"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
 
 timeout "${KERNELS_TIMEOUT:-300}" python3 benchmarks/kernel_speed.py --kernels gemv_xc,gemv_seg,dequantize \
-  --tune --tune-batches 1,4 --repeats 10 --json "$out/kernel_speed.json" > "$out/kernel_speed.log" 2>&1
+  ${TUNE_ARGS---tune --tune-batches 1,4} --repeats 10 --json "$out/kernel_speed.json" > "$out/kernel_speed.log" 2>&1
 echo "kernel_speed: exit $?"
 grep -v "^\s*$" "$out/kernel_speed.log" | tail -70
 
