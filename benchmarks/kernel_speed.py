@@ -179,13 +179,13 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
 
 # gemv_seg with other options than its defaults, timed on every shape (column name -> options)
 SEG_VARIANTS = {"seg_nosplit": {"segments": True, "split": 1}, "seg_pdl": {"segments": True, "pdl": True},
-                "seg_rt": {"segments": True, "rows_in_thread": True}}
+                "seg_cols": {"segments": True, "rows_in_thread": False}}  # ([rows, chunks] tile: stop 8's)
 
 
 # (block_rows, chunks, warps) tried for gemv_xc (the best two of stop 8's sweep) and gemv_seg (rows in thread: a
 # thread holds one chunk of every row of the block)
 XC_TILES = ((4, 32, 2), (4, 64, 4))
-SEG_TILES = ((4, 64, 2), (2, 64, 2), (8, 64, 2), (4, 32, 1), (4, 128, 4), (2, 32, 1))
+SEG_TILES = ((4, 32, 2), (8, 32, 2), (2, 32, 2), (8, 32, 4), (4, 16, 1), (8, 16, 1), (4, 64, 2), (16, 32, 4))
 
 
 def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
@@ -212,8 +212,7 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
                                                          "segments": True}))
         for flags in ({"prefetch": True}, {"pdl": True}, {"prefetch": True, "pdl": True}):
             space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, **flags}))
-        space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": 4, "chunks": 32, "num_warps": 2, "segments": True,
-                                                     "rows_in_thread": False}))  # stop 8's tile
+        space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, "rows_in_thread": False}))  # stop 8's
     if "dot" in kernels and batch > 4:
         for bn, nch, nw in itertools.product((32, 64, 128), (16, 32), (4,)):
             space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "num_warps": nw}))
@@ -277,10 +276,11 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="spqr-w3")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--layouts", action="store_true", help="also every wbits 2..4 x beta1 x beta2 at 4096x4096")
-    p.add_argument("--tune", action="store_true", help="also sweep the fused kernels' block sizes at 4096x4096")
+    p.add_argument("--tune", action="store_true", help="also sweep the fused kernels' block sizes (--tune-shapes)")
     p.add_argument("--no-spqr-quant", action="store_true")
     p.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernels to time (and tune)")
     p.add_argument("--tune-batches", default="1,16")
+    p.add_argument("--tune-shapes", default="7B q/k/v/o", help="comma-separated names of SHAPES to tune on")
     p.add_argument("--outlier-share", type=float, default=0.01, help="average share of outliers (default 1%%)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -334,7 +334,8 @@ def main(argv=None) -> int:
         save()
     if args.tune:
         result["tune"] = {}
-        for (out, n_in), batch in itertools.product(((4096, 4096),), [int(b) for b in args.tune_batches.split(",")]):
+        for (out, n_in), batch in itertools.product([SHAPES[n] for n in args.tune_shapes.split(",")],
+                                                    [int(b) for b in args.tune_batches.split(",")]):
             res = tune(out, n_in, config, batch, max(5, args.repeats // 2), kernels)
             key = f"{out}x{n_in} b{batch}"
             result["tune"][key] = [(n, p, t) for n, p, t in res]

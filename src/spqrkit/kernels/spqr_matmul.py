@@ -806,7 +806,7 @@ def _int32_pairs(stats, bits: int):
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
          num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=False, outliers_per_step=64,
-         split=None, rows_in_thread=False):
+         split=None, rows_in_thread=True):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
     into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
     it contiguously, unmasked, at compile-time offsets. `segments` ("gemv_seg"): x also pre-scaled per code
@@ -817,8 +817,8 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     thread, so its row lookup needs no cross-warp reduction (benchmarks/sass_report.py counts the barriers).
     `split` (gemv_seg): programs per row block, each over its share of the tiles (split K, fp32 partial sums added
     atomically; so the summation order, not the result beyond fp32 rounding, varies from run to run); None: one
-    per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg, off: measured slower): the tile is
-    [chunks, rows], so that each thread holds one chunk of several rows and loads each x value once for them."""
+    per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg, default): the tile is [chunks,
+    rows], so that each thread holds one chunk of several rows and loads each x value once for them."""
     import torch
 
     M, n_in = x.shape
@@ -827,11 +827,10 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
-    # Tiles (benchmarks/kernel_speed.py --tune, 4096x4096 spqr-w3, 2026-11-25). gemv_seg: 4 rows x 32 chunks with
-    # 2 warps for 1 to 4 rows of x (H200: 17.1 us at one row, 24.0 at four, where 8 x 16 / 4 warps took 45.8 and
-    # gemv_xc's best 29.8); rows in thread measured slower (4 x 64 / 2 warps 21.1 us, 2 x 32 / 1 warp 18.1) though
-    # it compiles to fewer instructions (7.8 per weight instead of 10.8). gemv_xc (H100): 4 x 32 / 2 warps at one
-    # row; at 3-4 rows of x, 8 x 16 tiles with 4 warps keep it free of spills.
+    # Tiles (benchmarks/kernel_speed.py, spqr-w3, 2026-11-25). gemv_seg: rows in thread, 4 rows x 32 chunks with
+    # 2 warps for 1 to 4 rows of x (H200, one row: 13.8 us at 4096^2 against 17.1 for the same tile without rows in
+    # thread, 28.4 against 41.0 at 4096x11008; 4 x 64 / 2 warps took 21.1 and 2 x 32 / 1 warp 18.1 at 4096^2).
+    # gemv_xc (H100): 4 x 32 / 2 warps at one row; at 3-4 rows of x, 8 x 16 tiles with 4 warps avoid spills.
     if segments:
         BR, NCH, num_warps = block_rows or 4, chunks or 32, num_warps or 2
     else:
