@@ -178,7 +178,7 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
 
 
 # gemv_seg with other options than its defaults, timed on every shape (column name -> options)
-SEG_VARIANTS = {"seg_nosplit": {"segments": True, "split": 1}, "seg_pdl": {"segments": True, "pdl": True},
+SEG_VARIANTS = {"seg_nopdl": {"segments": True, "pdl": False}, "seg_nosplit": {"segments": True, "split": 1},
                 "seg_cols": {"segments": True, "rows_in_thread": False}}  # ([rows, chunks] tile: stop 8's)
 
 
@@ -210,7 +210,7 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
         for br, nch, nw in SEG_TILES:  # rows in thread (the default)
             space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": nch, "num_warps": nw,
                                                          "segments": True}))
-        for flags in ({"prefetch": True}, {"pdl": True}, {"prefetch": True, "pdl": True}):
+        for flags in ({"prefetch": True}, {"pdl": False}, {"prefetch": True, "pdl": False}):
             space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, **flags}))
         space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, "rows_in_thread": False}))  # stop 8's
     if "dot" in kernels and batch > 4:
@@ -262,7 +262,7 @@ def print_variants(rows):
     vrows = [r for r in rows if any(f"{v}_s" in r for v in SEG_VARIANTS)]
     if not vrows:
         return
-    print("\ngemv_seg options (us): default (auto split, no pdl) vs " + ", ".join(SEG_VARIANTS))
+    print("\ngemv_seg options (us): default vs " + ", ".join(SEG_VARIANTS))
     for r in vrows:
         print(f"{r['shape']:<12} {r['out']:>5}x{r['in']:<6} {r['batch']:>3} {fmt_us(r.get('gemv_seg_s'))} "
               + " ".join(fmt_us(r.get(f"{v}_s")) for v in SEG_VARIANTS)

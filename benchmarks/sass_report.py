@@ -48,7 +48,8 @@ def kernels():
     kernels at their default tiles, spqr-w3 (`spqr_matmul.gemv` / `dequantize_chunked`)."""
     return [
         ("gemv_seg 1 row", m._gemv_seg_kernel,
-         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=True, SHARED2=True, PREFETCH=False, PDL=False), 2, 4 * 32 * 32 // 64),
+         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=True, PREFETCH=False, PDL=True), 2,
+         4 * 32 * 32 // 64),
         ("gemv_xc 4 rows", m._gemv_kernel, dict(SPQR_W3, BB=4, BR=8, NCH=16, XC=16), 4, 8 * 16 * 32 // 128),
         ("gemv 1 row", m._gemv_kernel, dict(SPQR_W3, BB=1, BR=4, NCH=32, XC=0), 2, 4 * 32 * 32 // 64),
         ("dequantize", m._dequantize_kernel,

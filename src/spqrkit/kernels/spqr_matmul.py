@@ -2,9 +2,9 @@
 
 One kernel family per batch regime; `spqrkit.modules.linear.select_matmul` picks among them and the plain-torch
 reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py. Measured
-on an H100 (benchmarks/kernel_speed.py, README): at batch 1 `gemv_seg` is about as fast as fp16 cuBLAS (0.94x-1.33x
-on the LLaMA-2 shapes) while the authors' spqr-quant kernel is still faster (ours takes 1.03x-1.50x its time);
-batches of 4 and more are slower than fp16.
+on an H200 (benchmarks/kernel_speed.py, README): at batch 1 `gemv_seg` is 0.95x-1.2x as fast as fp16 cuBLAS on the
+LLaMA-2 shapes and about as fast as the authors' spqr-quant kernel (faster on one shape); batches of 4 and more are
+slower than fp16.
 
 - `gemv` (decode, at most 4 rows of x per launch): one program owns BLOCK_R output rows and walks the input in tiles
   of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant
@@ -16,12 +16,15 @@ batches of 4 and more are slower than fp16.
   - "gemv_seg" (`segments`): the pre-kernel also scales x by 2**-e(i) for code position i (`scale_wbits`), so
     each code is decoded IN PLACE (mask and or into the mantissa of 2**23, one subtraction: no shift), the
     products q x are summed per segment (one group, or a chunk) and s * sum - s z * sum(x) is added once per
-    segment with the segment sums of x from the pre-kernel.
-- `dot`: tensor cores (forced only until measured faster than `dequantize` + cuBLAS). x is gathered once into the
+    segment with the segment sums of x from the pre-kernel. Its tile is [chunks, rows] ("rows in thread": a thread
+    holds one chunk of several rows, so one x load serves them all), the statistic codes of a chunk's groups come
+    from one window of words, long rows are split across programs (split K, atomic fp32 partial sums), and on
+    Hopper it is launched as a programmatic dependent of the x kernel (PDL), overlapping its launch.
+- `dot`: tensor cores (forced only: measured 7-20x slower than `dequantize` + cuBLAS). x is gathered once into the
   gemv_xc tile order in its own dtype; one program owns a [BLOCK_M, BLOCK_N] output tile and, per tile of NCH
   chunks, decodes code i of the chunks as a [BLOCK_N, NCH] weight slice (s * (q - z) rounded to x's dtype, the
-  reference's weight) and multiplies it with x's [BLOCK_M, NCH] slice for code i (one tl.dot per code). This
-  chunk-decoding version is not measured yet (the previous per-element one took ~0.7 ms at 4096^2, 16 rows).
+  reference's weight) and multiplies it with x's [BLOCK_M, NCH] slice for code i (one tl.dot per code). H200,
+  2026-11-25: 348 us at 4096^2 for one row, 388 for 16, where dequantize + cuBLAS took 49.
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
   the caller gathers x's columns in the same order and multiplies with cuBLAS.
@@ -805,14 +808,15 @@ def _int32_pairs(stats, bits: int):
 
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
-         num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=False, outliers_per_step=64,
+         num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=None, outliers_per_step=64,
          split=None, rows_in_thread=True):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
     into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
     it contiguously, unmasked, at compile-time offsets. `segments` ("gemv_seg"): x also pre-scaled per code
     position, statistics applied per segment (`_gemv_seg_kernel`); with it, `prefetch` (next tile's words loaded
-    ahead) and `pdl` (the main kernel launched as a programmatic dependent of the x kernel: Hopper and newer,
-    ignored in Triton's interpreter) are tuning options, off by default (not measured yet). `outliers_per_step`
+    ahead; off: measured slower) and `pdl` (the main kernel launched as a programmatic dependent of the x kernel;
+    None = on for compute capability 9 and newer, where it saved 0.5-4 us per call on the H200; ignored in
+    Triton's interpreter) are tuning options. `outliers_per_step`
     (KO, a power of two): outliers handled per tile; 32 * num_warps keeps every row of the outlier tile in one
     thread, so its row lookup needs no cross-warp reduction (benchmarks/sass_report.py counts the barriers).
     `split` (gemv_seg): programs per row block, each over its share of the tiles (split K, fp32 partial sums added
@@ -827,12 +831,17 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
-    # Tiles (benchmarks/kernel_speed.py, spqr-w3, 2026-11-25). gemv_seg: rows in thread, 4 rows x 32 chunks with
-    # 2 warps for 1 to 4 rows of x (H200, one row: 13.8 us at 4096^2 against 17.1 for the same tile without rows in
-    # thread, 28.4 against 41.0 at 4096x11008; 4 x 64 / 2 warps took 21.1 and 2 x 32 / 1 warp 18.1 at 4096^2).
-    # gemv_xc (H100): 4 x 32 / 2 warps at one row; at 3-4 rows of x, 8 x 16 tiles with 4 warps avoid spills.
+    # Tiles (benchmarks/kernel_speed.py --tune, spqr-w3, H200, 2026-11-25). gemv_seg, rows in thread, 2 warps:
+    # one row of x: 4 rows x 32 chunks below 8192 columns (13.5 us at 4096^2; 4 x 64 14.6, 2 x 32 16.5, 8 x 32
+    # 17.4), 4 x 64 from 8192 on (97.5 us at 28672x8192 against 103.9 for 4 x 32); 3-4 rows of x: 8 x 32 below
+    # 8192 columns (23.1 us at 4096^2; 4 x 64 24.7, 4 x 32 26.2), 4 x 64 from 8192 on (179.7 us at 28672x8192
+    # against 202.0 for 4 x 32, 221.5 for 8 x 32). gemv_xc (H100): 4 x 32 / 2 warps at one row; at 3-4 rows of x,
+    # 8 x 16 tiles with 4 warps avoid spills.
     if segments:
-        BR, NCH, num_warps = block_rows or 4, chunks or 32, num_warps or 2
+        wide = n_chunks >= 256
+        BR = block_rows or (4 if BB <= 2 or wide else 8)
+        NCH = chunks or (64 if wide else 32)
+        num_warps = num_warps or 2
     else:
         BR = block_rows or (4 if BB <= 2 else 8)
         NCH = chunks or (32 if BB <= 2 else 16)
@@ -841,6 +850,8 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
     if segments:  # "gemv_seg"
+        if pdl is None:
+            pdl = x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] >= 9
         pdl = pdl and gdc_wait is not None and os.environ.get("TRITON_INTERPRET") != "1"
         n_tiles = triton.cdiv(n_chunks, NCH)
         if split is None:
