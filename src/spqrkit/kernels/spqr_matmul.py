@@ -831,14 +831,14 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
-    # Tiles (benchmarks/kernel_speed.py --tune, spqr-w3, H200, 2026-11-25). gemv_seg, rows in thread, 2 warps:
-    # one row of x: 4 rows x 32 chunks below 8192 columns (13.5 us at 4096^2; 4 x 64 14.6, 2 x 32 16.5, 8 x 32
-    # 17.4), 4 x 64 from 8192 on (97.5 us at 28672x8192 against 103.9 for 4 x 32); 3-4 rows of x: 8 x 32 below
-    # 8192 columns (23.1 us at 4096^2; 4 x 64 24.7, 4 x 32 26.2), 4 x 64 from 8192 on (179.7 us at 28672x8192
-    # against 202.0 for 4 x 32, 221.5 for 8 x 32). gemv_xc (H100): 4 x 32 / 2 warps at one row; at 3-4 rows of x,
-    # 8 x 16 tiles with 4 warps avoid spills.
+    # Tiles (benchmarks/kernel_speed.py, spqr-w3, H200, 2026-11-25). gemv_seg, rows in thread, 2 warps. One row of
+    # x: 4 rows x 32 chunks (13.5 us at 4096^2; 4 x 64 14.6, 2 x 32 16.5, 8 x 32 17.4), 4 x 64 for layers of 2**27
+    # weights and more (97.5 us at 28672x8192 against 103.9 for 4 x 32; 106.3 against 111.5 at 8192x28672, but
+    # 30.2 against 27.4 at 4096x11008). 3-4 rows of x: 8 x 32 below 8192 columns (23.1 us at 4096^2; 4 x 64 24.7,
+    # 4 x 32 26.2), 4 x 64 from 8192 on (179.7 us at 28672x8192 against 202.0 for 4 x 32, 221.5 for 8 x 32).
+    # gemv_xc (H100): 4 x 32 / 2 warps at one row; at 3-4 rows of x, 8 x 16 tiles with 4 warps avoid spills.
     if segments:
-        wide = n_chunks >= 256
+        wide = n_chunks >= 256 if BB > 2 else n_in * out_features >= 2 ** 27
         BR = block_rows or (4 if BB <= 2 or wide else 8)
         NCH = chunks or (64 if wide else 32)
         num_warps = num_warps or 2
