@@ -2,9 +2,9 @@
 
 One kernel family per batch regime; `spqrkit.modules.linear.select_matmul` picks among them and the plain-torch
 reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py. Measured
-on an H200 (benchmarks/kernel_speed.py, README): at batch 1 `gemv_seg` is 0.95x-1.2x as fast as fp16 cuBLAS on the
-LLaMA-2 shapes and about as fast as the authors' spqr-quant kernel (faster on one shape); batches of 4 and more are
-slower than fp16.
+on an H200 (benchmarks/kernel_speed.py, README): at batch 1 `gemv_seg` is 0.99x-1.25x as fast as fp16 cuBLAS on the
+LLaMA-2 shapes and 0.98x-1.37x as fast as the authors' spqr-quant kernel; batches of 4 and more are slower than
+fp16.
 
 - `gemv` (decode, at most 4 rows of x per launch): one program owns BLOCK_R output rows and walks the input in tiles
   of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant

@@ -214,12 +214,12 @@ MATMULS: dict[str, Matmul] = {
     "dequantize": dequantize_matmul,
 }
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py
-# (benchmarks/results/kernel_speed_h200.json, H200, 2026-11-25, spqr-w3, 1% outliers): gemv_seg is the fastest
-# fused kernel at one row (17.0 us at 4096^2 against 20.1 for gemv_xc and 49.3 for dequantize + cuBLAS) and at four
-# (24.0 us with its 4 x 32 tile against 29.8 for gemv_xc's best tile); two and three rows take it too (not timed
-# separately). At 16 rows dequantize + cuBLAS. The `dot` kernel took 348-3187 us where dequantize + cuBLAS took
-# 50-563 (every shape, 1 to 16 rows), so it is never chosen automatically (DOT_MAX_ROWS = GEMV_MAX_ROWS);
-# SPQRKIT_MATMUL=dot still runs it, as it runs gemv_xc and the plain gemv (no pre-gather).
+# (benchmarks/results/kernel_speed_h200.json, H200, 2026-11-26, spqr-w3, 1% outliers): gemv_seg is the fastest
+# kernel at one row (12.9 us at 4096^2 against 20.4 for gemv_xc and 49.9 for dequantize + cuBLAS) and at four (22.8
+# against 36.9 and 49.9); two and three rows take it too (not timed separately). At 16 rows dequantize + cuBLAS.
+# The `dot` kernel took 348-3187 us where dequantize + cuBLAS took 50-563 (every shape, 1 to 16 rows, 2026-11-25),
+# so it is never chosen automatically (DOT_MAX_ROWS = GEMV_MAX_ROWS); SPQRKIT_MATMUL=dot still runs it, as it runs
+# gemv_xc and the plain gemv (no pre-gather).
 GEMV_SEG_MAX_ROWS = 4
 GEMV_MAX_ROWS = 4
 DOT_MAX_ROWS = GEMV_MAX_ROWS
@@ -239,8 +239,9 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
 
     SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `gemv_xc` up to GEMV_MAX_ROWS, `dot` up
-    to DOT_MAX_ROWS, `dequantize` beyond (and for layouts the chosen fused kernel does not cover)."""
+    do not cover; on CUDA `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `gemv_xc` up to GEMV_MAX_ROWS (when that
+    is larger), `dot` up to DOT_MAX_ROWS (likewise), `dequantize` beyond (and for layouts the chosen fused kernel
+    does not cover)."""
     wbits, group = layer.config.wbits, layer.config.beta1 or 0
     forced = os.environ.get(MATMUL_ENV, "auto")
     if forced != "auto":
