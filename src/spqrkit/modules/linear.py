@@ -216,12 +216,15 @@ MATMULS: dict[str, Matmul] = {
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py
 # (benchmarks/results/kernel_speed_h200.json, H200, 2026-11-26, spqr-w3, 1% outliers): gemv_seg is the fastest
 # kernel at one row (12.9 us at 4096^2 against 20.4 for gemv_xc and 49.9 for dequantize + cuBLAS) and at four (22.8
-# against 36.9 and 49.9); two and three rows take it too (not timed separately); 5-8 rows run it as two launches of
-# at most 4 rows (spqrkit.kernels.ops), each reading the weight (see GEMV_SEG_MAX_ROWS). At 16 rows dequantize + cuBLAS.
+# against 36.9 and 49.9); two and three rows take it too (not timed separately). 5-8 rows run it as two launches of
+# at most 4 rows (spqrkit.kernels.ops), each reading the weight, still faster than dequantize + cuBLAS on every
+# LLaMA-2 shape at 8 rows (44.3 against 50.2 us at 4096^2, 107.8 against 176.7 at 4096x11008;
+# benchmarks/results/kernel_speed_b8_h200.json) and 421 against 350 tokens/s end to end at batch 8 (generate_b8_*).
+# At 16 rows dequantize + cuBLAS.
 # The `dot` kernel took 348-3187 us where dequantize + cuBLAS took 50-563 (every shape, 1 to 16 rows, 2026-11-25),
 # so it is never chosen automatically (DOT_MAX_ROWS = GEMV_MAX_ROWS); SPQRKIT_MATMUL=dot still runs it, as it runs
 # gemv_xc and the plain gemv (no pre-gather).
-GEMV_SEG_MAX_ROWS = 8  # (measured at 8 rows: see benchmarks/results/kernel_speed_h200.json)
+GEMV_SEG_MAX_ROWS = 8
 GEMV_MAX_ROWS = 4
 DOT_MAX_ROWS = GEMV_MAX_ROWS
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
