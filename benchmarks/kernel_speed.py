@@ -149,8 +149,8 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
         for kernel in kernels:
             if spqr_matmul.unsupported_reason(n_in, config.wbits, config.beta1 or 0, kernel):
                 continue
-            if kernel.startswith("gemv") and batch > 2 * spqr_matmul.GEMV_MAX_BATCH:
-                continue  # the gemv kernels run 4 rows of x per launch: not contenders past two launches
+            if kernel.startswith("gemv") and batch > spqr_matmul.GEMV_SEG_MAX_BATCH:
+                continue  # the gemv kernels run 4 (gemv_seg 8) rows of x per launch: not contenders past 8 rows
             row[f"{kernel}_err"] = check(layers[0], x, kernel)
             row[f"{kernel}_s"] = time_graph([lambda lay=lay, k=kernel, x=x: MATMULS[k](lay, x)
                                                for lay in layers], repeats)
@@ -206,7 +206,7 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
         for br, nch, nw in XC_TILES:
             space.append((spqr_matmul.gemv, "gemv_xc", {"block_rows": br, "chunks": nch, "num_warps": nw,
                                                         "x_chunked": True}))
-    if batch <= 4 and "gemv_seg" in kernels:
+    if batch <= spqr_matmul.GEMV_SEG_MAX_BATCH and "gemv_seg" in kernels:
         for br, nch, nw in SEG_TILES:  # rows in thread (the default)
             space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": nch, "num_warps": nw,
                                                          "segments": True}))

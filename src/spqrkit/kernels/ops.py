@@ -31,12 +31,13 @@ def fused_matmul(
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    step = spqr_matmul.GEMV_MAX_BATCH if kernel.startswith("gemv") else max(x2.shape[0], 1)
+    step = {"gemv_seg": spqr_matmul.GEMV_SEG_MAX_BATCH, "gemv": spqr_matmul.GEMV_MAX_BATCH,
+            "gemv_xc": spqr_matmul.GEMV_MAX_BATCH}.get(kernel, max(x2.shape[0], 1))
     parts = [
         fn(x2[i:i + step], codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
            out_features, wbits, group, beta2, scale_bits, zero_bits)
         for i in range(0, max(x2.shape[0], 1), step)
-    ]  # the gemv kernel takes GEMV_MAX_BATCH rows of x at a time
+    ]  # the gemv kernels take a few rows of x at a time
     y = parts[0] if len(parts) == 1 else torch.cat(parts)
     return y.reshape(*x.shape[:-1], out_features)
 

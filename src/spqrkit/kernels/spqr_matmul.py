@@ -419,6 +419,33 @@ def _seg_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS,
 
 
 @triton.jit
+def _seg_outliers(
+    o0, o1, o2, o3, o4, o5, o6, o7, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
+    codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    cols_ptr, vals_ptr, perm_ptr,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
+    BB: tl.constexpr, KO: tl.constexpr, NCH: tl.constexpr,
+):
+    """gemv_seg's outlier step: KO outliers from k0 decoded once (`_outlier_terms`, x in scaled tiles of NCH chunks)
+    and added to the [BR, KO] accumulators o_b of the BB (<= 8) rows b of x."""
+    hit, dv, p, km = _outlier_terms(
+        k0, k_hi, lo, hi, rows0, xt_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
+        N_ZWORDS, BETA2, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, KO, False, NCH, True)
+    o0 = _outlier_add(o0, hit, dv, xt_ptr, p, km)
+    if BB > 1:  # (rows of x past M are zero in the tiles)
+        o1 = _outlier_add(o1, hit, dv, xt_ptr + stride_xtb, p, km)
+    if BB > 2:
+        o2 = _outlier_add(o2, hit, dv, xt_ptr + 2 * stride_xtb, p, km)
+        o3 = _outlier_add(o3, hit, dv, xt_ptr + 3 * stride_xtb, p, km)
+    if BB > 4:
+        o4 = _outlier_add(o4, hit, dv, xt_ptr + 4 * stride_xtb, p, km)
+        o5 = _outlier_add(o5, hit, dv, xt_ptr + 5 * stride_xtb, p, km)
+        o6 = _outlier_add(o6, hit, dv, xt_ptr + 6 * stride_xtb, p, km)
+        o7 = _outlier_add(o7, hit, dv, xt_ptr + 7 * stride_xtb, p, km)
+    return o0, o1, o2, o3, o4, o5, o6, o7
+
+
+@triton.jit
 def _gemv_seg_kernel(
     xt_ptr, xs_ptr, stride_xtb, stride_xsb, y_ptr, stride_yb, ws_ptr, cnt_ptr,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, sst32_ptr, zst32_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
@@ -457,6 +484,10 @@ def _gemv_seg_kernel(
     acc1 = acc0
     acc2 = acc0
     acc3 = acc0
+    acc4 = acc0
+    acc5 = acc0
+    acc6 = acc0
+    acc7 = acc0
     k0, k_hi, lo, hi = _outlier_range(rowptr_ptr, rows0, OUT, BR)
     c_begin = 0
     c_end = N_CHUNKS
@@ -471,6 +502,10 @@ def _gemv_seg_kernel(
     o1 = o0
     o2 = o0
     o3 = o0
+    o4 = o0
+    o5 = o0
+    o6 = o0
+    o7 = o0
     R = _rv(rows, RT)
     RM = _rv(rmask, RT)
     wp = codes_ptr + R * n_words + _cv(jj, RT) * WB
@@ -487,10 +522,10 @@ def _gemv_seg_kernel(
             n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(wp + (t + NCH) * WB, RM & (C + NCH < c_end), WB)
         else:
             w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp + t * WB, m2, WB)
-        o0, o1, o2, o3 = _gemv_outliers(
-            o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
+        o0, o1, o2, o3, o4, o5, o6, o7 = _seg_outliers(
+            o0, o1, o2, o3, o4, o5, o6, o7, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, NCH, True,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, NCH,
         )
         k0 += KO
         xt = xt_ptr + t * 32 + jj  # this tile's x: code i of its chunks at xt + i * NCH (fp32, zero padded)
@@ -519,6 +554,10 @@ def _gemv_seg_kernel(
             p1 = p0
             p2 = p0
             p3 = p0
+            p4 = p0
+            p5 = p0
+            p6 = p0
+            p7 = p0
             for ii in tl.static_range(SEG):
                 q = _chunk_code_scaled(g * SEG + ii, WB, w0, w1, w2, w3, w4, w5, w6, w7)
                 xo = xt + (g * SEG + ii) * NCH
@@ -528,17 +567,27 @@ def _gemv_seg_kernel(
                 if BB > 2:
                     p2 += q * _cv(tl.load(xo + 2 * stride_xtb), RT)
                     p3 += q * _cv(tl.load(xo + 3 * stride_xtb), RT)
+                if BB > 4:
+                    p4 += q * _cv(tl.load(xo + 4 * stride_xtb), RT)
+                    p5 += q * _cv(tl.load(xo + 5 * stride_xtb), RT)
+                    p6 += q * _cv(tl.load(xo + 6 * stride_xtb), RT)
+                    p7 += q * _cv(tl.load(xo + 7 * stride_xtb), RT)
             acc0 += s * p0 + sz * _cv(tl.load(xs + g * NCH), RT)
             if BB > 1:
                 acc1 += s * p1 + sz * _cv(tl.load(xs + stride_xsb + g * NCH), RT)
             if BB > 2:
                 acc2 += s * p2 + sz * _cv(tl.load(xs + 2 * stride_xsb + g * NCH), RT)
                 acc3 += s * p3 + sz * _cv(tl.load(xs + 3 * stride_xsb + g * NCH), RT)
+            if BB > 4:
+                acc4 += s * p4 + sz * _cv(tl.load(xs + 4 * stride_xsb + g * NCH), RT)
+                acc5 += s * p5 + sz * _cv(tl.load(xs + 5 * stride_xsb + g * NCH), RT)
+                acc6 += s * p6 + sz * _cv(tl.load(xs + 6 * stride_xsb + g * NCH), RT)
+                acc7 += s * p7 + sz * _cv(tl.load(xs + 7 * stride_xsb + g * NCH), RT)
     while k0 < k_hi:
-        o0, o1, o2, o3 = _gemv_outliers(
-            o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
+        o0, o1, o2, o3, o4, o5, o6, o7 = _seg_outliers(
+            o0, o1, o2, o3, o4, o5, o6, o7, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, NCH, True,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, NCH,
         )
         k0 += KO
     if RT:  # (one layout conversion, after the loop)
@@ -546,6 +595,10 @@ def _gemv_seg_kernel(
         acc1 = tl.sum(acc1, axis=0)[:, None]
         acc2 = tl.sum(acc2, axis=0)[:, None]
         acc3 = tl.sum(acc3, axis=0)[:, None]
+        acc4 = tl.sum(acc4, axis=0)[:, None]
+        acc5 = tl.sum(acc5, axis=0)[:, None]
+        acc6 = tl.sum(acc6, axis=0)[:, None]
+        acc7 = tl.sum(acc7, axis=0)[:, None]
     if SPLIT:
         _split_add(acc0, o0, ws_ptr, rows, rmask, OUT, 0, M)
         if BB > 1:
@@ -553,15 +606,28 @@ def _gemv_seg_kernel(
         if BB > 2:
             _split_add(acc2, o2, ws_ptr, rows, rmask, OUT, 2, M)
             _split_add(acc3, o3, ws_ptr, rows, rmask, OUT, 3, M)
+        if BB > 4:
+            _split_add(acc4, o4, ws_ptr, rows, rmask, OUT, 4, M)
+            _split_add(acc5, o5, ws_ptr, rows, rmask, OUT, 5, M)
+            _split_add(acc6, o6, ws_ptr, rows, rmask, OUT, 6, M)
+            _split_add(acc7, o7, ws_ptr, rows, rmask, OUT, 7, M)
         tl.debug_barrier()  # every thread's partial sums are in before the block is counted
         if tl.atomic_add(cnt_ptr + rb, 1, sem="acq_rel") == tl.num_programs(1) - 1:  # the row block's last program
             zero = tl.zeros([BR, 1], dtype=tl.float32)
             _gemv_store(_split_sum(ws_ptr, rows, rmask, OUT, 0), _split_sum(ws_ptr, rows, rmask, OUT, 1),
                         _split_sum(ws_ptr, rows, rmask, OUT, 2), _split_sum(ws_ptr, rows, rmask, OUT, 3),
                         zero, zero, zero, zero, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, BB)
+            if BB > 4:  # rows 4.. of x (M > 4 whenever BB = 8)
+                _gemv_store(_split_sum(ws_ptr, rows, rmask, OUT, 4), _split_sum(ws_ptr, rows, rmask, OUT, 5),
+                            _split_sum(ws_ptr, rows, rmask, OUT, 6), _split_sum(ws_ptr, rows, rmask, OUT, 7),
+                            zero, zero, zero, zero, y_ptr + 4 * stride_yb, stride_yb, bias_ptr, rows, rmask, M - 4,
+                            HAS_BIAS, 4)
     else:
         _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS,
                     BB)
+        if BB > 4:
+            _gemv_store(acc4, acc5, acc6, acc7, o4, o5, o6, o7, y_ptr + 4 * stride_yb, stride_yb, bias_ptr, rows,
+                        rmask, M - 4, HAS_BIAS, 4)
 
 
 @triton.jit
@@ -792,7 +858,8 @@ def _stat_ptrs(stat, stats):
     return stat, (stats if stats is not None else stat)
 
 
-GEMV_MAX_BATCH = 4  # rows of x the gemv kernel accumulates (one register tile each)
+GEMV_MAX_BATCH = 4  # rows of x the gemv / gemv_xc kernels accumulate (one register tile each)
+GEMV_SEG_MAX_BATCH = 8  # and gemv_seg
 # gemv_seg's default split K: one program per row block and SPLIT_CHUNKS chunks (16384 columns). H200, spqr-w3, batch
 # 1, 2026-11-25: two programs per row block at 8192 x 28672 took 174.5 us against 256.6 for one; at the shapes with
 # 4096..11008 columns splitting cost 0.2..7 us (4096^2: 20.4 against 17.2 for one program per row block).
@@ -826,8 +893,9 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     import torch
 
     M, n_in = x.shape
-    if M > GEMV_MAX_BATCH:
-        raise ValueError(f"the gemv kernel takes at most {GEMV_MAX_BATCH} rows of x, got {M}")
+    max_rows = GEMV_SEG_MAX_BATCH if segments else GEMV_MAX_BATCH
+    if M > max_rows:
+        raise ValueError(f"this gemv kernel takes at most {max_rows} rows of x, got {M}")
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
@@ -838,10 +906,13 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     # 4 x 32 26.2), 4 x 64 from 8192 on (179.7 us at 28672x8192 against 202.0 for 4 x 32, 221.5 for 8 x 32).
     # gemv_xc (H100): 4 x 32 / 2 warps at one row; at 3-4 rows of x, 8 x 16 tiles with 4 warps avoid spills.
     if segments:
-        wide = n_chunks >= 256 if BB > 2 else n_in * out_features >= 2 ** 27
-        BR = block_rows or (4 if BB <= 2 or wide else 8)
-        NCH = chunks or (64 if wide else 32)
-        num_warps = num_warps or 2
+        if BB <= 2:
+            br, nch = (4, 64) if n_in * out_features >= 2 ** 27 else (4, 32)
+        elif BB == 4:
+            br, nch = (4, 64) if n_chunks >= 256 else (8, 32)
+        else:  # 5-8 rows of x (4 x 64 would take 254 registers)
+            br, nch = 4, 32
+        BR, NCH, num_warps = block_rows or br, chunks or nch, num_warps or 2
     else:
         BR = block_rows or (4 if BB <= 2 else 8)
         NCH = chunks or (32 if BB <= 2 else 16)
