@@ -6,7 +6,7 @@ on an H200 (benchmarks/kernel_speed.py, README): at batch 1 `gemv_seg` is 0.99x-
 LLaMA-2 shapes and 0.98x-1.37x as fast as the authors' spqr-quant kernel; batches of 4 and more are slower than
 fp16.
 
-- `gemv` (decode, at most 4 rows of x per launch): one program owns BLOCK_R output rows and walks the input in tiles
+- `gemv` (decode, at most 4 rows of x per launch, gemv_seg 8): one program owns BLOCK_R output rows and walks the input in tiles
   of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant
   shifts (the offset of code i in a chunk is known at compile time), multiplies by the group's scale and zero, and
   accumulates x * w on CUDA cores, one register tile per row of x. Three variants:

@@ -216,14 +216,11 @@ MATMULS: dict[str, Matmul] = {
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py
 # (benchmarks/results/kernel_speed_h200.json, H200, 2026-11-26, spqr-w3, 1% outliers): gemv_seg is the fastest
 # kernel at one row (12.9 us at 4096^2 against 20.4 for gemv_xc and 49.9 for dequantize + cuBLAS) and at four (22.8
-# against 36.9 and 49.9); two and three rows take it too (not timed separately). 5-8 rows run it as two launches of
-# at most 4 rows (spqrkit.kernels.ops), each reading the weight, still faster than dequantize + cuBLAS on every
-# LLaMA-2 shape at 8 rows (44.3 against 50.2 us at 4096^2, 107.8 against 176.7 at 4096x11008;
-# benchmarks/results/kernel_speed_b8_h200.json) and 421 against 350 tokens/s end to end at batch 8 (generate_b8_*).
-# At 16 rows dequantize + cuBLAS.
-# The `dot` kernel took 348-3187 us where dequantize + cuBLAS took 50-563 (every shape, 1 to 16 rows, 2026-11-25),
-# so it is never chosen automatically (DOT_MAX_ROWS = GEMV_MAX_ROWS); SPQRKIT_MATMUL=dot still runs it, as it runs
-# gemv_xc and the plain gemv (no pre-gather).
+# against 36.9 and 49.9); two and three rows take it too (not timed separately). At 8 rows (one launch, eight
+# accumulators) it is still faster than dequantize + cuBLAS on every LLaMA-2 shape (41.3 against 49.7 us at 4096^2,
+# 74.8 against 116.4 at 11008x4096, 454 against 560 at 8192x28672; benchmarks/results/kernel_speed_b8_h200.json),
+# and batch-8 decode went from 350 tokens/s (dequantize + cuBLAS) to 479 (generate_b8_*_h200.json). At 16 rows
+# dequantize + cuBLAS.
 GEMV_SEG_MAX_ROWS = 8
 GEMV_MAX_ROWS = 4
 DOT_MAX_ROWS = GEMV_MAX_ROWS
