@@ -217,10 +217,10 @@ MATMULS: dict[str, Matmul] = {
 # (benchmarks/results/kernel_speed_h200.json, H200, 2026-11-26, spqr-w3, 1% outliers): gemv_seg is the fastest
 # kernel at one row (12.9 us at 4096^2 against 20.4 for gemv_xc and 49.9 for dequantize + cuBLAS) and at four (22.8
 # against 36.9 and 49.9); two and three rows take it too (not timed separately). At 8 rows (one launch, eight
-# accumulators) it is still faster than dequantize + cuBLAS on every LLaMA-2 shape (41.3 against 49.7 us at 4096^2,
-# 74.8 against 116.4 at 11008x4096, 454 against 560 at 8192x28672; benchmarks/results/kernel_speed_b8_h200.json),
-# and batch-8 decode went from 350 tokens/s (dequantize + cuBLAS) to 479 (generate_b8_*_h200.json). At 16 rows
-# dequantize + cuBLAS.
+# accumulators, 4 x 64 tiles) it is faster than dequantize + cuBLAS on every LLaMA-2 shape (31.6 against 50.1 us at
+# 4096^2, 75.7 against 176.4 at 4096x11008, 353.7 against 562.6 at 8192x28672;
+# benchmarks/results/kernel_speed_b8_h200.json), and batch-8 decode went from 350 tokens/s (dequantize + cuBLAS)
+# to 544 (generate_b8_*_h200.json; fp16 1041). At 16 rows dequantize + cuBLAS.
 GEMV_SEG_MAX_ROWS = 8
 GEMV_MAX_ROWS = 4
 DOT_MAX_ROWS = GEMV_MAX_ROWS
