@@ -6,8 +6,8 @@ on an H200 (benchmarks/kernel_speed.py, README): at batch 1 `gemv_seg` is 0.99x-
 LLaMA-2 shapes and 0.98x-1.37x as fast as the authors' spqr-quant kernel; batches of 4 and more are slower than
 fp16.
 
-- `gemv` (decode, at most 4 rows of x per launch, gemv_seg 8): one program owns BLOCK_R output rows and walks the input in tiles
-  of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant
+- `gemv` (decode, at most 4 rows of x per launch, gemv_seg 8): one program owns BLOCK_R output rows and walks the
+  input in tiles of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant
   shifts (the offset of code i in a chunk is known at compile time), multiplies by the group's scale and zero, and
   accumulates x * w on CUDA cores, one register tile per row of x. Three variants:
   - "gemv": x gathered through the permutation inside the loop (no pre-kernel; a baseline, forced only);
@@ -462,8 +462,9 @@ def _gemv_seg_kernel(
     (`_stat_window`), their second-level pairs as one int32 each (sst32_ptr / zst32_ptr: int32 views of sst_ptr /
     zst_ptr), per row block when SHARED2 (BR divides beta2).
     SPLIT (split K): program (i, s) takes chunks [s CPS, (s + 1) CPS) of row block i and the s-th share of its
-    outliers, adds its fp32 partial sums to ws [M, OUT] (zeroed by the x kernel) and counts itself in cnt[i]; the
-    last of the row block's programs writes y = ws (+ bias). More programs per row block = more loads in flight.
+    outliers, adds its fp32 partial sums to ws [BB, OUT] (zeroed by the x kernel) and counts itself in cnt[i]; the
+    last of the row block's programs writes y = ws (+ bias). Measured worth it only for long rows (SPLIT_CHUNKS).
+    BB <= 8 rows of x: one [tile] accumulator each (acc0..acc7, p0..p7, o0..o7), the weight decoded once for all.
     RT (rows in thread): the tile is [NCH, BR] instead of [BR, NCH], which puts a thread's elements in several rows
     of one chunk (Triton's layout), so that each x value it loads serves all of them.
     PREFETCH: the next tile's code words are loaded before this one is decoded.
