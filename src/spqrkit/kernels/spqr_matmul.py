@@ -7,9 +7,9 @@ LLaMA-2 shapes and 0.98x-1.37x as fast as the authors' spqr-quant kernel; batche
 fp16.
 
 - `gemv` (decode, at most 4 rows of x per launch, gemv_seg 8): one program owns BLOCK_R output rows and walks the
-  input in tiles of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk with constant
-  shifts (the offset of code i in a chunk is known at compile time), multiplies by the group's scale and zero, and
-  accumulates x * w on CUDA cores, one register tile per row of x. Three variants:
+  input in tiles of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk
+  with constant shifts (the offset of code i in a chunk is known at compile time), multiplies by the group's scale
+  and zero, and accumulates x * w on CUDA cores, one register tile per row of x. Three variants:
   - "gemv": x gathered through the permutation inside the loop (no pre-kernel; a baseline, forced only);
   - "gemv_xc" (`x_chunked`): one small kernel first gathers x (fp32) into tiles of NCH chunks, code-major
     (`gather_x_tiles`), so the loop reads x contiguously, unmasked, at compile-time offsets;
