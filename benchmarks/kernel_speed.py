@@ -13,7 +13,7 @@ outliers (`spqrkit.format.synthetic`). Every kernel's output is checked against 
 
     python benchmarks/kernel_speed.py --json out.json                # the full table (GPU)
     python benchmarks/kernel_speed.py --layouts                          # + every wbits x beta1 x beta2 at 4096x4096
-    python benchmarks/kernel_speed.py --tune                             # + tile / tuning-flag sweeps at 4096x4096
+    python benchmarks/kernel_speed.py --tune                             # + tile / tuning-flag sweeps (--tune-shapes)
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
             if spqr_matmul.unsupported_reason(n_in, config.wbits, config.beta1 or 0, kernel):
                 continue
             if kernel.startswith("gemv") and batch > spqr_matmul.GEMV_SEG_MAX_BATCH:
-                continue  # the gemv kernels run 4 (gemv_seg 8) rows of x per launch: not contenders past 8 rows
+                continue  # the gemv kernels take 4 (gemv_seg 8) rows of x per launch: not contenders past 8 rows
             row[f"{kernel}_err"] = check(layers[0], x, kernel)
             row[f"{kernel}_s"] = time_graph([lambda lay=lay, k=kernel, x=x: MATMULS[k](lay, x)
                                                for lay in layers], repeats)
@@ -315,7 +315,9 @@ def main(argv=None) -> int:
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": args.preset, "outlier_share": args.outlier_share,
               "config": config.to_dict() if hasattr(config, "to_dict") else repr(config),
               "copy_bandwidth_Bps": copy_bw, "spqr_quant": spqr_quant_note or "available", "rows": rows,
-              "selector": {"gemv_max_rows": linear_mod.GEMV_MAX_ROWS, "dot_max_rows": linear_mod.DOT_MAX_ROWS}}
+              "selector": {"gemv_seg_max_rows": linear_mod.GEMV_SEG_MAX_ROWS, "gemv_max_rows": linear_mod.GEMV_MAX_ROWS,
+                           "dot_max_rows": linear_mod.DOT_MAX_ROWS}}
+
     def save():
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

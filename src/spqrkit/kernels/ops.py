@@ -1,7 +1,8 @@
 """The SpQR matmul kernels as torch custom ops, so that torch.compile traces through them and CUDA graphs capture
 them: `spqrkit::fused_matmul` (the `gemv` and `dot` kernels), `spqrkit::dequantize_chunked` (the weight in the
-activation dtype, for cuBLAS) and `spqrkit::gather_x_chunked` (x's columns in that weight's order). Each has a fake (meta) implementation giving the output's shape and dtype. Nothing in
-them synchronises with the host: the outlier ranges are read from the row pointers on the device.
+activation dtype, for cuBLAS) and `spqrkit::gather_x_chunked` (x's columns in that weight's order). Each has a fake
+(meta) implementation giving the output's shape and dtype. Nothing in them synchronises with the host: the outlier
+ranges are read from the row pointers on the device.
 
 Argument order and meaning: see the launchers in spqrkit.kernels.spqr_matmul.
 """
@@ -31,8 +32,7 @@ def fused_matmul(
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    step = {"gemv_seg": spqr_matmul.GEMV_SEG_MAX_BATCH, "gemv": spqr_matmul.GEMV_MAX_BATCH,
-            "gemv_xc": spqr_matmul.GEMV_MAX_BATCH}.get(kernel, max(x2.shape[0], 1))
+    step = spqr_matmul.rows_per_launch(kernel) or max(x2.shape[0], 1)
     parts = [
         fn(x2[i:i + step], codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
            out_features, wbits, group, beta2, scale_bits, zero_bits)
@@ -78,4 +78,3 @@ def gather_x_chunked(x: Tensor, perm: Tensor) -> Tensor:
 @gather_x_chunked.register_fake
 def _gather_x_chunked_fake(x, perm):
     return x.new_empty((*x.shape[:-1], -(-x.shape[-1] // 32) * 32))
-

@@ -38,6 +38,7 @@ fp16, each independently. Group size: any power of two, or one group per row (GR
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import triton
@@ -261,13 +262,14 @@ def _gather_x_kernel(x_ptr, stride_xb, xc_ptr, perm_ptr, IN, N_CHUNKS, BLOCK: tl
 
 @triton.jit
 def _gemv_outliers(
-    o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
+    o0, o1, o2, o3, o4, o5, o6, o7, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
     codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     cols_ptr, vals_ptr, perm_ptr,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-    BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr, XC: tl.constexpr, XSCALED: tl.constexpr,
+    BB: tl.constexpr, KO: tl.constexpr, XC: tl.constexpr, XSCALED: tl.constexpr,
 ):
-    """The gemv kernels' outlier step: KO outliers from k0 added to the [BR, KO] accumulators o_b of rows b of x."""
+    """The gemv kernels' outlier step: KO outliers from k0, decoded once (`_outlier_terms`), added to the [BR, KO]
+    accumulators o_b of the BB (<= 8) rows b of x (gemv / gemv_xc pass four)."""
     hit, dv, p, km = _outlier_terms(
         k0, k_hi, lo, hi, rows0, x_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
         N_ZWORDS, BETA2, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, KO, False, XC, XSCALED)
@@ -278,7 +280,12 @@ def _gemv_outliers(
     if BB > 2:
         o2 = _outlier_add(o2, hit, dv, x_ptr + 2 * stride_xb, p, km & (p * 0 + 2 < M))
         o3 = _outlier_add(o3, hit, dv, x_ptr + 3 * stride_xb, p, km & (p * 0 + 3 < M))
-    return o0, o1, o2, o3
+    if BB > 4:
+        o4 = _outlier_add(o4, hit, dv, x_ptr + 4 * stride_xb, p, km & (p * 0 + 4 < M))
+        o5 = _outlier_add(o5, hit, dv, x_ptr + 5 * stride_xb, p, km & (p * 0 + 5 < M))
+        o6 = _outlier_add(o6, hit, dv, x_ptr + 6 * stride_xb, p, km & (p * 0 + 6 < M))
+        o7 = _outlier_add(o7, hit, dv, x_ptr + 7 * stride_xb, p, km & (p * 0 + 7 < M))
+    return o0, o1, o2, o3, o4, o5, o6, o7
 
 
 @triton.jit
@@ -419,33 +426,6 @@ def _seg_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS,
 
 
 @triton.jit
-def _seg_outliers(
-    o0, o1, o2, o3, o4, o5, o6, o7, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
-    codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-    cols_ptr, vals_ptr, perm_ptr,
-    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-    BB: tl.constexpr, KO: tl.constexpr, NCH: tl.constexpr,
-):
-    """gemv_seg's outlier step: KO outliers from k0 decoded once (`_outlier_terms`, x in scaled tiles of NCH chunks)
-    and added to the [BR, KO] accumulators o_b of the BB (<= 8) rows b of x."""
-    hit, dv, p, km = _outlier_terms(
-        k0, k_hi, lo, hi, rows0, xt_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
-        N_ZWORDS, BETA2, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, KO, False, NCH, True)
-    o0 = _outlier_add(o0, hit, dv, xt_ptr, p, km)
-    if BB > 1:  # (rows of x past M are zero in the tiles)
-        o1 = _outlier_add(o1, hit, dv, xt_ptr + stride_xtb, p, km)
-    if BB > 2:
-        o2 = _outlier_add(o2, hit, dv, xt_ptr + 2 * stride_xtb, p, km)
-        o3 = _outlier_add(o3, hit, dv, xt_ptr + 3 * stride_xtb, p, km)
-    if BB > 4:
-        o4 = _outlier_add(o4, hit, dv, xt_ptr + 4 * stride_xtb, p, km)
-        o5 = _outlier_add(o5, hit, dv, xt_ptr + 5 * stride_xtb, p, km)
-        o6 = _outlier_add(o6, hit, dv, xt_ptr + 6 * stride_xtb, p, km)
-        o7 = _outlier_add(o7, hit, dv, xt_ptr + 7 * stride_xtb, p, km)
-    return o0, o1, o2, o3, o4, o5, o6, o7
-
-
-@triton.jit
 def _gemv_seg_kernel(
     xt_ptr, xs_ptr, stride_xtb, stride_xsb, y_ptr, stride_yb, ws_ptr, cnt_ptr,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, sst32_ptr, zst32_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
@@ -523,10 +503,10 @@ def _gemv_seg_kernel(
             n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(wp + (t + NCH) * WB, RM & (C + NCH < c_end), WB)
         else:
             w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp + t * WB, m2, WB)
-        o0, o1, o2, o3, o4, o5, o6, o7 = _seg_outliers(
+        o0, o1, o2, o3, o4, o5, o6, o7 = _gemv_outliers(
             o0, o1, o2, o3, o4, o5, o6, o7, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, NCH,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, NCH, True,
         )
         k0 += KO
         xt = xt_ptr + t * 32 + jj  # this tile's x: code i of its chunks at xt + i * NCH (fp32, zero padded)
@@ -585,10 +565,10 @@ def _gemv_seg_kernel(
                 acc6 += s * p6 + sz * _cv(tl.load(xs + 6 * stride_xsb + g * NCH), RT)
                 acc7 += s * p7 + sz * _cv(tl.load(xs + 7 * stride_xsb + g * NCH), RT)
     while k0 < k_hi:
-        o0, o1, o2, o3, o4, o5, o6, o7 = _seg_outliers(
+        o0, o1, o2, o3, o4, o5, o6, o7 = _gemv_outliers(
             o0, o1, o2, o3, o4, o5, o6, o7, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, NCH,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, NCH, True,
         )
         k0 += KO
     if RT:  # (one layout conversion, after the loop)
@@ -680,10 +660,10 @@ def _gemv_kernel(
         m2 = rmask[:, None] & cm[None, :]
         w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(
             codes_ptr + rows[:, None] * n_words + ch[None, :] * WB, m2, WB)
-        o0, o1, o2, o3 = _gemv_outliers(
-            o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
+        o0, o1, o2, o3, _, _, _, _ = _gemv_outliers(
+            o0, o1, o2, o3, o0, o0, o0, o0, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, XC, False,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, XC, False,
         )
         k0 += KO
         xt = x_ptr + t * 32 + jj  # (XC) this tile's x: code i of its chunks at xt + i * NCH
@@ -716,10 +696,10 @@ def _gemv_kernel(
                     acc3 += w * tl.load(x_ptr + 3 * stride_xb + p, mask=xm2 & (p * 0 + 3 < M),
                                         other=0.0).to(tl.float32)
     while k0 < k_hi:
-        o0, o1, o2, o3 = _gemv_outliers(
-            o0, o1, o2, o3, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
+        o0, o1, o2, o3, _, _, _, _ = _gemv_outliers(
+            o0, o1, o2, o3, o0, o0, o0, o0, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, BR, KO, XC, False,
+            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, XC, False,
         )
         k0 += KO
     _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, BB)
@@ -861,6 +841,20 @@ def _stat_ptrs(stat, stats):
 
 GEMV_MAX_BATCH = 4  # rows of x the gemv / gemv_xc kernels accumulate (one register tile each)
 GEMV_SEG_MAX_BATCH = 8  # and gemv_seg
+
+
+def rows_per_launch(kernel: str) -> int | None:
+    """The most rows of x one launch of `kernel` takes (None: any number)."""
+    return {"gemv": GEMV_MAX_BATCH, "gemv_xc": GEMV_MAX_BATCH, "gemv_seg": GEMV_SEG_MAX_BATCH}.get(kernel)
+
+
+@functools.cache
+def _has_pdl(device) -> bool:
+    """Programmatic dependent launch: compute capability 9 (Hopper) and newer, compiled (not the interpreter)."""
+    import torch
+
+    return (device.type == "cuda" and gdc_wait is not None and os.environ.get("TRITON_INTERPRET") != "1"
+            and torch.cuda.get_device_capability(device)[0] >= 9)
 # gemv_seg's default split K: one program per row block and SPLIT_CHUNKS chunks (16384 columns). H200, spqr-w3, batch
 # 1, 2026-11-25: two programs per row block at 8192 x 28672 took 174.5 us against 256.6 for one; at the shapes with
 # 4096..11008 columns splitting cost 0.2..7 us (4096^2: 20.4 against 17.2 for one program per row block).
@@ -883,10 +877,10 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     it contiguously, unmasked, at compile-time offsets. `segments` ("gemv_seg"): x also pre-scaled per code
     position, statistics applied per segment (`_gemv_seg_kernel`); with it, `prefetch` (next tile's words loaded
     ahead; off: measured slower) and `pdl` (the main kernel launched as a programmatic dependent of the x kernel;
-    None = on for compute capability 9 and newer, where it saved 0.5-4 us per call on the H200; ignored in
-    Triton's interpreter) are tuning options. `outliers_per_step`
-    (KO, a power of two): outliers handled per tile; 32 * num_warps keeps every row of the outlier tile in one
-    thread, so its row lookup needs no cross-warp reduction (benchmarks/sass_report.py counts the barriers).
+    None = on where supported (`_has_pdl`): on the H200 it saved 0.6-2 us per call on five LLaMA-2 shapes and cost
+    1.8 us on 8192x28672) are tuning options. `outliers_per_step` (KO, a power of two): outliers handled per tile;
+    32 * num_warps keeps every row of the outlier tile in one thread, so its row lookup needs no cross-warp
+    reduction (benchmarks/sass_report.py counts the barriers).
     `split` (gemv_seg): programs per row block, each over its share of the tiles (split K, fp32 partial sums added
     atomically; so the summation order, not the result beyond fp32 rounding, varies from run to run); None: one
     per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg, default): the tile is [chunks,
@@ -894,7 +888,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     import torch
 
     M, n_in = x.shape
-    max_rows = GEMV_SEG_MAX_BATCH if segments else GEMV_MAX_BATCH
+    max_rows = rows_per_launch("gemv_seg" if segments else "gemv")
     if M > max_rows:
         raise ValueError(f"this gemv kernel takes at most {max_rows} rows of x, got {M}")
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
@@ -922,9 +916,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
     if segments:  # "gemv_seg"
-        if pdl is None:
-            pdl = x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] >= 9
-        pdl = pdl and gdc_wait is not None and os.environ.get("TRITON_INTERPRET") != "1"
+        pdl = _has_pdl(x.device) if pdl is None else pdl and _has_pdl(x.device)
         n_tiles = triton.cdiv(n_chunks, NCH)
         if split is None:
             split = triton.cdiv(n_chunks, SPLIT_CHUNKS)
