@@ -186,6 +186,9 @@ SEG_VARIANTS = {"seg_nopdl": {"segments": True, "pdl": False}, "seg_nosplit": {"
 # thread holds one chunk of every row of the block)
 XC_TILES = ((4, 32, 2), (4, 64, 4))
 SEG_TILES = ((4, 32, 2), (8, 32, 2), (2, 32, 2), (8, 32, 4), (4, 16, 1), (8, 16, 1), (4, 64, 2), (16, 32, 4))
+# (block_n, chunks, split) tried for dot (split None: about four programs per SM)
+DOT_TILES = ((64, 16, None), (64, 16, 1), (64, 16, 2), (64, 16, 8), (64, 8, None), (64, 8, 4), (128, 16, None),
+             (128, 8, None), (64, 32, None))
 
 
 def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
@@ -213,9 +216,10 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
         for flags in ({"prefetch": True}, {"pdl": False}, {"prefetch": True, "pdl": False}):
             space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, **flags}))
         space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, "rows_in_thread": False}))  # stop 8's
-    if "dot" in kernels and batch > 4:
-        for bn, nch, nw in itertools.product((32, 64, 128), (16, 32), (4,)):
-            space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "num_warps": nw}))
+    if "dot" in kernels:
+        for bn, nch, split in DOT_TILES:
+            space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "split": split,
+                                                   "num_warps": 4 if bn <= 64 else 8}))
     ref = MATMULS["reference"](layers[0], x).float()
     for fn, name, params in space:
         try:
@@ -315,8 +319,7 @@ def main(argv=None) -> int:
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": args.preset, "outlier_share": args.outlier_share,
               "config": config.to_dict() if hasattr(config, "to_dict") else repr(config),
               "copy_bandwidth_Bps": copy_bw, "spqr_quant": spqr_quant_note or "available", "rows": rows,
-              "selector": {"gemv_seg_max_rows": linear_mod.GEMV_SEG_MAX_ROWS, "gemv_max_rows": linear_mod.GEMV_MAX_ROWS,
-                           "dot_max_rows": linear_mod.DOT_MAX_ROWS}}
+              "selector": {"gemv_seg_max_rows": linear_mod.GEMV_SEG_MAX_ROWS, "dot_max_rows": linear_mod.DOT_MAX_ROWS}}
 
     def save():
         if args.json:

@@ -182,6 +182,40 @@ def test_gather_x_tiles_scaled_with_sums_is_the_reference(nch, wbits, group):
     assert torch.equal(m_xt, torch.frexp(x.float()[x != 0])[0].sort().values)
 
 
+@pytest.mark.parametrize("nch,kseg", [(1, 16), (2, 8), (4, 32)])
+def test_gather_x_tiles_segment_major_is_the_reference(nch, kseg):
+    """x for the dot kernel: permuted, tiled segment-major ([tile, code // kseg, chunk, code % kseg]), zero
+    padded, in x's dtype."""
+    layer = _layer(32, 150, get_preset("spqr-w3"))
+    x = torch.randn(3, 150, device=DEVICE, dtype=torch.float16)
+    order, valid = spqr_matmul.tiled_column_order(layer.perm, 150, nch, kseg)
+    assert valid.sum() == 150 and order[valid].sort().values.tolist() == list(range(150))
+    xk = spqr_matmul.gather_x_tiles(x, layer.perm, nch, 4, dtype=x.dtype, kseg=kseg)[0]
+    ref = spqr_matmul.tiled_x_reference(x, layer.perm, nch, 4, kseg=kseg)[0]
+    assert torch.equal(xk.float(), ref) and bool((xk[3] == 0).all())
+    # column (tile t, code i, chunk j) holds x[perm[32 (t nch + j) + i]]
+    t, i, j = 1 if 150 > 32 * nch else 0, 5, 0
+    col = (t * nch + j) * 32 + i
+    pos = t * 32 * nch + (i // kseg) * nch * kseg + j * kseg + i % kseg
+    assert xk[0, pos] == x[0, layer.perm[col].long()]
+
+
+@pytest.mark.parametrize("wbits,beta1,beta2", [(3, 16, 16), (2, 8, 32), (4, 32, 16), (3, 64, 64)])
+def test_dot_kernel_tiles_split_and_outlier_steps(wbits, beta1, beta2):
+    """The dot kernel's options: split K (fp32 partial sums added atomically; 100 is capped at one program per
+    tile), tiles of rows / chunks, the outlier kernel's rows per program and outliers per step (rows with many
+    outliers take several steps), and more than 64 rows of x (the outlier kernel runs per 64)."""
+    cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
+    layer = _layer(beta2 * 2, 1100 if on_cuda else 300, cfg, dense_rows=3, empty_rows=5, outlier_share=0.05)
+    args = (*layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout())
+    for rows in (1, 5, 17) + ((70,) if beta1 == 16 else ()):
+        x = torch.randn(rows, layer.in_features, device=DEVICE)
+        for split in (1, 2, 100):
+            _check(layer, x, spqr_matmul.dot(x, *args, split=split, chunks=2, block_n=16))
+        _check(layer, x, spqr_matmul.dot(x, *args, outlier_rows=2, outliers_per_step=8, block_n=32))
+        _check(layer, x.half(), spqr_matmul.dot(x.half(), *args, outlier_rows=4, outliers_per_step=16))
+
+
 @pytest.mark.parametrize("wbits", [5, 6, 7, 8])
 def test_wide_codes(wbits):
     """5..8-bit codes (codes straddling words at 5, 6, 7 bits) in every kernel."""
@@ -246,20 +280,22 @@ def test_selector(monkeypatch):
 def test_selector_on_cuda_by_batch(monkeypatch):
     monkeypatch.delenv(linear_mod.MATMUL_ENV, raising=False)
     layer = _layer(64, 128, get_preset("spqr-w3"))
-    x16 = {rows: torch.randn(rows, 128, device="cuda", dtype=torch.float16) for rows in (1, 2, 3, 4, 5, 8, 9, 16)}
+    x16 = {rows: torch.randn(rows, 128, device="cuda", dtype=torch.float16)
+           for rows in (1, 2, 3, 4, 5, 8, 9, 16, 32, 33, 64)}
     pick = {rows: choose_kernel(layer, x) for rows, x in x16.items()}
 
     def policy(rows):
-        for kernel, limit in (("gemv_seg", linear_mod.GEMV_SEG_MAX_ROWS), ("gemv_xc", linear_mod.GEMV_MAX_ROWS),
-                              ("dot", linear_mod.DOT_MAX_ROWS)):
+        for kernel, limit in (("gemv_seg", linear_mod.GEMV_SEG_MAX_ROWS), ("dot", linear_mod.DOT_MAX_ROWS)):
             if rows <= limit:
                 return kernel
         return "dequantize"
 
     assert pick == {rows: policy(rows) for rows in x16}
-    assert pick[1] == "gemv_seg" and pick[16] == "dequantize"
+    assert pick[1] == "gemv_seg" and pick[8] == "dot" and pick[64] == "dequantize"
     six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))
     assert choose_kernel(six, x16[1]) == "gemv_seg"
+    g4 = _layer(64, 128, QuantConfig(wbits=3, beta1=4, beta2=16))  # groups of 4: not dot's; gemv_seg up to 8 rows
+    assert [choose_kernel(g4, x16[r]) for r in (1, 8, 9)] == ["gemv_seg", "gemv_seg", "dequantize"]
     odd = _layer(64, 96, QuantConfig(wbits=3, beta1=48, beta2=16))
     assert choose_kernel(odd, torch.randn(1, 96, device="cuda")) == "reference"
 

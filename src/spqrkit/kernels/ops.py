@@ -25,7 +25,7 @@ def fused_matmul(
 ) -> Tensor:
     """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
     gathering x into the kernel's tile order), "gemv_seg" (x also pre-scaled per code position, statistics applied
-    per segment) or "dot" (tensor cores)."""
+    per segment) or "dot" (tensor cores, any number of rows in one call)."""
     fn = {"gemv": spqr_matmul.gemv, "gemv_xc": functools.partial(spqr_matmul.gemv, x_chunked=True),
           "gemv_seg": functools.partial(spqr_matmul.gemv, segments=True),
           "dot": spqr_matmul.dot}[kernel]

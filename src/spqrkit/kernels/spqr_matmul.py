@@ -6,8 +6,8 @@ on an H200 (benchmarks/kernel_speed.py, README): at batch 1 `gemv_seg` is 0.99x-
 LLaMA-2 shapes and 0.98x-1.37x as fast as the authors' spqr-quant kernel; batches of 4 and more are slower than
 fp16.
 
-- `gemv` (decode, at most 4 rows of x per launch, gemv_seg 8): one program owns BLOCK_R output rows and walks the
-  input in tiles of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk
+- `gemv` (decode: gemv_seg is chosen for 1-3 rows of x and takes 8 per launch; the others take 4, forced only):
+  one program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk
   with constant shifts (the offset of code i in a chunk is known at compile time), multiplies by the group's scale
   and zero, and accumulates x * w on CUDA cores, one register tile per row of x. Three variants:
   - "gemv": x gathered through the permutation inside the loop (no pre-kernel; a baseline, forced only);
@@ -20,11 +20,18 @@ fp16.
     holds one chunk of several rows, so one x load serves them all), the statistic codes of a chunk's groups come
     from one window of words, long rows are split across programs (split K, atomic fp32 partial sums), and on
     Hopper it is launched as a programmatic dependent of the x kernel (PDL), overlapping its launch.
-- `dot`: tensor cores (forced only: measured 7-20x slower than `dequantize` + cuBLAS). x is gathered once into the
-  gemv_xc tile order in its own dtype; one program owns a [BLOCK_M, BLOCK_N] output tile and, per tile of NCH
-  chunks, decodes code i of the chunks as a [BLOCK_N, NCH] weight slice (s * (q - z) rounded to x's dtype, the
-  reference's weight) and multiplies it with x's [BLOCK_M, NCH] slice for code i (one tl.dot per code). H200,
-  2026-11-25: 348 us at 4096^2 for one row, 388 for 16, where dequantize + cuBLAS took 49.
+- `dot` (4-32 rows of x): tensor cores, three kernels. x is gathered once in its own dtype into tiles of NCH chunks,
+  segment-major (`gather_x_tiles(kseg=...)`: a segment of SEG codes of the tile's chunks is one contiguous slice).
+  `_dot_kernel` owns [64 rows x up to 64 rows of x] and a share of the chunks (split K: fp32 atomics into a
+  workspace the x kernel zeroes): per tile it loads the words and statistic windows like gemv_seg ([chunks, rows]
+  layout), and per segment builds the [64, NCH SEG] weight operand s q - s z (rounded to x's dtype, the reference's
+  weight) by joins, which keep each thread's SEG codes of a chunk contiguous so the operand goes to shared memory in
+  wide stores, then one tl.dot (wgmma on Hopper) with x's slice. `_dot_outliers_kernel` then adds the outliers
+  (value - base) x row by row, the bias, and casts; both run as programmatic dependents (PDL) of the kernel before
+  them where supported. H200, 2026-11-26, spqr-w3, 4096^2: 19.3 us at one row, 23.5 at eight, 30.7 at sixteen
+  (gemv_seg 12.9 / 34.2 / -, dequantize + cuBLAS 49.5, fp16 cuBLAS 13-14); its dense part alone takes 13.9 us,
+  the rest is the outlier kernel and the x gather. (The previous version, one tl.dot per code through shared
+  memory with 64 programs, took 348 us.)
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
   the caller gathers x's columns in the same order and multiplies with cuBLAS.
@@ -160,24 +167,11 @@ def _group_stats(
 
 
 @triton.jit
-def _outlier_terms(
-    k0, k_hi, lo, hi, rows0, x_ptr,
-    codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-    cols_ptr, vals_ptr, perm_ptr,
-    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-    KO: tl.constexpr, ROUND_W: tl.constexpr, XC: tl.constexpr, XSCALED: tl.constexpr,
-):
-    """Outliers k0 .. min(k0 + KO, k_hi) - 1, all in the BR rows rows0 .. (row r's are lo[r] .. hi[r] - 1):
-    (hit [BR, KO]: outlier k is valid and in row r; [KO] tensors dv = value - base weight and p = the index of its
-    x in a row of x): their contribution to row r is dv * x[b, p] where hit. The base code and statistics at the
-    outlier are decoded again from the packed tensors. With ROUND_W the base weight is rounded to x's dtype first,
-    as the dense part of the `dot` kernel does.
-    XC: 0 when x is in the original column order (p = perm[col]), else the tile width of x given by
-    `_gather_x_tiles_kernel`, scaled by 2**-e when XSCALED (that 2**e is then folded into dv)."""
-    k = k0 + tl.arange(0, KO)
-    km = k < k_hi
-    hit, loc = _outlier_rows(k, lo, hi)
-    row = rows0 + loc
+def _outlier_at(k, km, row, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS,
+                BETA2, cols_ptr, vals_ptr, WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr,
+                ZB: tl.constexpr):
+    """Outliers k (mask km) of rows `row`: (column, value, base code, scale, zero), fp32 but the column; the base
+    code and its group's statistics decoded again from the packed tensors."""
     col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
     v = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32)
     q = _code_at(codes_ptr, row * N_CODE_WORDS, col, WB, km).to(tl.float32)
@@ -187,9 +181,30 @@ def _outlier_terms(
         g = col * 0
     s = _stat_at(s_ptr, sst_ptr, row, g, km, N_GROUPS, N_SWORDS, BETA2, SB)
     z = _stat_at(z_ptr, zst_ptr, row, g, km, N_GROUPS, N_ZWORDS, BETA2, ZB)
+    return col, v, q, s, z
+
+
+@triton.jit
+def _outlier_terms(
+    k0, k_hi, lo, hi, rows0, x_ptr,
+    codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    cols_ptr, vals_ptr, perm_ptr,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
+    KO: tl.constexpr, XC: tl.constexpr, XSCALED: tl.constexpr,
+):
+    """Outliers k0 .. min(k0 + KO, k_hi) - 1, all in the BR rows rows0 .. (row r's are lo[r] .. hi[r] - 1):
+    (hit [BR, KO]: outlier k is valid and in row r; [KO] tensors dv = value - base weight and p = the index of its
+    x in a row of x): their contribution to row r is dv * x[b, p] where hit. The base code and statistics at the
+    outlier are decoded again from the packed tensors.
+    XC: 0 when x is in the original column order (p = perm[col]), else the tile width of x given by
+    `_gather_x_tiles_kernel`, scaled by 2**-e when XSCALED (that 2**e is then folded into dv)."""
+    k = k0 + tl.arange(0, KO)
+    km = k < k_hi
+    hit, loc = _outlier_rows(k, lo, hi)
+    row = rows0 + loc
+    col, v, q, s, z = _outlier_at(k, km, row, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
+                                  N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP, SB, ZB)
     base = s * (q - z)
-    if ROUND_W:
-        base = base.to(x_ptr.dtype.element_ty).to(tl.float32)
     dv = v - base
     if XC > 0:  # x given in tiles of XC chunks
         ch = col // 32
@@ -207,24 +222,6 @@ def _outlier_add(o, hit, dv, x_ptr, p, mask):
     reduction, no barrier); the caller sums o over KO once, at the end."""
     xv = tl.load(x_ptr + p, mask=mask, other=0.0).to(tl.float32)
     return o + tl.where(hit & mask[None, :], (dv * xv)[None, :], 0.0)
-
-
-@triton.jit
-def _outlier_block(
-    k0, k_hi, lo, hi, x_ptr, stride_xb, bb, bmask, rows0,
-    codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-    cols_ptr, vals_ptr, perm_ptr,
-    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-    BB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr,
-):
-    """[BB, BR] (`dot` kernel): the outliers' terms (`_outlier_terms`, x [BB, in] in the original order, weights
-    rounded like the dense part) summed per row by a product on the tensor cores (3xTF32: ~fp32 accurate)."""
-    hit, dv, p, km = _outlier_terms(
-        k0, k_hi, lo, hi, rows0, x_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
-        N_ZWORDS, BETA2, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, KO, True, 0, False)
-    xv = tl.load(x_ptr + bb[:, None] * stride_xb + p[None, :], mask=bmask[:, None] & km[None, :],
-                 other=0.0).to(tl.float32)  # [BB, KO]
-    return tl.dot(dv[None, :] * xv, tl.trans(hit.to(tl.float32)), input_precision="tf32x3")
 
 
 @triton.jit
@@ -272,7 +269,7 @@ def _gemv_outliers(
     accumulators o_b of the BB (<= 8) rows b of x (gemv / gemv_xc pass four)."""
     hit, dv, p, km = _outlier_terms(
         k0, k_hi, lo, hi, rows0, x_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
-        N_ZWORDS, BETA2, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, KO, False, XC, XSCALED)
+        N_ZWORDS, BETA2, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, KO, XC, XSCALED)
     o0 = _outlier_add(o0, hit, dv, x_ptr, p, km)
     # (row b of x exists: a tensor comparison, since Triton 3.9's interpreter rejects `mask & (M > b)`)
     if BB > 1:
@@ -335,13 +332,16 @@ def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5
 
 @triton.jit
 def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, zero_ptr, M, IN, N_TILES, N_ZERO,
-                           NCH: tl.constexpr, SCALE_WB: tl.constexpr, SEG: tl.constexpr, PDL: tl.constexpr):
+                           NCH: tl.constexpr, SCALE_WB: tl.constexpr, SEG: tl.constexpr, PDL: tl.constexpr,
+                           KSEG: tl.constexpr):
     """One program per (row b of x, tile t of NCH chunks): x in the tile order of the gemv / dot kernels,
     xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] in xt's dtype (code-major inside the tile, so that code i of
     the tile's chunks is contiguous; zero past IN and for rows b >= M), times 2**-e(i) when SCALE_WB > 0 (the
     in-place decode of SCALE_WB-bit codes, `_chunk_code_scaled`); with SEG > 0 also xs[b, t, g, j] = the sum of
-    (unscaled) x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j.
-    Also zeroes the N_ZERO int32 words at zero_ptr (split K's sums and counters, `_gemv_seg_kernel`).
+    (unscaled) x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j. KSEG > 0 (the dot kernel): the tile is
+    segment-major instead, [t, i // KSEG, j, i % KSEG], so that a segment of KSEG codes of the tile's chunks is one
+    contiguous [NCH KSEG] slice, column j KSEG + i % KSEG.
+    Also zeroes the N_ZERO int32 words at zero_ptr (split K's sums and counters, `_gemv_seg_kernel`, `_dot_kernel`).
     PDL: let the dependent gemv kernel launch at once (it waits for this grid before reading xt / xs)."""
     if PDL:
         gdc_launch_dependents()
@@ -361,7 +361,11 @@ def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, zero_ptr,
     xv = v
     if SCALE_WB > 0:
         xv = v * ((127 - _code_shift(i, SCALE_WB)) << 23).to(tl.float32, bitcast=True)[:, None]  # exactly 2**-e(i)
-    tl.store(xt_ptr + base * (32 * NCH) + i[:, None] * NCH + j[None, :], xv.to(xt_ptr.dtype.element_ty))
+    if KSEG > 0:  # segment-major (the dot kernel): [t, i // KSEG, j, i % KSEG]
+        off = (i[:, None] // KSEG) * (NCH * KSEG) + j[None, :] * KSEG + i[:, None] % KSEG
+    else:  # code-major: [t, i, j]
+        off = i[:, None] * NCH + j[None, :]
+    tl.store(xt_ptr + base * (32 * NCH) + off, xv.to(xt_ptr.dtype.element_ty))
     if SEG > 0:
         NSEG: tl.constexpr = 32 // SEG
         seg = tl.sum(tl.reshape(v, (NSEG, SEG, NCH)), axis=1)
@@ -402,6 +406,30 @@ def _stat_window(q_ptr, R, C, m2, N_WORDS, GROUP: tl.constexpr, NSEG: tl.constex
     lo = tl.load(wp, mask=m2, other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
     hi = tl.load(wp + 1, mask=m2 & (off + NSEG * BITS > 32), other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
     return ((hi << 32) | lo) >> off.to(tl.uint64)
+
+
+@triton.jit
+def _stat_windows(s_ptr, z_ptr, R, C, m2, N_SWORDS, N_ZWORDS, GROUP: tl.constexpr, NSEG: tl.constexpr,
+                  SB: tl.constexpr, ZB: tl.constexpr):
+    """(`_stat_window` of the scale codes, of the zero codes) of a tile; 0 for fp16 statistics."""
+    swin = 0
+    zwin = 0
+    if SB > 0:
+        swin = _stat_window(s_ptr, R, C, m2, N_SWORDS, GROUP, NSEG, SB)
+    if ZB > 0:
+        zwin = _stat_window(z_ptr, R, C, m2, N_ZWORDS, GROUP, NSEG, ZB)
+    return swin, zwin
+
+
+@triton.jit
+def _seg_group(ch, g: tl.constexpr, SEG: tl.constexpr, GROUP: tl.constexpr, N_CHUNKS, N_GROUPS):
+    """(group of segment g of chunks ch [NCH], mask: the chunk and group exist; a padded last chunk may reach past
+    the last group)."""
+    if GROUP == 0:
+        grp = ch * 0
+    else:
+        grp = (ch * 32 + g * SEG) // GROUP
+    return grp, (ch < N_CHUNKS) & (grp < N_GROUPS)
 
 
 @triton.jit
@@ -511,20 +539,9 @@ def _gemv_seg_kernel(
         k0 += KO
         xt = xt_ptr + t * 32 + jj  # this tile's x: code i of its chunks at xt + i * NCH (fp32, zero padded)
         xs = xs_ptr + t * NSEG + jj  # and its segment sums: segment g at xs + g * NCH
-        if SB > 0:
-            swin = _stat_window(s_ptr, R, C, m2, N_SWORDS, GROUP, NSEG, SB)
-        else:
-            swin = 0
-        if ZB > 0:
-            zwin = _stat_window(z_ptr, R, C, m2, N_ZWORDS, GROUP, NSEG, ZB)
-        else:
-            zwin = 0
+        swin, zwin = _stat_windows(s_ptr, z_ptr, R, C, m2, N_SWORDS, N_ZWORDS, GROUP, NSEG, SB, ZB)
         for g in tl.static_range(NSEG):
-            if GROUP == 0:
-                grp = ch * 0
-            else:
-                grp = (ch * 32 + g * SEG) // GROUP
-            gm1 = (ch < N_CHUNKS) & (grp < N_GROUPS)  # (a padded last chunk may reach past the last group)
+            grp, gm1 = _seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
             G = _cv(grp, RT)
             GM1 = _cv(gm1, RT)
             gm = RM & GM1
@@ -707,62 +724,167 @@ def _gemv_kernel(
 
 # ---------------------------------------------------------------------------------------------------- dot
 @triton.jit
+def _dot_w(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr):
+    """The weight of code I of each chunk, s q - s z in fp32 rounded to DT (the `dot` kernel's A operand; its
+    outlier step rounds the base weight with the same formula, so that value - base cancels it exactly)."""
+    return (_code_to_float(_chunk_code(I, WB, w0, w1, w2, w3, w4, w5, w6, w7)) * s + sz).to(DT)
+
+
+@triton.jit
+def _dot_pair(I: tl.constexpr, H: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
+              DT: tl.constexpr):
+    return tl.join(_dot_w(I, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
+                   _dot_w(I + H, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT))
+
+
+@triton.jit
+def _dot_seg_tile(B: tl.constexpr, SEG: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
+                  DT: tl.constexpr):
+    """[BN, NCH * SEG] (s, sz [NCH, BN]): the weights of codes B .. B + SEG - 1 of the tile's chunks, column j SEG
+    + i for code B + i of chunk j. Built by joins (a join adds a minor dimension held in each thread, so no data
+    moves): code k is first paired with k + SEG / 2, which makes the flattened order the natural one; each thread
+    then holds SEG consecutive columns, so the tile goes to shared memory in wide stores."""
+    if SEG == 8:
+        t = tl.join(tl.join(_dot_pair(B + 0, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
+                            _dot_pair(B + 2, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)),
+                    tl.join(_dot_pair(B + 1, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
+                            _dot_pair(B + 3, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)))
+        t = tl.permute(t, (1, 0, 2, 3, 4))
+    elif SEG == 16:
+        t = tl.join(tl.join(_dot_quad(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
+                            _dot_quad(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)),
+                    tl.join(_dot_quad(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
+                            _dot_quad(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)))
+        t = tl.permute(t, (1, 0, 2, 3, 4, 5))
+    else:  # 32
+        t = tl.join(tl.join(_dot_oct(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
+                            _dot_oct(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)),
+                    tl.join(_dot_oct(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
+                            _dot_oct(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)))
+        t = tl.permute(t, (1, 0, 2, 3, 4, 5, 6))
+    return tl.reshape(t, (t.shape[0], t.shape[1] * SEG))
+
+
+@triton.jit
+def _dot_quad(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr):
+    """Codes I + {0, 8} x {0, 4} of a 16-code segment (`_dot_seg_tile`'s first two join levels)."""
+    return tl.join(_dot_pair(I, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
+                   _dot_pair(I + 4, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT))
+
+
+@triton.jit
+def _dot_oct(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr):
+    """Codes I + {0, 16} x {0, 8} x {0, 4} of a 32-code segment (`_dot_seg_tile`'s first three join levels)."""
+    return tl.join(tl.join(_dot_pair(I, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
+                           _dot_pair(I + 8, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)),
+                   tl.join(_dot_pair(I + 4, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
+                           _dot_pair(I + 12, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)))
+
+
+@triton.jit
 def _dot_kernel(
-    xt_ptr, stride_xtb, x_ptr, stride_xb, y_ptr, stride_yb,
-    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr, bias_ptr,
-    M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, IEEE: tl.constexpr,
+    xk_ptr, stride_xkb, ws_ptr,
+    codes_ptr, s_ptr, z_ptr, sst32_ptr, zst32_ptr,
+    M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, SHARED2: tl.constexpr,
+    SPLIT: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
 ):
-    """[BM, BN] output tile on the tensor cores, x given by `_gather_x_tiles_kernel` in x's dtype (tiles of NCH
-    chunks, code-major). Per tile, the BN rows' NCH chunks are loaded once (`wbits` words each) and decoded code by
-    code like the gemv kernels: code i of the NCH chunks is a [BN, NCH] weight slice, s * (q - z) in fp32 rounded to
-    x's dtype (the reference's weight), and its product with x's [BM, NCH] slice for code i is one tl.dot."""
+    """Dense part on the tensor cores: ws[b, rows] (+)= x W_base^T for a [BN rows, BM rows of x] tile over chunks
+    [pid1 CPS, pid1 CPS + CPS) (split K: fp32 atomics into ws, zeroed by the x kernel; else a store). Per tile of
+    NCH chunks and per segment of SEG codes (one group, or a chunk when groups span chunks) the weights are
+    decoded into a [BN, NCH SEG] operand (`_dot_seg_tile`: base weights s q - s z rounded to x's dtype, the
+    tile's words, statistic windows and second-level pairs loaded in a [chunks, rows] layout like gemv_seg's) and
+    multiplied with x's [NCH SEG, BM] slice, given by `_gather_x_tiles_kernel` in this order (SEG_MAJOR). Outliers
+    follow in `_dot_outliers_kernel`. PDL: launched as a programmatic dependent of the x kernel, and lets the
+    outlier kernel launch once every program has seen the x kernel finish."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     rows0 = tl.program_id(0) * BN
     rows = rows0 + tl.arange(0, BN)
     rmask = rows < OUT
-    bb = tl.program_id(1) * BM + tl.arange(0, BM)
-    bmask = bb < M
+    bb = tl.program_id(2) * BM + tl.arange(0, BM)
     jj = tl.arange(0, NCH)
+    kk = tl.arange(0, NCH * SEG)
     n_words = N_CHUNKS * WB
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
-    k0, k_hi, lo, hi = _outlier_range(rowptr_ptr, rows0, OUT, BN)
-    corr = tl.zeros([BM, BN], dtype=tl.float32)
-    for t in range(0, N_CHUNKS, NCH):
+    NSEG: tl.constexpr = 32 // SEG
+    blk = rows0 // BETA2
+    R = rows[None, :]
+    RM = rmask[None, :]
+    c_begin = tl.program_id(1) * CPS
+    c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
+    for t in range(c_begin, c_end, NCH):
         ch = t + jj
-        m2 = rmask[:, None] & (ch < N_CHUNKS)[None, :]
-        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(
-            codes_ptr + rows[:, None] * n_words + ch[None, :] * WB, m2, WB)
-        corr += _outlier_block(
-            k0, k_hi, lo, hi, x_ptr, stride_xb, bb, bmask, rows0,
-            codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO,
-        )
-        k0 += KO
-        xrow = xt_ptr + bb[:, None] * stride_xtb + t * 32 + jj[None, :]  # code i of this tile at xrow + i * NCH
-        for i in tl.static_range(32):
-            if i == 0 or (GROUP > 0 and GROUP < 32 and i % GROUP == 0):
-                s, z = _group_stats(i, ch, rows, m2, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS,
-                                    BETA2, GROUP, SB, ZB)
-            w = (s * (_code_to_float(_chunk_code(i, WB, w0, w1, w2, w3, w4, w5, w6, w7)) - z)).to(
-                xt_ptr.dtype.element_ty)  # [BN, NCH]: the reference's fp32 weight, rounded to x's dtype
-            xi = tl.load(xrow + i * NCH, mask=bmask[:, None], other=0.0)  # [BM, NCH]
+        C = ch[:, None]
+        m2 = RM & (C < N_CHUNKS)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(codes_ptr + R * n_words + C * WB, m2, WB)
+        swin, zwin = _stat_windows(s_ptr, z_ptr, R, C, m2, N_SWORDS, N_ZWORDS, GROUP, NSEG, SB, ZB)
+        for g in tl.static_range(NSEG):
+            grp, gm1 = _seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
+            gm1 = gm1[:, None]
+            G = grp[:, None]
+            s = _seg_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, m2 & gm1, gm1, N_GROUPS, BETA2, SB, SHARED2)
+            z = _seg_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, m2 & gm1, gm1, N_GROUPS, BETA2, ZB, SHARED2)
+            a = _dot_seg_tile(g * SEG, SEG, s, -s * z, WB, w0, w1, w2, w3, w4, w5, w6, w7,
+                              xk_ptr.dtype.element_ty)  # [BN, NCH SEG]
+            xb = tl.load(xk_ptr + bb[None, :] * stride_xkb + (t * 32 + g * NCH * SEG) + kk[:, None])  # [K, BM]
             if IEEE:
-                acc = tl.dot(xi, tl.trans(w), acc, input_precision="ieee")
+                acc = tl.dot(a, xb, acc, input_precision="ieee")
             else:
-                acc = tl.dot(xi, tl.trans(w), acc)
-    while k0 < k_hi:
-        corr += _outlier_block(
-            k0, k_hi, lo, hi, x_ptr, stride_xb, bb, bmask, rows0,
-            codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BM, BN, KO,
-        )
-        k0 += KO
-    acc += corr
+                acc = tl.dot(a, xb, acc)
+    out = tl.trans(acc)  # [BM, BN]
+    wp = ws_ptr + bb[:, None] * OUT + rows[None, :]
+    wm = (bb < M)[:, None] & rmask[None, :]
+    if SPLIT:
+        tl.atomic_add(wp, out, mask=wm, sem="relaxed")
+    else:
+        tl.store(wp, out, mask=wm)
+
+
+@triton.jit
+def _dot_outliers_kernel(
+    ws_ptr, y_ptr, stride_yb, bias_ptr, xk_ptr, stride_xkb,
+    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr,
+    M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BR: tl.constexpr, KOR: tl.constexpr, BM: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """The `dot` kernel's epilogue, one program per BR rows: y[b, rows] = ws[b, rows] + sum over the row's outliers
+    of (value - base) x[b, col] (+ bias), in y's dtype. The rows' outliers are walked KOR at a time per row, all BR
+    rows at once ([BR, KOR] tiles); the base code and statistics are decoded again from the packed tensors and
+    rounded like the dense operand (`_dot_w`), x is read from the `dot` kernel's x tiles (SEG_MAJOR order).
+    PDL: launched as a programmatic dependent of `_dot_kernel`, it sums the outliers while that kernel finishes and
+    waits for it only to read ws."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rmask = rows < OUT
+    bb = tl.arange(0, BM)
+    bmask = bb < M
+    lo = tl.load(rowptr_ptr + rows, mask=rmask, other=0)
+    hi = tl.load(rowptr_ptr + rows + 1, mask=rmask, other=0)
+    kk = tl.arange(0, KOR)
+    ym = rmask[:, None] & bmask[None, :]
+    acc = tl.zeros([BR, BM], dtype=tl.float32)
+    for step in range(0, tl.max(hi - lo, axis=0), KOR):
+        k = lo[:, None] + step + kk[None, :]  # [BR, KOR]
+        km = k < hi[:, None]
+        col, v, q, s, z = _outlier_at(k, km, rows[:, None], codes_ptr, N_CHUNKS * WB, s_ptr, sst_ptr, z_ptr, zst_ptr,
+                                      N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP, SB, ZB)
+        dv = v - (q * s - s * z).to(xk_ptr.dtype.element_ty).to(tl.float32)
+        ch = col // 32
+        i = col % 32
+        p = (ch // NCH) * (32 * NCH) + (i // SEG) * (NCH * SEG) + (ch % NCH) * SEG + i % SEG  # col's place in xk
+        xv = tl.load(xk_ptr + bb[None, None, :] * stride_xkb + p[:, :, None],
+                     mask=km[:, :, None] & bmask[None, None, :], other=0.0).to(tl.float32)  # [BR, KOR, BM]
+        acc += tl.sum(dv[:, :, None] * xv, axis=1)
+    if PDL:
+        gdc_wait()
+    acc += tl.load(ws_ptr + bb[None, :] * OUT + rows[:, None], mask=ym, other=0.0)  # [BR, BM]
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + bb[:, None] * stride_yb + rows[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=bmask[:, None] & rmask[None, :])
+        acc += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[:, None]
+    tl.store(y_ptr + bb[None, :] * stride_yb + rows[:, None], acc.to(y_ptr.dtype.element_ty), mask=ym)
 
 
 # ---------------------------------------------------------------------------------------------------- dequantize
@@ -832,6 +954,8 @@ def unsupported_reason(in_features: int, wbits: int, group: int, kernel: str) ->
         return f"group size {group} is not a power of two"
     if not 1 <= wbits <= 8:
         return f"wbits {wbits} outside 1..8"
+    if kernel == "dot" and 0 < group < 8:
+        return f"group size {group} < 8 (the dot kernel's operand holds one group of 8, 16 or 32 codes per chunk)"
     return None
 
 
@@ -957,31 +1081,69 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
 
 def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
         out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, chunks=None,
-        num_warps=None, num_stages=None):
-    """y [M, out] = x [M, in] W^T (+ bias) on the tensor cores: x gathered once into tiles of `chunks` chunks
-    (`gather_x_tiles`, x's dtype), the weight decoded chunk-wise per tile and multiplied code by code.
-    Not measured on a GPU in this form (the previous per-element version took ~0.7 ms at 4096^2)."""
+        split=None, num_warps=None, num_stages=None, outlier_rows=None, outliers_per_step=None, pdl=None):
+    """y [M, out] = x [M, in] W^T (+ bias) on the tensor cores, three kernels: x gathered once into segment-major
+    tiles in its own dtype (`gather_x_tiles`, which also zeroes the fp32 output when split), the dense part
+    (`_dot_kernel`, [block_n rows x block_m rows of x] tiles over `split` shares of the chunks), then the outliers,
+    bias and cast (`_dot_outliers_kernel`, `outlier_rows` rows and `outliers_per_step` outliers per row a step;
+    None: one row and 64 outliers for up to 8 rows of x, else 4 rows and 512 / rows of x (at least 8): H200,
+    2026-11-26, spqr-w3 at 4096^2 with 8 rows of x the whole call took 23.5 us with one row per program against
+    26.9 with 4 rows x 64, at 16 rows of x 30.7 with 4 x 32 against 33.6 with 1 x 64).
+    `split` None: enough shares for about four programs per SM. `pdl` (None: where supported, `_has_pdl`): the
+    dense and outlier kernels launched as programmatic dependents of the kernel before them."""
     import torch
 
     M, n_in = x.shape
     n_chunks, n_groups, n_sw, n_zw = _layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
-    BM = block_m or (16 if M <= 16 else (32 if M <= 32 else 64))
+    BM = block_m or min(64, max(16, triton.next_power_of_2(M)))
     BN = block_n or 64
-    NCH = chunks or 16  # the K of each tl.dot (>= 16)
-    grid = (triton.cdiv(out_features, BN), triton.cdiv(M, BM))
+    NCH = chunks or 16
+    SEG = _segment(group)
+    n_tiles = triton.cdiv(n_chunks, NCH)
+    row_blocks, m_blocks = triton.cdiv(out_features, BN), triton.cdiv(M, BM)
+    if split is None:
+        split = triton.cdiv(4 * _sm_count(x.device), row_blocks * m_blocks)
+    split = max(1, min(split, n_tiles))
+    cps = triton.cdiv(n_tiles, split) * NCH  # chunks per program
+    split = triton.cdiv(n_chunks, cps)
+    ws = torch.empty(M * out_features, dtype=torch.int32, device=x.device) if split > 1 else None
+    pdl = _has_pdl(x.device) if pdl is None else pdl and _has_pdl(x.device)
+    xk = gather_x_tiles(x, perm, NCH, m_blocks * BM, dtype=x.dtype, kseg=SEG, zero=ws, pdl=pdl)[0]
+    ws = ws.view(torch.float32) if ws is not None else torch.empty(M * out_features, dtype=torch.float32,
+                                                                   device=x.device)
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
-    xt = gather_x_tiles(x, perm, NCH, M, dtype=x.dtype)[0]
-    _dot_kernel[grid](
-        xt, xt.stride(0), x, x.stride(0), y, y.stride(0),
-        codes, sp, ssp, zp, zsp, row_ptr, cols, vals, perm, bias if bias is not None else x,
-        M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
-        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-        BM=BM, BN=BN, NCH=NCH, KO=64, IEEE=x.dtype == torch.float32,
-        num_warps=num_warps or 4, num_stages=num_stages or 1,
+    _dot_kernel[(row_blocks, split, m_blocks)](
+        xk, xk.stride(0), ws, codes, sp, zp, _int32_pairs(ssp, scale_bits), _int32_pairs(zsp, zero_bits),
+        M, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps,
+        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BM=BM, BN=BN, NCH=NCH, SEG=SEG,
+        SHARED2=beta2 > 0 and beta2 % BN == 0, SPLIT=split > 1, IEEE=x.dtype == torch.float32, PDL=pdl,
+        num_warps=num_warps or 4, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
     )
+    for b0 in range(0, M, 64):  # (the outlier kernel holds [rows, rows of x] in registers: 64 rows of x at a time)
+        mb = min(64, M - b0)
+        bmo = triton.next_power_of_2(mb)
+        br = outlier_rows or (1 if bmo <= 8 else 4)
+        kor = outliers_per_step or (64 if bmo <= 8 else max(8, 512 // bmo))
+        _dot_outliers_kernel[(triton.cdiv(out_features, br),)](
+            ws[b0 * out_features:], y[b0:], y.stride(0), bias if bias is not None else x, xk[b0:], xk.stride(0),
+            codes, sp, ssp, zp, zsp, row_ptr, cols, vals,
+            mb, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
+            WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
+            BR=br, KOR=kor, BM=bmo, NCH=NCH, SEG=SEG,
+            PDL=pdl and b0 == 0, num_warps=2 if br * kor <= 128 else 4, **({"launch_pdl": True} if pdl and b0 == 0 else {}),
+        )
     return y
+
+
+@functools.cache
+def _sm_count(device) -> int:
+    import torch
+
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
@@ -1007,14 +1169,15 @@ def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, col
 
 
 def gather_x_tiles(x, perm, nch: int, rows: int, *, dtype=None, scale_wbits: int = 0, segment: int = 0,
-                   pdl: bool = False, zero=None):
+                   pdl: bool = False, zero=None, kseg: int = 0):
     """x [M, in] -> (xt, xs), one kernel (`_gather_x_tiles_kernel`). xt [rows, n_tiles * 32 * nch] in `dtype`
     (default fp32; rows >= M, rows past M are zero): tile t holds the permuted columns of chunks t * nch .. t * nch +
     nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch + j) + i]] (zero past `in`), times 2**-e(i) for
     `scale_wbits`-bit codes (`_code_shift`; gemv_seg). xs (with `segment`, else None) fp32 [rows, n_tiles * (32 /
     segment) * nch]: the sums of x over each segment of `segment` codes of every chunk. gemv_xc takes xt in fp32,
-    dot in x's dtype, gemv_seg scaled with the sums. Reference: `tiled_x_reference`. `zero`: an int32 tensor the
-    same kernel fills with zeros (gemv_seg's split-K sums and counters)."""
+    dot in x's dtype and segment-major (`kseg`: [t, i // kseg, j, i % kseg]), gemv_seg scaled with the sums.
+    Reference: `tiled_x_reference`. `zero`: an int32 tensor the same kernel fills with zeros (the split-K sums and
+    counters of gemv_seg, the dot kernel's fp32 output)."""
     import torch
 
     M, n_in = x.shape
@@ -1023,20 +1186,25 @@ def gather_x_tiles(x, perm, nch: int, rows: int, *, dtype=None, scale_wbits: int
     xs = torch.empty(rows, n_tiles * (32 // segment) * nch, dtype=torch.float32, device=x.device) if segment else None
     _gather_x_tiles_kernel[(rows, n_tiles)](
         x, x.stride(0), xt, xt if xs is None else xs, perm, zero if zero is not None else perm, M, n_in, n_tiles,
-        0 if zero is None else zero.numel(), NCH=nch, SCALE_WB=scale_wbits, SEG=segment, PDL=pdl, num_warps=4)
+        0 if zero is None else zero.numel(), NCH=nch, SCALE_WB=scale_wbits, SEG=segment, PDL=pdl, KSEG=kseg,
+        num_warps=4)
     return xt, xs
 
 
-def tiled_column_order(perm, in_features: int, nch: int):
+def tiled_column_order(perm, in_features: int, nch: int, kseg: int = 0):
     """(int64 [n_tiles * 32 * nch] original input column of each entry of `gather_x_tiles`'s rows, bool mask of
-    the entries that hold one (the rest are zero padding))."""
+    the entries that hold one (the rest are zero padding)); `kseg`: the segment-major order."""
     import torch
 
     n_chunks = -(-in_features // 32)
     total = -(-n_chunks // nch) * 32 * nch
     k = torch.arange(total, device=perm.device)
     r = k % (32 * nch)
-    c = ((k // (32 * nch)) * nch + r % nch) * 32 + r // nch
+    if kseg:  # r = (i // kseg) nch kseg + j kseg + i % kseg
+        j, i = (r % (nch * kseg)) // kseg, (r // (nch * kseg)) * kseg + r % kseg
+    else:  # r = i nch + j
+        j, i = r % nch, r // nch
+    c = ((k // (32 * nch)) * nch + j) * 32 + i
     valid = c < in_features
     order = torch.zeros(total, dtype=torch.int64, device=perm.device)
     order[valid] = perm.to(torch.int64)[c[valid]] & 0xFFFF
@@ -1048,12 +1216,13 @@ def _segment(group: int) -> int:
     return group if 0 < group < 32 else 32
 
 
-def tiled_x_reference(x, perm, nch: int, rows: int, *, scale_wbits: int = 0, segment: int = 0):
-    """Plain-torch reference of `gather_x_tiles` in fp32 (the segment sums equal up to summation order)."""
+def tiled_x_reference(x, perm, nch: int, rows: int, *, scale_wbits: int = 0, segment: int = 0, kseg: int = 0):
+    """Plain-torch reference of `gather_x_tiles` in fp32 (the segment sums equal up to summation order; scaling
+    and sums only in the code-major order)."""
     import torch
 
     M, n_in = x.shape
-    order, valid = tiled_column_order(perm, n_in, nch)
+    order, valid = tiled_column_order(perm, n_in, nch, kseg)
     xp = torch.zeros(rows, order.numel(), dtype=torch.float32, device=x.device)
     xp[:M] = torch.where(valid, x.float().index_select(-1, order), 0.0)
     xt = xp

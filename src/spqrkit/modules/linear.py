@@ -213,17 +213,18 @@ MATMULS: dict[str, Matmul] = {
     "dot": dot_matmul,
     "dequantize": dequantize_matmul,
 }
-# Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py
-# (benchmarks/results/kernel_speed_h200.json, H200, 2026-11-26, spqr-w3, 1% outliers): gemv_seg is the fastest
-# kernel at one row (12.9 us at 4096^2 against 20.4 for gemv_xc and 49.9 for dequantize + cuBLAS) and at four (22.8
-# against 36.9 and 49.9); two and three rows take it too (not timed separately). At 8 rows (one launch, eight
-# accumulators, 4 x 64 tiles) it is faster than dequantize + cuBLAS on every LLaMA-2 shape (31.6 against 50.1 us at
-# 4096^2, 75.7 against 176.4 at 4096x11008, 353.7 against 562.6 at 8192x28672;
-# benchmarks/results/kernel_speed_b8_h200.json), and batch-8 decode went from 350 tokens/s (dequantize + cuBLAS)
-# to 544 (generate_b8_*_h200.json; fp16 1041). At 16 rows dequantize + cuBLAS.
-GEMV_SEG_MAX_ROWS = 8
-GEMV_MAX_ROWS = 4
-DOT_MAX_ROWS = GEMV_MAX_ROWS
+# Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H200
+# (benchmarks/results/kernel_speed_h200.json, 2026-11-26, spqr-w3, 1% outliers, all six LLaMA-2 shapes).
+# gemv_seg (CUDA cores, one pass) is the fastest at one row (12.7 us at 4096^2 against 19.5 for dot and 13.9 for fp16
+# cuBLAS) and its time grows with the rows of x (22.5 us at four, 33.8 at eight). dot (tensor cores) takes about the
+# same time for 1-16 rows (19.5 .. 30.4 us at 4096^2), so it is chosen from four rows on: at four it is faster on
+# four of the six shapes (20.9 against 22.5 us at 4096^2; 199.1 against 185.3 at 28672x8192), at eight on all
+# (23.4 against 33.8; 236.1 against 403.4), and at sixteen it beats dequantize + cuBLAS on all (30.4 against 49.5;
+# 310.0 against 559.1). At 32 rows it loses on three shapes (55.8 against 50.0 us at 4096^2) and wins on three,
+# so past 16 rows (prefill) dequantize + cuBLAS.
+GEMV_SEG_MAX_ROWS = 3
+DOT_MAX_ROWS = 16
+GEMV_SEG_LAUNCH_ROWS = 8  # (rows of x one gemv_seg launch takes: its fallback range)
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
 
 
@@ -240,9 +241,9 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
 
     SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `gemv_xc` up to GEMV_MAX_ROWS (when that
-    is larger), `dot` up to DOT_MAX_ROWS (likewise), `dequantize` beyond (and for layouts the chosen fused kernel
-    does not cover)."""
+    do not cover; on CUDA `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `dot` up to DOT_MAX_ROWS, `dequantize`
+    beyond; a layout the chosen kernel does not cover (dot: groups under 8) falls back to the next of gemv_seg (up
+    to its 8 rows per launch), dot, dequantize. `gemv` and `gemv_xc` are forced-only baselines."""
     wbits, group = layer.config.wbits, layer.config.beta1 or 0
     forced = os.environ.get(MATMUL_ENV, "auto")
     if forced != "auto":
@@ -266,11 +267,9 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
     from ..kernels.spqr_matmul import unsupported_reason
 
     if rows <= GEMV_SEG_MAX_ROWS:
-        wanted = ["gemv_seg", "gemv_xc", "dequantize"]
-    elif rows <= GEMV_MAX_ROWS:
-        wanted = ["gemv_xc", "dequantize"]
+        wanted = ["gemv_seg", "dot", "dequantize"]
     elif rows <= DOT_MAX_ROWS:
-        wanted = ["dot", "dequantize"]
+        wanted = ["dot", "gemv_seg", "dequantize"] if rows <= GEMV_SEG_LAUNCH_ROWS else ["dot", "dequantize"]
     else:
         wanted = ["dequantize"]
     for kernel in wanted:
