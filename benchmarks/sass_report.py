@@ -38,20 +38,23 @@ POINTERS = {
     "x_ptr": "*fp16", "y_ptr": "*fp16", "bias_ptr": "*fp16", "codes_ptr": "*i32", "s_ptr": "*i32", "sst_ptr": "*fp16",
     "z_ptr": "*i32", "zst_ptr": "*fp16", "rowptr_ptr": "*i32", "vals_ptr": "*fp16", "cols_ptr": "*i16",
     "perm_ptr": "*i16", "w_ptr": "*fp16", "xt_ptr": "*fp32", "xs_ptr": "*fp32",
-    "ws_ptr": "*fp32", "cnt_ptr": "*i32", "sst32_ptr": "*i32", "zst32_ptr": "*i32",
+    "ws_ptr": "*fp32", "cnt_ptr": "*i32", "sst32_ptr": "*i32", "zst32_ptr": "*i32", "xk_ptr": "*fp16",
 }
 SPQR_W3 = {"WB": 3, "GROUP": 16, "SB": 3, "ZB": 3, "HAS_BIAS": False, "KO": 64}
 
 
 def kernels():
     """(name, jit function, constexprs, num_warps, weights per thread per main-loop iteration) of the selector's
-    kernels at their default tiles, spqr-w3 (`spqr_matmul.gemv` / `dequantize_chunked`)."""
+    kernels at their default tiles, spqr-w3 (`spqr_matmul.gemv` / `dot_stages` / `dequantize_chunked`)."""
     return [
         ("gemv_seg 1 row", m._gemv_seg_kernel,
          dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=True, PREFETCH=False, PDL=True), 2,
          4 * 32 * 32 // 64),
         ("gemv_xc 4 rows", m._gemv_kernel, dict(SPQR_W3, BB=4, BR=8, NCH=16, XC=16), 4, 8 * 16 * 32 // 128),
         ("gemv 1 row", m._gemv_kernel, dict(SPQR_W3, BB=1, BR=4, NCH=32, XC=0), 2, 4 * 32 * 32 // 64),
+        ("dot 16 rows", m._dot_kernel,
+         {k: v for k, v in dict(SPQR_W3, BM=16, BN=64, NCH=16, SEG=16, SHARED2=False, SPLIT=True, IEEE=False,
+                                PDL=True).items() if k not in ("HAS_BIAS", "KO")}, 4, 64 * 16 * 32 // 128),
         ("dequantize", m._dequantize_kernel,
          {k: v for k, v in dict(SPQR_W3, BR=8, NCH=32).items() if k not in ("HAS_BIAS", "KO")}, 4, None),
     ]

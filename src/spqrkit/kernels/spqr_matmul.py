@@ -7,9 +7,10 @@ LLaMA-2 shapes and 0.98x-1.37x as fast as the authors' spqr-quant kernel; batche
 fp16.
 
 - `gemv` (decode: gemv_seg is chosen for 1-3 rows of x and takes 8 per launch; the others take 4, forced only):
-  one program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's `wbits` words once and decodes code i of every chunk
-  with constant shifts (the offset of code i in a chunk is known at compile time), multiplies by the group's scale
-  and zero, and accumulates x * w on CUDA cores, one register tile per row of x. Three variants:
+  one program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's
+  `wbits` words once and decodes code i of every chunk with constant shifts (the offset of code i in a chunk is
+  known at compile time), multiplies by the group's scale and zero, and accumulates x * w on CUDA cores, one
+  register tile per row of x. Three variants:
   - "gemv": x gathered through the permutation inside the loop (no pre-kernel; a baseline, forced only);
   - "gemv_xc" (`x_chunked`): one small kernel first gathers x (fp32) into tiles of NCH chunks, code-major
     (`gather_x_tiles`), so the loop reads x contiguously, unmasked, at compile-time offsets;
@@ -1080,17 +1081,28 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
 
 
 def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-        out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, chunks=None,
-        split=None, num_warps=None, num_stages=None, outlier_rows=None, outliers_per_step=None, pdl=None):
-    """y [M, out] = x [M, in] W^T (+ bias) on the tensor cores, three kernels: x gathered once into segment-major
-    tiles in its own dtype (`gather_x_tiles`, which also zeroes the fp32 output when split), the dense part
-    (`_dot_kernel`, [block_n rows x block_m rows of x] tiles over `split` shares of the chunks), then the outliers,
-    bias and cast (`_dot_outliers_kernel`, `outlier_rows` rows and `outliers_per_step` outliers per row a step;
-    None: one row and 64 outliers for up to 8 rows of x, else 4 rows and 512 / rows of x (at least 8): H200,
-    2026-11-26, spqr-w3 at 4096^2 with 8 rows of x the whole call took 23.5 us with one row per program against
-    26.9 with 4 rows x 64, at 16 rows of x 30.7 with 4 x 32 against 33.6 with 1 x 64).
-    `split` None: enough shares for about four programs per SM. `pdl` (None: where supported, `_has_pdl`): the
-    dense and outlier kernels launched as programmatic dependents of the kernel before them."""
+        out_features, wbits, group, beta2, scale_bits, zero_bits, **options):
+    """y [M, out] = x [M, in] W^T (+ bias) on the tensor cores: the three launches of `dot_stages`, in order."""
+    stages, y = dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
+                           out_features, wbits, group, beta2, scale_bits, zero_bits, **options)
+    for _, launch in stages:
+        launch()
+    return y
+
+
+def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
+               out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, chunks=None,
+               split=None, num_warps=None, num_stages=None, outlier_rows=None, outliers_per_step=None, pdl=None):
+    """The `dot` kernel's launches, ([(name, launch)], y): y is filled when they run in order (benchmarks/dot_parts.py
+    times each alone). "gather x": x gathered once into segment-major tiles in its own dtype (`gather_x_tiles`,
+    which also zeroes the fp32 output when split); "dense": `_dot_kernel`, [block_n rows x block_m rows of x] tiles
+    over `split` shares of the chunks; "outliers": the outliers, bias and cast (`_dot_outliers_kernel`,
+    `outlier_rows` rows and `outliers_per_step` outliers per row a step; None: one row and 64 outliers for up to 8
+    rows of x, else 4 rows and 512 / rows of x (at least 8): H200, 2026-11-26, spqr-w3 at 4096^2 with 8 rows of x
+    the whole call took 23.5 us with one row per program against 26.9 with 4 rows x 64, at 16 rows of x 30.7 with
+    4 x 32 against 33.6 with 1 x 64). `split` None: enough shares for about four programs per SM. `pdl` (None:
+    where supported, `_has_pdl`): the dense and outlier kernels launched as programmatic dependents of the kernel
+    before them."""
     import torch
 
     M, n_in = x.shape
@@ -1107,34 +1119,43 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
     split = max(1, min(split, n_tiles))
     cps = triton.cdiv(n_tiles, split) * NCH  # chunks per program
     split = triton.cdiv(n_chunks, cps)
-    ws = torch.empty(M * out_features, dtype=torch.int32, device=x.device) if split > 1 else None
-    pdl = _has_pdl(x.device) if pdl is None else pdl and _has_pdl(x.device)
-    xk = gather_x_tiles(x, perm, NCH, m_blocks * BM, dtype=x.dtype, kseg=SEG, zero=ws, pdl=pdl)[0]
-    ws = ws.view(torch.float32) if ws is not None else torch.empty(M * out_features, dtype=torch.float32,
+    zero_ws = torch.empty(M * out_features, dtype=torch.int32, device=x.device) if split > 1 else None
+    ws = zero_ws.view(torch.float32) if split > 1 else torch.empty(M * out_features, dtype=torch.float32,
                                                                    device=x.device)
+    pdl = _has_pdl(x.device) if pdl is None else pdl and _has_pdl(x.device)
+    xk = torch.empty(m_blocks * BM, n_tiles * 32 * NCH, dtype=x.dtype, device=x.device)
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
-    _dot_kernel[(row_blocks, split, m_blocks)](
-        xk, xk.stride(0), ws, codes, sp, zp, _int32_pairs(ssp, scale_bits), _int32_pairs(zsp, zero_bits),
-        M, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps,
-        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BM=BM, BN=BN, NCH=NCH, SEG=SEG,
-        SHARED2=beta2 > 0 and beta2 % BN == 0, SPLIT=split > 1, IEEE=x.dtype == torch.float32, PDL=pdl,
-        num_warps=num_warps or 4, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
-    )
-    for b0 in range(0, M, 64):  # (the outlier kernel holds [rows, rows of x] in registers: 64 rows of x at a time)
-        mb = min(64, M - b0)
-        bmo = triton.next_power_of_2(mb)
-        br = outlier_rows or (1 if bmo <= 8 else 4)
-        kor = outliers_per_step or (64 if bmo <= 8 else max(8, 512 // bmo))
-        _dot_outliers_kernel[(triton.cdiv(out_features, br),)](
-            ws[b0 * out_features:], y[b0:], y.stride(0), bias if bias is not None else x, xk[b0:], xk.stride(0),
-            codes, sp, ssp, zp, zsp, row_ptr, cols, vals,
-            mb, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
-            WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-            BR=br, KOR=kor, BM=bmo, NCH=NCH, SEG=SEG,
-            PDL=pdl and b0 == 0, num_warps=2 if br * kor <= 128 else 4, **({"launch_pdl": True} if pdl and b0 == 0 else {}),
+
+    def gather():
+        gather_x_tiles(x, perm, NCH, m_blocks * BM, dtype=x.dtype, kseg=SEG, zero=zero_ws, pdl=pdl, out=xk)
+
+    def dense():
+        _dot_kernel[(row_blocks, split, m_blocks)](
+            xk, xk.stride(0), ws, codes, sp, zp, _int32_pairs(ssp, scale_bits), _int32_pairs(zsp, zero_bits),
+            M, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps,
+            WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BM=BM, BN=BN, NCH=NCH, SEG=SEG,
+            SHARED2=beta2 > 0 and beta2 % BN == 0, SPLIT=split > 1, IEEE=x.dtype == torch.float32, PDL=pdl,
+            num_warps=num_warps or 4, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
         )
-    return y
+
+    def outliers():
+        for b0 in range(0, M, 64):  # (the kernel holds [rows, rows of x] in registers: 64 rows of x at a time)
+            mb = min(64, M - b0)
+            bmo = triton.next_power_of_2(mb)
+            br = outlier_rows or (1 if bmo <= 8 else 4)
+            kor = outliers_per_step or (64 if bmo <= 8 else max(8, 512 // bmo))
+            first = pdl and b0 == 0
+            _dot_outliers_kernel[(triton.cdiv(out_features, br),)](
+                ws[b0 * out_features:], y[b0:], y.stride(0), bias if bias is not None else x, xk[b0:], xk.stride(0),
+                codes, sp, ssp, zp, zsp, row_ptr, cols, vals,
+                mb, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
+                WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
+                BR=br, KOR=kor, BM=bmo, NCH=NCH, SEG=SEG, PDL=first,
+                num_warps=2 if br * kor <= 128 else 4, **({"launch_pdl": True} if first else {}),
+            )
+
+    return [("gather x", gather), ("dense", dense), ("outliers", outliers)], y
 
 
 @functools.cache
@@ -1169,7 +1190,7 @@ def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, col
 
 
 def gather_x_tiles(x, perm, nch: int, rows: int, *, dtype=None, scale_wbits: int = 0, segment: int = 0,
-                   pdl: bool = False, zero=None, kseg: int = 0):
+                   pdl: bool = False, zero=None, kseg: int = 0, out=None):
     """x [M, in] -> (xt, xs), one kernel (`_gather_x_tiles_kernel`). xt [rows, n_tiles * 32 * nch] in `dtype`
     (default fp32; rows >= M, rows past M are zero): tile t holds the permuted columns of chunks t * nch .. t * nch +
     nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch + j) + i]] (zero past `in`), times 2**-e(i) for
@@ -1177,12 +1198,13 @@ def gather_x_tiles(x, perm, nch: int, rows: int, *, dtype=None, scale_wbits: int
     segment) * nch]: the sums of x over each segment of `segment` codes of every chunk. gemv_xc takes xt in fp32,
     dot in x's dtype and segment-major (`kseg`: [t, i // kseg, j, i % kseg]), gemv_seg scaled with the sums.
     Reference: `tiled_x_reference`. `zero`: an int32 tensor the same kernel fills with zeros (the split-K sums and
-    counters of gemv_seg, the dot kernel's fp32 output)."""
+    counters of gemv_seg, the dot kernel's fp32 output). `out`: xt given (the dot kernel's plan allocates it)."""
     import torch
 
     M, n_in = x.shape
     n_tiles = triton.cdiv(-(-n_in // 32), nch)
-    xt = torch.empty(rows, n_tiles * 32 * nch, dtype=dtype or torch.float32, device=x.device)
+    xt = out if out is not None else torch.empty(rows, n_tiles * 32 * nch, dtype=dtype or torch.float32,
+                                                 device=x.device)
     xs = torch.empty(rows, n_tiles * (32 // segment) * nch, dtype=torch.float32, device=x.device) if segment else None
     _gather_x_tiles_kernel[(rows, n_tiles)](
         x, x.stride(0), xt, xt if xs is None else xs, perm, zero if zero is not None else perm, M, n_in, n_tiles,

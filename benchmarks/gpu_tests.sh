@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The kernel and CUDA tests on the GPU machine, compiled, in N parallel pytest processes (Triton's compilation is
+# CPU-bound and single-threaded per process: one process needs > 250 s for tests/test_kernels_matmul.py; 14 shards
+# on the 16-core H200 machine ran all 168 tests in 384 s, 2026-11-26).
+#   bash benchmarks/gpu_tests.sh [N=14] [results dir]      # logs: $out/tests_shard.*.log
+set -u
+n="${1:-14}"
+source "$(dirname "$0")/gpu_env.sh" "${2:-${OUT:-gpu_results}}"
+ids=$(mktemp)
+python3 -m pytest -q -p no:cacheprovider --collect-only tests/test_kernels_matmul.py tests/test_cuda.py 2>/dev/null \
+  | grep "::" > "$ids"
+echo "collected $(wc -l < "$ids") tests, $n shards"
+split -n "r/$n" "$ids" "$ids.shard."
+for f in "$ids".shard.*; do
+  python3 -m pytest -q -p no:cacheprovider --tb=short $(cat "$f") > "$out/tests_${f##*.}.log" 2>&1 &
+done
+wait
+passed=$(grep -ho "[0-9]* passed" "$out"/tests_*.log | awk '{s += $1} END {print s + 0}')
+failed=$(grep -ho "[0-9]* failed" "$out"/tests_*.log | awk '{s += $1} END {print s + 0}')
+echo "tests: $passed passed, $failed failed over $(ls "$out"/tests_*.log | wc -l) shards"
+grep -h "^FAILED\|^ERROR" "$out"/tests_*.log | head -20
