@@ -185,12 +185,12 @@ def test_gather_x_tiles_scaled_with_sums_is_the_reference(nch, wbits, group):
 @pytest.mark.parametrize("nch,kseg", [(1, 16), (2, 8), (4, 32)])
 def test_gather_x_tiles_segment_major_is_the_reference(nch, kseg):
     """x for the dot kernel: permuted, tiled segment-major ([tile, code // kseg, chunk, code % kseg]), zero
-    padded, in x's dtype."""
+    padded, in x's dtype, stored transposed."""
     layer = _layer(32, 150, get_preset("spqr-w3"))
     x = torch.randn(3, 150, device=DEVICE, dtype=torch.float16)
     order, valid = spqr_matmul.tiled_column_order(layer.perm, 150, nch, kseg)
     assert valid.sum() == 150 and order[valid].sort().values.tolist() == list(range(150))
-    xk = spqr_matmul.gather_x_tiles(x, layer.perm, nch, 4, dtype=x.dtype, kseg=kseg)[0]
+    xk = spqr_matmul.gather_x_tiles(x, layer.perm, nch, 4, dtype=x.dtype, kseg=kseg)[0].T  # (stored [cols, rows])
     ref = spqr_matmul.tiled_x_reference(x, layer.perm, nch, 4, kseg=kseg)[0]
     assert torch.equal(xk.float(), ref) and bool((xk[3] == 0).all())
     # column (tile t, code i, chunk j) holds x[perm[32 (t nch + j) + i]]

@@ -341,7 +341,8 @@ def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, zero_ptr,
     in-place decode of SCALE_WB-bit codes, `_chunk_code_scaled`); with SEG > 0 also xs[b, t, g, j] = the sum of
     (unscaled) x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j. KSEG > 0 (the dot kernel): the tile is
     segment-major instead, [t, i // KSEG, j, i % KSEG], so that a segment of KSEG codes of the tile's chunks is one
-    contiguous [NCH KSEG] slice, column j KSEG + i % KSEG.
+    contiguous [NCH KSEG] slice, column j KSEG + i % KSEG, and xt is stored transposed, [columns, rows] (the rows of
+    x of one column contiguous: the dot kernel's operand slice is one block, its outlier step one vector load).
     Also zeroes the N_ZERO int32 words at zero_ptr (split K's sums and counters, `_gemv_seg_kernel`, `_dot_kernel`).
     PDL: let the dependent gemv kernel launch at once (it waits for this grid before reading xt / xs)."""
     if PDL:
@@ -362,11 +363,12 @@ def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, zero_ptr,
     xv = v
     if SCALE_WB > 0:
         xv = v * ((127 - _code_shift(i, SCALE_WB)) << 23).to(tl.float32, bitcast=True)[:, None]  # exactly 2**-e(i)
-    if KSEG > 0:  # segment-major (the dot kernel): [t, i // KSEG, j, i % KSEG]
+    if KSEG > 0:  # segment-major (the dot kernel): [t, i // KSEG, j, i % KSEG], transposed: xt [columns, rows]
         off = (i[:, None] // KSEG) * (NCH * KSEG) + j[None, :] * KSEG + i[:, None] % KSEG
+        tl.store(xt_ptr + (t * (32 * NCH) + off) * tl.num_programs(0) + b, xv.to(xt_ptr.dtype.element_ty))
     else:  # code-major: [t, i, j]
         off = i[:, None] * NCH + j[None, :]
-    tl.store(xt_ptr + base * (32 * NCH) + off, xv.to(xt_ptr.dtype.element_ty))
+        tl.store(xt_ptr + base * (32 * NCH) + off, xv.to(xt_ptr.dtype.element_ty))
     if SEG > 0:
         NSEG: tl.constexpr = 32 // SEG
         seg = tl.sum(tl.reshape(v, (NSEG, SEG, NCH)), axis=1)
@@ -784,7 +786,7 @@ def _dot_oct(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w
 
 @triton.jit
 def _dot_kernel(
-    xk_ptr, stride_xkb, ws_ptr,
+    xk_ptr, stride_xk, ws_ptr,
     codes_ptr, s_ptr, z_ptr, sst32_ptr, zst32_ptr,
     M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
@@ -830,7 +832,7 @@ def _dot_kernel(
             z = _seg_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, m2 & gm1, gm1, N_GROUPS, BETA2, ZB, SHARED2)
             a = _dot_seg_tile(g * SEG, SEG, s, -s * z, WB, w0, w1, w2, w3, w4, w5, w6, w7,
                               xk_ptr.dtype.element_ty)  # [BN, NCH SEG]
-            xb = tl.load(xk_ptr + bb[None, :] * stride_xkb + (t * 32 + g * NCH * SEG) + kk[:, None])  # [K, BM]
+            xb = tl.load(xk_ptr + (t * 32 + g * NCH * SEG + kk[:, None]) * stride_xk + bb[None, :])  # [K, BM]
             if IEEE:
                 acc = tl.dot(a, xb, acc, input_precision="ieee")
             else:
@@ -846,7 +848,7 @@ def _dot_kernel(
 
 @triton.jit
 def _dot_outliers_kernel(
-    ws_ptr, y_ptr, stride_yb, bias_ptr, xk_ptr, stride_xkb,
+    ws_ptr, y_ptr, stride_yb, bias_ptr, xk_ptr, stride_xk,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr,
     M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -877,7 +879,7 @@ def _dot_outliers_kernel(
         ch = col // 32
         i = col % 32
         p = (ch // NCH) * (32 * NCH) + (i // SEG) * (NCH * SEG) + (ch % NCH) * SEG + i % SEG  # col's place in xk
-        xv = tl.load(xk_ptr + bb[None, None, :] * stride_xkb + p[:, :, None],
+        xv = tl.load(xk_ptr + p[:, :, None] * stride_xk + bb[None, None, :],
                      mask=km[:, :, None] & bmask[None, None, :], other=0.0).to(tl.float32)  # [BR, KOR, BM]
         acc += tl.sum(dv[:, :, None] * xv, axis=1)
     if PDL:
@@ -1123,7 +1125,7 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     ws = zero_ws.view(torch.float32) if split > 1 else torch.empty(M * out_features, dtype=torch.float32,
                                                                    device=x.device)
     pdl = _has_pdl(x.device) if pdl is None else pdl and _has_pdl(x.device)
-    xk = torch.empty(m_blocks * BM, n_tiles * 32 * NCH, dtype=x.dtype, device=x.device)
+    xk = torch.empty(n_tiles * 32 * NCH, m_blocks * BM, dtype=x.dtype, device=x.device)  # column-major x
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
 
@@ -1147,7 +1149,8 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
             kor = outliers_per_step or (64 if bmo <= 8 else max(8, 512 // bmo))
             first = pdl and b0 == 0
             _dot_outliers_kernel[(triton.cdiv(out_features, br),)](
-                ws[b0 * out_features:], y[b0:], y.stride(0), bias if bias is not None else x, xk[b0:], xk.stride(0),
+                ws[b0 * out_features:], y[b0:], y.stride(0), bias if bias is not None else x, xk[:, b0:],
+                xk.stride(0),
                 codes, sp, ssp, zp, zsp, row_ptr, cols, vals,
                 mb, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
                 WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
@@ -1196,15 +1199,16 @@ def gather_x_tiles(x, perm, nch: int, rows: int, *, dtype=None, scale_wbits: int
     nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch + j) + i]] (zero past `in`), times 2**-e(i) for
     `scale_wbits`-bit codes (`_code_shift`; gemv_seg). xs (with `segment`, else None) fp32 [rows, n_tiles * (32 /
     segment) * nch]: the sums of x over each segment of `segment` codes of every chunk. gemv_xc takes xt in fp32,
-    dot in x's dtype and segment-major (`kseg`: [t, i // kseg, j, i % kseg]), gemv_seg scaled with the sums.
+    dot in x's dtype, segment-major (`kseg`: [t, i // kseg, j, i % kseg]) and transposed ([columns, rows]),
+    gemv_seg scaled with the sums.
     Reference: `tiled_x_reference`. `zero`: an int32 tensor the same kernel fills with zeros (the split-K sums and
     counters of gemv_seg, the dot kernel's fp32 output). `out`: xt given (the dot kernel's plan allocates it)."""
     import torch
 
     M, n_in = x.shape
     n_tiles = triton.cdiv(-(-n_in // 32), nch)
-    xt = out if out is not None else torch.empty(rows, n_tiles * 32 * nch, dtype=dtype or torch.float32,
-                                                 device=x.device)
+    shape = (n_tiles * 32 * nch, rows) if kseg else (rows, n_tiles * 32 * nch)
+    xt = out if out is not None else torch.empty(shape, dtype=dtype or torch.float32, device=x.device)
     xs = torch.empty(rows, n_tiles * (32 // segment) * nch, dtype=torch.float32, device=x.device) if segment else None
     _gather_x_tiles_kernel[(rows, n_tiles)](
         x, x.stride(0), xt, xt if xs is None else xs, perm, zero if zero is not None else perm, M, n_in, n_tiles,
@@ -1240,7 +1244,7 @@ def _segment(group: int) -> int:
 
 def tiled_x_reference(x, perm, nch: int, rows: int, *, scale_wbits: int = 0, segment: int = 0, kseg: int = 0):
     """Plain-torch reference of `gather_x_tiles` in fp32 (the segment sums equal up to summation order; scaling
-    and sums only in the code-major order)."""
+    and sums only in the code-major order; with `kseg` xt is [rows, columns] here, the kernel's transposed)."""
     import torch
 
     M, n_in = x.shape
