@@ -190,7 +190,7 @@ def test_gather_x_tiles_segment_major_is_the_reference(nch, kseg):
     x = torch.randn(3, 150, device=DEVICE, dtype=torch.float16)
     order, valid = spqr_matmul.tiled_column_order(layer.perm, 150, nch, kseg)
     assert valid.sum() == 150 and order[valid].sort().values.tolist() == list(range(150))
-    xk = spqr_matmul.gather_x_tiles(x, layer.perm, nch, 4, dtype=x.dtype, kseg=kseg)[0].T  # (stored [cols, rows])
+    xk = spqr_matmul.gather_x_cols(x, layer.perm, nch, kseg, 4).T  # (stored [columns, rows])
     ref = spqr_matmul.tiled_x_reference(x, layer.perm, nch, 4, kseg=kseg)[0]
     assert torch.equal(xk.float(), ref) and bool((xk[3] == 0).all())
     # column (tile t, code i, chunk j) holds x[perm[32 (t nch + j) + i]]

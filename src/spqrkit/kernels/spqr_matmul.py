@@ -21,17 +21,18 @@ fp16.
     holds one chunk of several rows, so one x load serves them all), the statistic codes of a chunk's groups come
     from one window of words, long rows are split across programs (split K, atomic fp32 partial sums), and on
     Hopper it is launched as a programmatic dependent of the x kernel (PDL), overlapping its launch.
-- `dot` (4-32 rows of x): tensor cores, three kernels. x is gathered once in its own dtype into tiles of NCH chunks,
-  segment-major (`gather_x_tiles(kseg=...)`: a segment of SEG codes of the tile's chunks is one contiguous slice).
-  `_dot_kernel` owns [64 rows x up to 64 rows of x] and a share of the chunks (split K: fp32 atomics into a
-  workspace the x kernel zeroes): per tile it loads the words and statistic windows like gemv_seg ([chunks, rows]
-  layout), and per segment builds the [64, NCH SEG] weight operand s q - s z (rounded to x's dtype, the reference's
-  weight) by joins, which keep each thread's SEG codes of a chunk contiguous so the operand goes to shared memory in
-  wide stores, then one tl.dot (wgmma on Hopper) with x's slice. `_dot_outliers_kernel` then adds the outliers
-  (value - base) x row by row, the bias, and casts; both run as programmatic dependents (PDL) of the kernel before
-  them where supported. H200, 2026-11-26, spqr-w3, 4096^2: 19.3 us at one row, 23.5 at eight, 30.7 at sixteen
-  (gemv_seg 12.9 / 34.2 / -, dequantize + cuBLAS 49.5, fp16 cuBLAS 13-14); its dense part alone takes 13.9 us,
-  the rest is the outlier kernel and the x gather. (The previous version, one tl.dot per code through shared
+- `dot` (4-16 rows of x): tensor cores, three kernels. x is gathered once in its own dtype, transposed ([columns,
+  rows of x]) and in tiles of NCH chunks segment-major (`gather_x_cols`: a segment of SEG codes of the tile's
+  chunks is one contiguous slice). `_dot_kernel` owns [64 rows x up to 64 rows of x] and a share of the chunks
+  (split K: fp32 atomics into a workspace the x kernel zeroes): per tile it loads the words and statistic windows
+  like gemv_seg ([chunks, rows] layout), and per segment builds the [64, NCH SEG] weight operand s q - s z (rounded
+  to x's dtype, the reference's weight) by joins, which keep each thread's SEG codes of a chunk contiguous so the
+  operand goes to shared memory in wide stores, then one tl.dot (wgmma on Hopper) with x's slice.
+  `_dot_outliers_kernel` then adds the outliers (value - base) x row by row, the bias, and casts; both run as
+  programmatic dependents (PDL) of the kernel before them where supported. Measured (README,
+  benchmarks/dot_parts.py): on an H200 its dense part takes 13.3 us at 4096^2 for 1-16 rows of x (fp16 cuBLAS
+  13-14), the whole call 19.8 / 24.9 / 27.8 us at 1 / 8 / 16 rows (gemv_seg 12.7 / 33.7 / -, dequantize + cuBLAS
+  49.5); the rest is the outlier kernel and the x gather. (The previous version, one tl.dot per code through shared
   memory with 64 programs, took 348 us.)
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
@@ -332,27 +333,53 @@ def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5
 
 
 @triton.jit
+def _zero_share(zero_ptr, N_ZERO, pid, n_programs):
+    """Program pid of n_programs zeroes its share of the N_ZERO int32 words at zero_ptr."""
+    ZBLOCK: tl.constexpr = 1024
+    for z0 in range(pid * ZBLOCK, N_ZERO, n_programs * ZBLOCK):
+        zo = z0 + tl.arange(0, ZBLOCK)
+        tl.store(zero_ptr + zo, tl.zeros([ZBLOCK], dtype=tl.int32), mask=zo < N_ZERO)
+
+
+@triton.jit
+def _gather_x_cols_kernel(x_ptr, stride_xb, xk_ptr, perm_ptr, zero_ptr, M, IN, ROWS, N_ZERO,
+                          NCH: tl.constexpr, KSEG: tl.constexpr, RB: tl.constexpr, PDL: tl.constexpr):
+    """x for the dot kernel, one program per (tile t of NCH chunks, block of RB rows of x): xk [columns, ROWS] in
+    xk's dtype, TRANSPOSED (the rows of x of one column contiguous: the dot kernel's operand slice is one block and
+    an outlier's x values one vector), the columns of tile t segment-major, [t, i // KSEG, j, i % KSEG] =
+    x[b, perm[32 (t NCH + j) + i]] (zero past IN and for rows b >= M), so that a segment of KSEG codes of the
+    tile's chunks is one contiguous slice (column j KSEG + i % KSEG of it). Also zeroes the N_ZERO int32 words at
+    zero_ptr (the dot kernel's split-K sums). PDL: let the dependent dot kernel launch at once."""
+    if PDL:
+        gdc_launch_dependents()
+    t = tl.program_id(0)
+    rb = tl.program_id(1)
+    _zero_share(zero_ptr, N_ZERO, rb * tl.num_programs(0) + t, tl.num_programs(0) * tl.num_programs(1))
+    kk = tl.arange(0, 32 * NCH)  # place in the tile
+    i = (kk // (NCH * KSEG)) * KSEG + kk % KSEG
+    c = (t * NCH + (kk % (NCH * KSEG)) // KSEG) * 32 + i  # permuted column
+    b = rb * RB + tl.arange(0, RB)
+    p = tl.load(perm_ptr + c, mask=c < IN, other=0).to(tl.int32) & 0xFFFF
+    v = tl.load(x_ptr + b[None, :] * stride_xb + p[:, None], mask=(c < IN)[:, None] & (b < M)[None, :], other=0.0)
+    tl.store(xk_ptr + (t * (32 * NCH) + kk)[:, None] * ROWS + b[None, :], v.to(xk_ptr.dtype.element_ty),
+             mask=(b < ROWS)[None, :])
+
+
+@triton.jit
 def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, zero_ptr, M, IN, N_TILES, N_ZERO,
-                           NCH: tl.constexpr, SCALE_WB: tl.constexpr, SEG: tl.constexpr, PDL: tl.constexpr,
-                           KSEG: tl.constexpr):
+                           NCH: tl.constexpr, SCALE_WB: tl.constexpr, SEG: tl.constexpr, PDL: tl.constexpr):
     """One program per (row b of x, tile t of NCH chunks): x in the tile order of the gemv / dot kernels,
     xt[b, t, i, j] = x[b, perm[32 (t NCH + j) + i]] in xt's dtype (code-major inside the tile, so that code i of
     the tile's chunks is contiguous; zero past IN and for rows b >= M), times 2**-e(i) when SCALE_WB > 0 (the
     in-place decode of SCALE_WB-bit codes, `_chunk_code_scaled`); with SEG > 0 also xs[b, t, g, j] = the sum of
-    (unscaled) x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j. KSEG > 0 (the dot kernel): the tile is
-    segment-major instead, [t, i // KSEG, j, i % KSEG], so that a segment of KSEG codes of the tile's chunks is one
-    contiguous [NCH KSEG] slice, column j KSEG + i % KSEG, and xt is stored transposed, [columns, rows] (the rows of
-    x of one column contiguous: the dot kernel's operand slice is one block, its outlier step one vector load).
+    (unscaled) x over codes g SEG .. g SEG + SEG - 1 of chunk t NCH + j.
     Also zeroes the N_ZERO int32 words at zero_ptr (split K's sums and counters, `_gemv_seg_kernel`, `_dot_kernel`).
     PDL: let the dependent gemv kernel launch at once (it waits for this grid before reading xt / xs)."""
     if PDL:
         gdc_launch_dependents()
     b = tl.program_id(0)
     t = tl.program_id(1)
-    ZBLOCK: tl.constexpr = 1024
-    for z0 in range((b * N_TILES + t) * ZBLOCK, N_ZERO, tl.num_programs(0) * N_TILES * ZBLOCK):
-        zo = z0 + tl.arange(0, ZBLOCK)
-        tl.store(zero_ptr + zo, tl.zeros([ZBLOCK], dtype=tl.int32), mask=zo < N_ZERO)
+    _zero_share(zero_ptr, N_ZERO, b * N_TILES + t, tl.num_programs(0) * N_TILES)
     i = tl.arange(0, 32)
     j = tl.arange(0, NCH)
     c = (t * NCH + j[None, :]) * 32 + i[:, None]  # [32, NCH] permuted column
@@ -363,12 +390,7 @@ def _gather_x_tiles_kernel(x_ptr, stride_xb, xt_ptr, xs_ptr, perm_ptr, zero_ptr,
     xv = v
     if SCALE_WB > 0:
         xv = v * ((127 - _code_shift(i, SCALE_WB)) << 23).to(tl.float32, bitcast=True)[:, None]  # exactly 2**-e(i)
-    if KSEG > 0:  # segment-major (the dot kernel): [t, i // KSEG, j, i % KSEG], transposed: xt [columns, rows]
-        off = (i[:, None] // KSEG) * (NCH * KSEG) + j[None, :] * KSEG + i[:, None] % KSEG
-        tl.store(xt_ptr + (t * (32 * NCH) + off) * tl.num_programs(0) + b, xv.to(xt_ptr.dtype.element_ty))
-    else:  # code-major: [t, i, j]
-        off = i[:, None] * NCH + j[None, :]
-        tl.store(xt_ptr + base * (32 * NCH) + off, xv.to(xt_ptr.dtype.element_ty))
+    tl.store(xt_ptr + base * (32 * NCH) + i[:, None] * NCH + j[None, :], xv.to(xt_ptr.dtype.element_ty))
     if SEG > 0:
         NSEG: tl.constexpr = 32 // SEG
         seg = tl.sum(tl.reshape(v, (NSEG, SEG, NCH)), axis=1)
@@ -1130,7 +1152,7 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     zp, zsp = _stat_ptrs(zero, zero_stats)
 
     def gather():
-        gather_x_tiles(x, perm, NCH, m_blocks * BM, dtype=x.dtype, kseg=SEG, zero=zero_ws, pdl=pdl, out=xk)
+        gather_x_cols(x, perm, NCH, SEG, m_blocks * BM, out=xk, zero=zero_ws, pdl=pdl)
 
     def dense():
         _dot_kernel[(row_blocks, split, m_blocks)](
@@ -1193,28 +1215,41 @@ def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, col
 
 
 def gather_x_tiles(x, perm, nch: int, rows: int, *, dtype=None, scale_wbits: int = 0, segment: int = 0,
-                   pdl: bool = False, zero=None, kseg: int = 0, out=None):
+                   pdl: bool = False, zero=None):
     """x [M, in] -> (xt, xs), one kernel (`_gather_x_tiles_kernel`). xt [rows, n_tiles * 32 * nch] in `dtype`
     (default fp32; rows >= M, rows past M are zero): tile t holds the permuted columns of chunks t * nch .. t * nch +
     nch - 1, code-major: [t, i, j] = x[b, perm[32 (t nch + j) + i]] (zero past `in`), times 2**-e(i) for
     `scale_wbits`-bit codes (`_code_shift`; gemv_seg). xs (with `segment`, else None) fp32 [rows, n_tiles * (32 /
     segment) * nch]: the sums of x over each segment of `segment` codes of every chunk. gemv_xc takes xt in fp32,
-    dot in x's dtype, segment-major (`kseg`: [t, i // kseg, j, i % kseg]) and transposed ([columns, rows]),
-    gemv_seg scaled with the sums.
+    gemv_seg scaled with the sums (the dot kernel's order: `gather_x_cols`).
     Reference: `tiled_x_reference`. `zero`: an int32 tensor the same kernel fills with zeros (the split-K sums and
-    counters of gemv_seg, the dot kernel's fp32 output). `out`: xt given (the dot kernel's plan allocates it)."""
+    counters of gemv_seg)."""
     import torch
 
     M, n_in = x.shape
     n_tiles = triton.cdiv(-(-n_in // 32), nch)
-    shape = (n_tiles * 32 * nch, rows) if kseg else (rows, n_tiles * 32 * nch)
-    xt = out if out is not None else torch.empty(shape, dtype=dtype or torch.float32, device=x.device)
+    xt = torch.empty(rows, n_tiles * 32 * nch, dtype=dtype or torch.float32, device=x.device)
     xs = torch.empty(rows, n_tiles * (32 // segment) * nch, dtype=torch.float32, device=x.device) if segment else None
     _gather_x_tiles_kernel[(rows, n_tiles)](
         x, x.stride(0), xt, xt if xs is None else xs, perm, zero if zero is not None else perm, M, n_in, n_tiles,
-        0 if zero is None else zero.numel(), NCH=nch, SCALE_WB=scale_wbits, SEG=segment, PDL=pdl, KSEG=kseg,
-        num_warps=4)
+        0 if zero is None else zero.numel(), NCH=nch, SCALE_WB=scale_wbits, SEG=segment, PDL=pdl, num_warps=4)
     return xt, xs
+
+
+def gather_x_cols(x, perm, nch: int, kseg: int, rows: int, *, out=None, zero=None, pdl: bool = False):
+    """x [M, in] -> xk [n_tiles * 32 * nch, rows] in x's dtype, one kernel (`_gather_x_cols_kernel`): the dot
+    kernel's x, transposed, tiles of nch chunks segment-major (rows past M zero). Reference: `tiled_x_reference`
+    with `kseg`, transposed. `zero`: an int32 tensor the same kernel fills with zeros; `out`: xk given."""
+    import torch
+
+    M, n_in = x.shape
+    n_tiles = triton.cdiv(-(-n_in // 32), nch)
+    xk = out if out is not None else torch.empty(n_tiles * 32 * nch, rows, dtype=x.dtype, device=x.device)
+    rb = min(16, triton.next_power_of_2(rows))
+    _gather_x_cols_kernel[(n_tiles, triton.cdiv(rows, rb))](
+        x, x.stride(0), xk, perm, zero if zero is not None else perm, M, n_in, rows,
+        0 if zero is None else zero.numel(), NCH=nch, KSEG=kseg, RB=rb, PDL=pdl, num_warps=4)
+    return xk
 
 
 def tiled_column_order(perm, in_features: int, nch: int, kseg: int = 0):
