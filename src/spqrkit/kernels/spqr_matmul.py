@@ -342,27 +342,29 @@ def _zero_share(zero_ptr, N_ZERO, pid, n_programs):
 
 
 @triton.jit
-def _gather_x_cols_kernel(x_ptr, stride_xb, xk_ptr, perm_ptr, zero_ptr, M, IN, ROWS, N_ZERO,
-                          NCH: tl.constexpr, KSEG: tl.constexpr, RB: tl.constexpr, PDL: tl.constexpr):
-    """x for the dot kernel, one program per (tile t of NCH chunks, block of RB rows of x): xk [columns, ROWS] in
-    xk's dtype, TRANSPOSED (the rows of x of one column contiguous: the dot kernel's operand slice is one block and
-    an outlier's x values one vector), the columns of tile t segment-major, [t, i // KSEG, j, i % KSEG] =
+def _gather_x_cols_kernel(x_ptr, stride_xb, xk_ptr, perm_ptr, zero_ptr, M, IN, ROWS, N_COLS, N_ZERO,
+                          NCH: tl.constexpr, KSEG: tl.constexpr, CB: tl.constexpr, RB: tl.constexpr,
+                          PDL: tl.constexpr):
+    """x for the dot kernel, one program per (CB columns, RB rows of x): xk [N_COLS, ROWS] in xk's dtype,
+    TRANSPOSED (the rows of x of one column contiguous: the dot kernel's operand slice is one block and an outlier's
+    x values one vector); the columns in tiles of NCH chunks, each segment-major, [t, i // KSEG, j, i % KSEG] =
     x[b, perm[32 (t NCH + j) + i]] (zero past IN and for rows b >= M), so that a segment of KSEG codes of the
     tile's chunks is one contiguous slice (column j KSEG + i % KSEG of it). Also zeroes the N_ZERO int32 words at
     zero_ptr (the dot kernel's split-K sums). PDL: let the dependent dot kernel launch at once."""
     if PDL:
         gdc_launch_dependents()
-    t = tl.program_id(0)
-    rb = tl.program_id(1)
-    _zero_share(zero_ptr, N_ZERO, rb * tl.num_programs(0) + t, tl.num_programs(0) * tl.num_programs(1))
-    kk = tl.arange(0, 32 * NCH)  # place in the tile
-    i = (kk // (NCH * KSEG)) * KSEG + kk % KSEG
-    c = (t * NCH + (kk % (NCH * KSEG)) // KSEG) * 32 + i  # permuted column
-    b = rb * RB + tl.arange(0, RB)
-    p = tl.load(perm_ptr + c, mask=c < IN, other=0).to(tl.int32) & 0xFFFF
-    v = tl.load(x_ptr + b[None, :] * stride_xb + p[:, None], mask=(c < IN)[:, None] & (b < M)[None, :], other=0.0)
-    tl.store(xk_ptr + (t * (32 * NCH) + kk)[:, None] * ROWS + b[None, :], v.to(xk_ptr.dtype.element_ty),
-             mask=(b < ROWS)[None, :])
+    _zero_share(zero_ptr, N_ZERO, tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
+                tl.num_programs(0) * tl.num_programs(1))
+    k = tl.program_id(0) * CB + tl.arange(0, CB)  # column of xk
+    r = k % (32 * NCH)  # place in its tile
+    i = (r // (NCH * KSEG)) * KSEG + r % KSEG
+    c = ((k // (32 * NCH)) * NCH + (r % (NCH * KSEG)) // KSEG) * 32 + i  # permuted column
+    cm = (c < IN) & (k < N_COLS)
+    b = tl.program_id(1) * RB + tl.arange(0, RB)
+    p = tl.load(perm_ptr + c, mask=cm, other=0).to(tl.int32) & 0xFFFF
+    v = tl.load(x_ptr + b[None, :] * stride_xb + p[:, None], mask=cm[:, None] & (b < M)[None, :], other=0.0)
+    tl.store(xk_ptr + k[:, None] * ROWS + b[None, :], v.to(xk_ptr.dtype.element_ty),
+             mask=(k < N_COLS)[:, None] & (b < ROWS)[None, :])
 
 
 @triton.jit
@@ -1116,15 +1118,15 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
 
 def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, chunks=None,
-               split=None, num_warps=None, num_stages=None, outlier_rows=None, outliers_per_step=None, pdl=None):
+               split=None, num_warps=None, num_stages=None, outlier_rows=1, outliers_per_step=64, pdl=None):
     """The `dot` kernel's launches, ([(name, launch)], y): y is filled when they run in order (benchmarks/dot_parts.py
     times each alone). "gather x": x gathered once into segment-major tiles in its own dtype (`gather_x_tiles`,
     which also zeroes the fp32 output when split); "dense": `_dot_kernel`, [block_n rows x block_m rows of x] tiles
     over `split` shares of the chunks; "outliers": the outliers, bias and cast (`_dot_outliers_kernel`,
-    `outlier_rows` rows and `outliers_per_step` outliers per row a step; None: one row and 64 outliers for up to 8
-    rows of x, else 4 rows and 512 / rows of x (at least 8): H200, 2026-11-26, spqr-w3 at 4096^2 with 8 rows of x
-    the whole call took 23.5 us with one row per program against 26.9 with 4 rows x 64, at 16 rows of x 30.7 with
-    4 x 32 against 33.6 with 1 x 64). `split` None: enough shares for about four programs per SM. `pdl` (None:
+    `outlier_rows` rows and `outliers_per_step` outliers per row a step; default one row and 64: H200, 2026-11-26,
+    spqr-w3, the whole call at 4096^2 took 21.3 / 25.0 / 23.3 us for 4 / 8 / 16 rows of x against 22.8 / 25.9 /
+    24.0 with 2 x 64 and 25.5 / 30.4 / 27.9 with 4 x 32, at 28672x8192 205.7 / 235.8 / 216.6 against 218.3 /
+    246.9 / 226.4 and 219.9 / 249.2 / 235.6). `split` None: enough shares for about four programs per SM. `pdl` (None:
     where supported, `_has_pdl`): the dense and outlier kernels launched as programmatic dependents of the kernel
     before them."""
     import torch
@@ -1166,9 +1168,7 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     def outliers():
         for b0 in range(0, M, 64):  # (the kernel holds [rows, rows of x] in registers: 64 rows of x at a time)
             mb = min(64, M - b0)
-            bmo = triton.next_power_of_2(mb)
-            br = outlier_rows or (1 if bmo <= 8 else 4)
-            kor = outliers_per_step or (64 if bmo <= 8 else max(8, 512 // bmo))
+            br, kor = outlier_rows, outliers_per_step
             first = pdl and b0 == 0
             _dot_outliers_kernel[(triton.cdiv(out_features, br),)](
                 ws[b0 * out_features:], y[b0:], y.stride(0), bias if bias is not None else x, xk[:, b0:],
@@ -1176,7 +1176,7 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
                 codes, sp, ssp, zp, zsp, row_ptr, cols, vals,
                 mb, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
                 WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-                BR=br, KOR=kor, BM=bmo, NCH=NCH, SEG=SEG, PDL=first,
+                BR=br, KOR=kor, BM=triton.next_power_of_2(mb), NCH=NCH, SEG=SEG, PDL=first,
                 num_warps=2 if br * kor <= 128 else 4, **({"launch_pdl": True} if first else {}),
             )
 
@@ -1246,9 +1246,10 @@ def gather_x_cols(x, perm, nch: int, kseg: int, rows: int, *, out=None, zero=Non
     n_tiles = triton.cdiv(-(-n_in // 32), nch)
     xk = out if out is not None else torch.empty(n_tiles * 32 * nch, rows, dtype=x.dtype, device=x.device)
     rb = min(16, triton.next_power_of_2(rows))
-    _gather_x_cols_kernel[(n_tiles, triton.cdiv(rows, rb))](
-        x, x.stride(0), xk, perm, zero if zero is not None else perm, M, n_in, rows,
-        0 if zero is None else zero.numel(), NCH=nch, KSEG=kseg, RB=rb, PDL=pdl, num_warps=4)
+    cb = 1024 // rb  # (a [cb, rb] block per program)
+    _gather_x_cols_kernel[(triton.cdiv(xk.shape[0], cb), triton.cdiv(rows, rb))](
+        x, x.stride(0), xk, perm, zero if zero is not None else perm, M, n_in, rows, xk.shape[0],
+        0 if zero is None else zero.numel(), NCH=nch, KSEG=kseg, CB=cb, RB=rb, PDL=pdl, num_warps=4)
     return xk
 
 
