@@ -2,9 +2,9 @@
 
 One kernel family per batch regime; `spqrkit.modules.linear.select_matmul` picks among them and the plain-torch
 reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py. Measured
-on an H200 (benchmarks/kernel_speed.py, README): at batch 1 `gemv_seg` is 0.99x-1.25x as fast as fp16 cuBLAS on the
-LLaMA-2 shapes and 0.98x-1.37x as fast as the authors' spqr-quant kernel; batches of 4 and more are slower than
-fp16.
+on an H200 (benchmarks/kernel_speed.py, README, 2026-11-26): at batch 1 `gemv_seg` is 1.01x-1.37x as fast as fp16
+cuBLAS on the LLaMA-2 shapes and 0.97x-1.37x as fast as the authors' spqr-quant kernel; with 4-16 rows of x `dot`
+reaches 0.47x-0.65x of fp16.
 
 - `gemv` (decode: gemv_seg is chosen for 1-3 rows of x and takes 8 per launch; the others take 4, forced only):
   one program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's
@@ -30,9 +30,9 @@ fp16.
   operand goes to shared memory in wide stores, then one tl.dot (wgmma on Hopper) with x's slice.
   `_dot_outliers_kernel` then adds the outliers (value - base) x row by row, the bias, and casts; both run as
   programmatic dependents (PDL) of the kernel before them where supported. Measured (README,
-  benchmarks/dot_parts.py): on an H200 its dense part takes 13.3 us at 4096^2 for 1-16 rows of x (fp16 cuBLAS
-  13-14), the whole call 19.8 / 24.9 / 27.8 us at 1 / 8 / 16 rows (gemv_seg 12.7 / 33.7 / -, dequantize + cuBLAS
-  49.5); the rest is the outlier kernel and the x gather. (The previous version, one tl.dot per code through shared
+  benchmarks/dot_parts.py): on an H200 its dense part takes 13.3-13.6 us at 4096^2 for 1-16 rows of x (fp16 cuBLAS
+  13-14), the whole call 19.2 / 24.5 / 23.0 us at 1 / 8 / 16 rows (gemv_seg 13.0 / 33.7 / -, dequantize + cuBLAS
+  49.5); the rest is the outlier kernel (7-12 us) and the x gather (2 us). (The previous version, one tl.dot per code through shared
   memory with 64 programs, took 348 us.)
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);

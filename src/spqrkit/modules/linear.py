@@ -215,13 +215,13 @@ MATMULS: dict[str, Matmul] = {
 }
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H200
 # (benchmarks/results/kernel_speed_h200.json, 2026-11-26, spqr-w3, 1% outliers, all six LLaMA-2 shapes).
-# gemv_seg (CUDA cores, one pass) is the fastest at one row (12.7 us at 4096^2 against 19.5 for dot and 13.9 for fp16
-# cuBLAS) and its time grows with the rows of x (22.5 us at four, 33.8 at eight). dot (tensor cores) takes about the
-# same time for 1-16 rows (19.5 .. 30.4 us at 4096^2), so it is chosen from four rows on: at four it is faster on
-# four of the six shapes (20.9 against 22.5 us at 4096^2; 199.1 against 185.3 at 28672x8192), at eight on all
-# (23.4 against 33.8; 236.1 against 403.4), and at sixteen it beats dequantize + cuBLAS on all (30.4 against 49.5;
-# 310.0 against 559.1). At 32 rows it loses on three shapes (55.8 against 50.0 us at 4096^2) and wins on three,
-# so past 16 rows (prefill) dequantize + cuBLAS.
+# gemv_seg (CUDA cores, one pass) is the fastest at one row (13.0 us at 4096^2 against 19.2 for dot and 14.3 for fp16
+# cuBLAS) and its time grows with the rows of x (22.6 us at four, 33.7 at eight). dot (tensor cores) takes about the
+# same time for 1-16 rows (19.2 .. 24.5 us at 4096^2), so it is chosen from four rows on: at four it is faster on
+# four of the six shapes (21.3 against 22.6 us at 4096^2; 206.0 against 184.8 at 28672x8192), at eight on all
+# (24.5 against 33.7; 236.1 against 404.2), and at sixteen it beats dequantize + cuBLAS on all (23.0 against 49.5;
+# 216.3 against 559.1). Past 16 rows (prefill) dequantize + cuBLAS: at 32 rows an earlier version of dot lost on
+# three shapes (55.8 against 50.0 us at 4096^2; kernel_speed_b32_dequant_h200.json); 17-32 rows are not re-measured.
 GEMV_SEG_MAX_ROWS = 3
 DOT_MAX_ROWS = 16
 GEMV_SEG_LAUNCH_ROWS = 8  # (rows of x one gemv_seg launch takes: its fallback range)
