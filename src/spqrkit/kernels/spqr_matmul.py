@@ -760,6 +760,7 @@ def _dot_w(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6,
 @triton.jit
 def _dot_pair(I: tl.constexpr, H: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
               DT: tl.constexpr):
+    """Codes I and I + H side by side ([..., 2]: `_dot_seg_tile`'s first join level)."""
     return tl.join(_dot_w(I, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
                    _dot_w(I + H, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT))
 
@@ -842,6 +843,7 @@ def _dot_kernel(
     c_begin = tl.program_id(1) * CPS
     c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
+    xcol = xk_ptr + kk[:, None] * stride_xk + bb[None, :]  # x's [NCH SEG, BM] slice at column 0
     for t in range(c_begin, c_end, NCH):
         ch = t + jj
         C = ch[:, None]
@@ -856,7 +858,7 @@ def _dot_kernel(
             z = _seg_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, m2 & gm1, gm1, N_GROUPS, BETA2, ZB, SHARED2)
             a = _dot_seg_tile(g * SEG, SEG, s, -s * z, WB, w0, w1, w2, w3, w4, w5, w6, w7,
                               xk_ptr.dtype.element_ty)  # [BN, NCH SEG]
-            xb = tl.load(xk_ptr + (t * 32 + g * NCH * SEG + kk[:, None]) * stride_xk + bb[None, :])  # [K, BM]
+            xb = tl.load(xcol + (t * 32 + g * NCH * SEG) * stride_xk)  # [K, BM]
             if IEEE:
                 acc = tl.dot(a, xb, acc, input_precision="ieee")
             else:

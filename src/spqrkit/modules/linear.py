@@ -224,7 +224,6 @@ MATMULS: dict[str, Matmul] = {
 # three shapes (55.8 against 50.0 us at 4096^2; kernel_speed_b32_dequant_h200.json); 17-32 rows are not re-measured.
 GEMV_SEG_MAX_ROWS = 3
 DOT_MAX_ROWS = 16
-GEMV_SEG_LAUNCH_ROWS = 8  # (rows of x one gemv_seg launch takes: its fallback range)
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
 
 
@@ -264,12 +263,12 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
     rows = x.numel() // max(x.shape[-1], 1)
     if rows == 0:
         return "reference"
-    from ..kernels.spqr_matmul import unsupported_reason
+    from ..kernels.spqr_matmul import rows_per_launch, unsupported_reason
 
     if rows <= GEMV_SEG_MAX_ROWS:
         wanted = ["gemv_seg", "dot", "dequantize"]
-    elif rows <= DOT_MAX_ROWS:
-        wanted = ["dot", "gemv_seg", "dequantize"] if rows <= GEMV_SEG_LAUNCH_ROWS else ["dot", "dequantize"]
+    elif rows <= DOT_MAX_ROWS:  # (gemv_seg as the fallback only within one launch)
+        wanted = ["dot", "gemv_seg", "dequantize"] if rows <= rows_per_launch("gemv_seg") else ["dot", "dequantize"]
     else:
         wanted = ["dequantize"]
     for kernel in wanted:
