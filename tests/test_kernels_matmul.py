@@ -296,6 +296,8 @@ def test_selector_on_cuda_by_batch(monkeypatch):
     assert choose_kernel(six, x16[1]) == "gemv_seg"
     g4 = _layer(64, 128, QuantConfig(wbits=3, beta1=4, beta2=16))  # groups of 4: not dot's; gemv_seg up to 8 rows
     assert [choose_kernel(g4, x16[r]) for r in (1, 8, 9)] == ["gemv_seg", "gemv_seg", "dequantize"]
+    x32 = {rows: torch.randn(rows, 128, device="cuda") for rows in (1, 8, 16)}  # fp32: no dot (no tensor cores)
+    assert [choose_kernel(layer, x32[r]) for r in (1, 8, 16)] == ["gemv_seg", "gemv_seg", "dequantize"]
     odd = _layer(64, 96, QuantConfig(wbits=3, beta1=48, beta2=16))
     assert choose_kernel(odd, torch.randn(1, 96, device="cuda")) == "reference"
 

@@ -242,7 +242,8 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
     do not cover; on CUDA `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `dot` up to DOT_MAX_ROWS, `dequantize`
     beyond; a layout the chosen kernel does not cover (dot: groups under 8) falls back to the next of gemv_seg (up
-    to its 8 rows per launch), dot, dequantize. `gemv` and `gemv_xc` are forced-only baselines."""
+    to its 8 rows per launch), dot, dequantize; dot only for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only
+    baselines."""
     wbits, group = layer.config.wbits, layer.config.beta1 or 0
     forced = os.environ.get(MATMUL_ENV, "auto")
     if forced != "auto":
@@ -271,6 +272,8 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
         wanted = ["dot", "gemv_seg", "dequantize"] if rows <= rows_per_launch("gemv_seg") else ["dot", "dequantize"]
     else:
         wanted = ["dequantize"]
+    if x.dtype == torch.float32:  # (dot would multiply fp32 without the tensor cores: tl.dot's "ieee" precision)
+        wanted = [k for k in wanted if k != "dot"]
     for kernel in wanted:
         if unsupported_reason(layer.in_features, wbits, group, kernel) is None:
             return kernel
