@@ -83,7 +83,7 @@ def analyse(fn, constexprs: dict, num_warps: int) -> dict:
         if target and int(target.group(1), 16) < addr:
             body = collections.Counter(o for a, o, _ in ins if int(target.group(1), 16) <= a <= addr)
             loops.append({"instructions": sum(body.values()), "barriers": body.get("BAR", 0),
-                          "mix": dict(body.most_common(12))})
+                          "mix": dict(body.most_common())})
     loops.sort(key=lambda lp: -lp["instructions"])
     return {"registers": regs, "spill_bytes": spills, "instructions": len(ins), "loops": loops}
 
