@@ -183,7 +183,7 @@ def test_gather_x_tiles_scaled_with_sums_is_the_reference(nch, wbits, group):
 
 
 @pytest.mark.parametrize("nch,kseg", [(1, 16), (2, 8), (4, 32)])
-def test_gather_x_tiles_segment_major_is_the_reference(nch, kseg):
+def test_gather_x_cols_is_the_reference(nch, kseg):
     """x for the dot kernel: permuted, tiled segment-major ([tile, code // kseg, chunk, code % kseg]), zero
     padded, in x's dtype, stored transposed."""
     layer = _layer(32, 150, get_preset("spqr-w3"))
