@@ -32,8 +32,8 @@ reaches 0.47x-0.65x of fp16.
   programmatic dependents (PDL) of the kernel before them where supported. Measured (README,
   benchmarks/dot_parts.py): on an H200 its dense part takes 13.3-13.6 us at 4096^2 for 1-16 rows of x (fp16 cuBLAS
   13-14), the whole call 19.2 / 24.5 / 23.0 us at 1 / 8 / 16 rows (gemv_seg 13.0 / 33.7 / -, dequantize + cuBLAS
-  49.5); the rest is the outlier kernel (7-12 us) and the x gather (2 us). (The previous version, one tl.dot per code through shared
-  memory with 64 programs, took 348 us.)
+  49.5); the rest is the outlier kernel (7-12 us) and the x gather (2 us). (The previous version, one tl.dot per
+  code through shared memory with 64 programs, took 348 us.)
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
   the caller gathers x's columns in the same order and multiplies with cuBLAS.
@@ -677,8 +677,8 @@ def _gemv_kernel(
     BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, XC: tl.constexpr,
 ):
     """XC = 0: x [M, IN] is gathered through the permutation for every code. XC = NCH: x is given as fp32 tiles
-    (`_gather_x_tiles_kernel`, BB rows of stride stride_xb, unscaled): the x values of code i of the tile's NCH chunks are
-    contiguous, at a compile-time offset, with no mask and no conversion."""
+    (`_gather_x_tiles_kernel`, BB rows of stride stride_xb, unscaled): the x values of code i of the tile's NCH
+    chunks are contiguous, at a compile-time offset, with no mask and no conversion."""
     rows0 = tl.program_id(0) * BR
     rows = rows0 + tl.arange(0, BR)
     rmask = rows < OUT
@@ -751,10 +751,16 @@ def _gemv_kernel(
 
 # ---------------------------------------------------------------------------------------------------- dot
 @triton.jit
+def _dot_base(q, s, sz, DT: tl.constexpr):
+    """The dot kernel's weight for code q (fp32) with scale s and sz = -s z: s q - s z in fp32, rounded to DT. Its
+    dense operand and its outlier kernel both take the base weight from here, so value - base cancels it exactly."""
+    return (q * s + sz).to(DT)
+
+
+@triton.jit
 def _dot_w(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr):
-    """The weight of code I of each chunk, s q - s z in fp32 rounded to DT (the `dot` kernel's A operand; its
-    outlier step rounds the base weight with the same formula, so that value - base cancels it exactly)."""
-    return (_code_to_float(_chunk_code(I, WB, w0, w1, w2, w3, w4, w5, w6, w7)) * s + sz).to(DT)
+    """The weight of code I of each chunk (`_dot_base`): the `dot` kernel's A operand."""
+    return _dot_base(_code_to_float(_chunk_code(I, WB, w0, w1, w2, w3, w4, w5, w6, w7)), s, sz, DT)
 
 
 @triton.jit
@@ -884,7 +890,7 @@ def _dot_outliers_kernel(
     """The `dot` kernel's epilogue, one program per BR rows: y[b, rows] = ws[b, rows] + sum over the row's outliers
     of (value - base) x[b, col] (+ bias), in y's dtype. The rows' outliers are walked KOR at a time per row, all BR
     rows at once ([BR, KOR] tiles); the base code and statistics are decoded again from the packed tensors and
-    rounded like the dense operand (`_dot_w`), x is read from the `dot` kernel's x tiles (SEG_MAJOR order).
+    rounded like the dense operand (`_dot_base`), x is read from the `dot` kernel's x (`gather_x_cols`' order).
     PDL: launched as a programmatic dependent of `_dot_kernel`, it sums the outliers while that kernel finishes and
     waits for it only to read ws."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
@@ -901,7 +907,7 @@ def _dot_outliers_kernel(
         km = k < hi[:, None]
         col, v, q, s, z = _outlier_at(k, km, rows[:, None], codes_ptr, N_CHUNKS * WB, s_ptr, sst_ptr, z_ptr, zst_ptr,
                                       N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP, SB, ZB)
-        dv = v - (q * s - s * z).to(xk_ptr.dtype.element_ty).to(tl.float32)
+        dv = v - _dot_base(q, s, -s * z, xk_ptr.dtype.element_ty).to(tl.float32)
         ch = col // 32
         i = col % 32
         p = (ch // NCH) * (32 * NCH) + (i // SEG) * (NCH * SEG) + (ch % NCH) * SEG + i % SEG  # col's place in xk
