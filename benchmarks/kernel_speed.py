@@ -185,7 +185,8 @@ SEG_VARIANTS = {"seg_nopdl": {"segments": True, "pdl": False}, "seg_nosplit": {"
 # (block_rows, chunks, warps) tried for gemv_xc (the best two of stop 8's sweep) and gemv_seg (rows in thread: a
 # thread holds one chunk of every row of the block)
 XC_TILES = ((4, 32, 2), (4, 64, 4))
-SEG_TILES = ((4, 32, 2), (8, 32, 2), (2, 32, 2), (8, 32, 4), (4, 16, 1), (8, 16, 1), (4, 64, 2), (16, 32, 4))
+SEG_TILES = ((4, 32, 2), (8, 32, 2), (2, 32, 2), (8, 32, 4), (4, 16, 1), (8, 16, 1), (4, 64, 2), (16, 32, 4),
+             (4, 64, 4), (8, 64, 4), (4, 128, 4))
 # (block_n, chunks, split) tried for dot (split None: about four programs per SM)
 DOT_TILES = ((64, 16, None), (64, 16, 1), (64, 16, 2), (64, 16, 8), (64, 8, None), (64, 8, 4), (128, 16, None),
              (128, 8, None), (64, 32, None))
@@ -213,7 +214,8 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
         for br, nch, nw in SEG_TILES:  # rows in thread (the default)
             space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": nch, "num_warps": nw,
                                                          "segments": True}))
-        for flags in ({"prefetch": True}, {"pdl": False}, {"prefetch": True, "pdl": False}):
+        for flags in ({"prefetch": True}, {"pdl": False}, {"prefetch": True, "pdl": False}, {"split": 2},
+                      {"block_rows": 4, "chunks": 64, "prefetch": True}):
             space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, **flags}))
         space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, "rows_in_thread": False}))  # stop 8's
     if "dot" in kernels:

@@ -147,9 +147,12 @@ def _chunk_code(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w
 
 
 @triton.jit
-def _code_to_float(q):
-    """uint32 code (< 2**23) -> fp32 without a conversion instruction: the bits of 2**23 + q, minus 2**23 (exact)."""
-    return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+def _code_to_float(q, magic=0x4B000000):
+    """uint32 code (< 2**23) -> fp32 without a conversion instruction: the bits of 2**23 + q, minus 2**23 (exact).
+    `magic` is 0x4B000000 (the bits of 2**23); the per-weight decodes pass it as a kernel argument (MAGIC), which the
+    compiler cannot fold, so that the code's mask and this OR become ONE LOP3 (with two immediates ptxas emits an AND
+    and an OR: benchmarks/sass_report.py)."""
+    return (q | magic).to(tl.float32, bitcast=True) - 8388608.0
 
 
 @triton.jit
@@ -314,7 +317,7 @@ def _code_shift(i, WB: tl.constexpr):
 
 
 @triton.jit
-def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
+def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, magic):
     """fp32 q * 2**e(I), exactly, for code I (0..31) of each chunk: the code's bits are masked IN PLACE and or-ed
     into the mantissa of 2**23 (an AND and an OR), then 2**23 is subtracted, so no shift is needed; codes in bits
     23..31 of a word are taken from the word's upper half (one shift per word, shared), codes straddling two words
@@ -329,7 +332,7 @@ def _chunk_code_scaled(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5
         q = _pick(K, w0, w1, w2, w3, w4, w5, w6, w7) & (MASK << O)
     else:
         q = (_pick(K, w0, w1, w2, w3, w4, w5, w6, w7) >> 16) & (MASK << (O - 16))
-    return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    return _code_to_float(q, magic)
 
 
 @triton.jit
@@ -485,7 +488,7 @@ def _gemv_seg_kernel(
     xt_ptr, xs_ptr, stride_xtb, stride_xsb, y_ptr, stride_yb, ws_ptr, cnt_ptr,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, sst32_ptr, zst32_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
     bias_ptr,
-    M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS,
+    M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, MAGIC,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
     BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, SEG: tl.constexpr,
     SPLIT: tl.constexpr, SHARED2: tl.constexpr, RT: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
@@ -584,7 +587,7 @@ def _gemv_seg_kernel(
             p6 = p0
             p7 = p0
             for ii in tl.static_range(SEG):
-                q = _chunk_code_scaled(g * SEG + ii, WB, w0, w1, w2, w3, w4, w5, w6, w7)
+                q = _chunk_code_scaled(g * SEG + ii, WB, w0, w1, w2, w3, w4, w5, w6, w7, MAGIC.to(tl.uint32, bitcast=True))
                 xo = xt + (g * SEG + ii) * NCH
                 p0 += q * _cv(tl.load(xo), RT)
                 if BB > 1:
@@ -758,68 +761,68 @@ def _dot_base(q, s, sz, DT: tl.constexpr):
 
 
 @triton.jit
-def _dot_w(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr):
+def _dot_w(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic):
     """The weight of code I of each chunk (`_dot_base`): the `dot` kernel's A operand."""
-    return _dot_base(_code_to_float(_chunk_code(I, WB, w0, w1, w2, w3, w4, w5, w6, w7)), s, sz, DT)
+    return _dot_base(_code_to_float(_chunk_code(I, WB, w0, w1, w2, w3, w4, w5, w6, w7), magic), s, sz, DT)
 
 
 @triton.jit
 def _dot_pair(I: tl.constexpr, H: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
-              DT: tl.constexpr):
+              DT: tl.constexpr, magic):
     """Codes I and I + H side by side ([..., 2]: `_dot_seg_tile`'s first join level)."""
-    return tl.join(_dot_w(I, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
-                   _dot_w(I + H, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT))
+    return tl.join(_dot_w(I, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
+                   _dot_w(I + H, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic))
 
 
 @triton.jit
 def _dot_seg_tile(B: tl.constexpr, SEG: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
-                  DT: tl.constexpr):
+                  DT: tl.constexpr, magic):
     """[BN, NCH * SEG] (s, sz [NCH, BN]): the weights of codes B .. B + SEG - 1 of the tile's chunks, column j SEG
     + i for code B + i of chunk j. Built by joins (a join adds a minor dimension held in each thread, so no data
     moves): code k is first paired with k + SEG / 2, which makes the flattened order the natural one; each thread
     then holds SEG consecutive columns, so the tile goes to shared memory in wide stores."""
     if SEG == 8:
-        t = tl.join(tl.join(_dot_pair(B + 0, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
-                            _dot_pair(B + 2, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)),
-                    tl.join(_dot_pair(B + 1, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
-                            _dot_pair(B + 3, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)))
+        t = tl.join(tl.join(_dot_pair(B + 0, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
+                            _dot_pair(B + 2, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)),
+                    tl.join(_dot_pair(B + 1, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
+                            _dot_pair(B + 3, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)))
         t = tl.permute(t, (1, 0, 2, 3, 4))
     elif SEG == 16:
-        t = tl.join(tl.join(_dot_quad(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
-                            _dot_quad(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)),
-                    tl.join(_dot_quad(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
-                            _dot_quad(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)))
+        t = tl.join(tl.join(_dot_quad(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
+                            _dot_quad(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)),
+                    tl.join(_dot_quad(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
+                            _dot_quad(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)))
         t = tl.permute(t, (1, 0, 2, 3, 4, 5))
     else:  # 32
-        t = tl.join(tl.join(_dot_oct(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
-                            _dot_oct(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)),
-                    tl.join(_dot_oct(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
-                            _dot_oct(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)))
+        t = tl.join(tl.join(_dot_oct(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
+                            _dot_oct(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)),
+                    tl.join(_dot_oct(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
+                            _dot_oct(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)))
         t = tl.permute(t, (1, 0, 2, 3, 4, 5, 6))
     return tl.reshape(t, (t.shape[0], t.shape[1] * SEG))
 
 
 @triton.jit
-def _dot_quad(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr):
+def _dot_quad(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic):
     """Codes I + {0, 8} x {0, 4} of a 16-code segment (`_dot_seg_tile`'s first two join levels)."""
-    return tl.join(_dot_pair(I, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
-                   _dot_pair(I + 4, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT))
+    return tl.join(_dot_pair(I, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
+                   _dot_pair(I + 4, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic))
 
 
 @triton.jit
-def _dot_oct(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr):
+def _dot_oct(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic):
     """Codes I + {0, 16} x {0, 8} x {0, 4} of a 32-code segment (`_dot_seg_tile`'s first three join levels)."""
-    return tl.join(tl.join(_dot_pair(I, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
-                           _dot_pair(I + 8, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)),
-                   tl.join(_dot_pair(I + 4, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT),
-                           _dot_pair(I + 12, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT)))
+    return tl.join(tl.join(_dot_pair(I, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
+                           _dot_pair(I + 8, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)),
+                   tl.join(_dot_pair(I + 4, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
+                           _dot_pair(I + 12, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)))
 
 
 @triton.jit
 def _dot_kernel(
     xk_ptr, stride_xk, ws_ptr,
     codes_ptr, s_ptr, z_ptr, sst32_ptr, zst32_ptr,
-    M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS,
+    M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, MAGIC,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, SHARED2: tl.constexpr,
     SPLIT: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
@@ -849,6 +852,7 @@ def _dot_kernel(
     c_begin = tl.program_id(1) * CPS
     c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
+    magic = MAGIC.to(tl.uint32, bitcast=True)  # 0x4B000000, a runtime value (`_code_to_float`)
     xcol = xk_ptr + kk[:, None] * stride_xk + bb[None, :]  # x's [NCH SEG, BM] slice at column 0
     for t in range(c_begin, c_end, NCH):
         ch = t + jj
@@ -863,7 +867,7 @@ def _dot_kernel(
             s = _seg_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, m2 & gm1, gm1, N_GROUPS, BETA2, SB, SHARED2)
             z = _seg_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, m2 & gm1, gm1, N_GROUPS, BETA2, ZB, SHARED2)
             a = _dot_seg_tile(g * SEG, SEG, s, -s * z, WB, w0, w1, w2, w3, w4, w5, w6, w7,
-                              xk_ptr.dtype.element_ty)  # [BN, NCH SEG]
+                              xk_ptr.dtype.element_ty, magic)  # [BN, NCH SEG]
             xb = tl.load(xcol + (t * 32 + g * NCH * SEG) * stride_xk)  # [K, BM]
             if IEEE:
                 acc = tl.dot(a, xb, acc, input_precision="ieee")
@@ -998,6 +1002,7 @@ def _stat_ptrs(stat, stats):
     return stat, (stats if stats is not None else stat)
 
 
+FLOAT_2_23_BITS = 0x4B000000  # the MAGIC argument of the decode kernels (`_code_to_float`)
 GEMV_MAX_BATCH = 4  # rows of x the gemv / gemv_xc kernels accumulate (one register tile each)
 GEMV_SEG_MAX_BATCH = 8  # and gemv_seg
 
@@ -1060,8 +1065,8 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     # 4 x 32 26.2), 4 x 64 from 8192 on (179.7 us at 28672x8192 against 202.0 for 4 x 32, 221.5 for 8 x 32).
     # gemv_xc (H100): 4 x 32 / 2 warps at one row; at 3-4 rows of x, 8 x 16 tiles with 4 warps avoid spills.
     if segments:
-        if BB <= 2:
-            br, nch = (4, 64) if n_in * out_features >= 2 ** 27 else (4, 32)
+        if BB <= 2:  # (H200, 2026-11-26, with the one-LOP3 decode: 4 x 64 24.4 us at 11008x4096 against 25.3)
+            br, nch = (4, 64) if n_in * out_features >= 2 ** 27 or out_features >= 8192 else (4, 32)
         elif BB == 4:
             br, nch = (4, 64) if n_chunks >= 256 else (8, 32)
         else:  # 5-8 rows of x: 4 x 64 (254 registers) took 31.6 us at 4096^2 against 41.5 for 4 x 32
@@ -1094,7 +1099,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
             codes, sp, ssp, zp, zsp, _int32_pairs(ssp, scale_bits), _int32_pairs(zsp, zero_bits), row_ptr, cols, vals,
             perm,
             bias if bias is not None else x,
-            M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps,
+            M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, FLOAT_2_23_BITS,
             WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
             BB=BB, BR=BR, NCH=NCH, KO=outliers_per_step, SEG=_segment(group), SPLIT=split > 1, SHARED2=shared2,
             RT=rows_in_thread, PREFETCH=prefetch, PDL=pdl,
@@ -1167,7 +1172,7 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     def dense():
         _dot_kernel[(row_blocks, split, m_blocks)](
             xk, xk.stride(0), ws, codes, sp, zp, _int32_pairs(ssp, scale_bits), _int32_pairs(zsp, zero_bits),
-            M, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps,
+            M, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, FLOAT_2_23_BITS,
             WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BM=BM, BN=BN, NCH=NCH, SEG=SEG,
             SHARED2=beta2 > 0 and beta2 % BN == 0, SPLIT=split > 1, IEEE=x.dtype == torch.float32, PDL=pdl,
             num_warps=num_warps or 4, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
