@@ -29,7 +29,8 @@ from spqrkit.modules.linear import MATMULS
 
 
 def stages(layer, x):
-    return spqr_matmul.dot_stages(x, *layer.kernel_tensors(), None, layer.out_features, *layer.kernel_layout())[0]
+    return spqr_matmul.dot_stages(x, *layer.kernel_tensors(), None, layer.out_features, *layer.kernel_layout(),
+                                  bases=layer.outlier_bases())[0]
 
 
 def main(argv=None) -> int:

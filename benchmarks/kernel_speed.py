@@ -157,10 +157,12 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
         if "gemv_seg" in kernels and batch <= spqr_matmul.GEMV_MAX_BATCH:
             ref = MATMULS["reference"](layers[0], x).float()
             for vname, params in SEG_VARIANTS.items():
-                y = spqr_matmul.gemv(x, *layers[0].kernel_tensors(), None, out, *layers[0].kernel_layout(), **params)
+                y = spqr_matmul.gemv(x, *layers[0].kernel_tensors(), None, out, *layers[0].kernel_layout(),
+                                     **with_bases(layers[0], params))
                 row[f"{vname}_err"] = ((y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
                 row[f"{vname}_s"] = time_graph([lambda lay=lay, x=x, prm=params: spqr_matmul.gemv(
-                    x, *lay.kernel_tensors(), None, out, *lay.kernel_layout(), **prm) for lay in layers], repeats)
+                    x, *lay.kernel_tensors(), None, out, *lay.kernel_layout(), **with_bases(lay, prm))
+                    for lay in layers], repeats)
         row["auto_kernel"] = choose_kernel(layers[0], x)
         row["auto_s"] = row.get(f"{row['auto_kernel']}_s")
         if batch == 1 and isinstance(theirs, tuple):
@@ -179,7 +181,14 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
 
 # gemv_seg with other options than its defaults, timed on every shape (column name -> options)
 SEG_VARIANTS = {"seg_nopdl": {"segments": True, "pdl": False}, "seg_nosplit": {"segments": True, "split": 1},
-                "seg_cols": {"segments": True, "rows_in_thread": False}}  # ([rows, chunks] tile: stop 8's)
+                "seg_cols": {"segments": True, "rows_in_thread": False},  # ([rows, chunks] tile: stop 8's)
+                "seg_decode": {"segments": True, "bases": None}}  # outliers decoded again, no outlier_bases
+
+
+def with_bases(layer, params):
+    """The launcher options `params` with the layer's outlier bases (as the selector's path passes them), unless
+    they set `bases` themselves (None: the outliers' codes and statistics decoded again)."""
+    return params if "bases" in params else {**params, "bases": layer.outlier_bases()}
 
 
 # (block_rows, chunks, warps) tried for gemv_xc (the best two of stop 8's sweep) and gemv_seg (rows in thread: a
@@ -200,7 +209,7 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
     wb, group, beta2, sb, zb = layers[0].kernel_layout()
 
     def run(fn, params, lay):
-        return fn(x, *lay.kernel_tensors(), None, out, wb, group, beta2, sb, zb, **params)
+        return fn(x, *lay.kernel_tensors(), None, out, wb, group, beta2, sb, zb, **with_bases(lay, params))
 
     space = []
     if batch <= 4 and "gemv" in kernels:

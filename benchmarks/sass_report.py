@@ -39,6 +39,7 @@ POINTERS = {
     "z_ptr": "*i32", "zst_ptr": "*fp16", "rowptr_ptr": "*i32", "vals_ptr": "*fp16", "cols_ptr": "*i16",
     "perm_ptr": "*i16", "w_ptr": "*fp16", "xt_ptr": "*fp32", "xs_ptr": "*fp32",
     "ws_ptr": "*fp32", "cnt_ptr": "*i32", "sst32_ptr": "*i32", "zst32_ptr": "*i32", "xk_ptr": "*fp16",
+    "bases_ptr": "*fp32",
 }
 SPQR_W3 = {"WB": 3, "GROUP": 16, "SB": 3, "ZB": 3, "HAS_BIAS": False, "KO": 64}
 
@@ -48,21 +49,34 @@ def kernels():
     kernels at their default tiles, spqr-w3 (`spqr_matmul.gemv` / `dot_stages` / `dequantize_chunked`)."""
     return [
         ("gemv_seg 1 row", m._gemv_seg_kernel,
-         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=True, PREFETCH=False, PDL=True), 2,
-         4 * 32 * 32 // 64),
+         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=True, PREFETCH=False, PDL=True,
+              HAS_BASE=True), 2, 4 * 32 * 32 // 64),
         ("gemv_xc 4 rows", m._gemv_kernel, dict(SPQR_W3, BB=4, BR=8, NCH=16, XC=16), 4, 8 * 16 * 32 // 128),
         ("gemv 1 row", m._gemv_kernel, dict(SPQR_W3, BB=1, BR=4, NCH=32, XC=0), 2, 4 * 32 * 32 // 64),
         ("dot 16 rows", m._dot_kernel,
          {k: v for k, v in dict(SPQR_W3, BM=16, BN=64, NCH=16, SEG=16, SHARED2=False, SPLIT=True, IEEE=False,
                                 PDL=True).items() if k not in ("HAS_BIAS", "KO")}, 4, 64 * 16 * 32 // 128),
+        ("dot outliers 8", m._dot_outliers_kernel,  # per step: 64 outliers of one row, 8 rows of x each
+         {k: v for k, v in dict(SPQR_W3, BR=1, KOR=64, BM=8, NCH=16, SEG=16, HAS_BASE=True, PDL=True).items()
+          if k != "KO"}, 2, 64 * 8 // 64),
         ("dequantize", m._dequantize_kernel,
          {k: v for k, v in dict(SPQR_W3, BR=8, NCH=32).items() if k not in ("HAS_BIAS", "KO")}, 4, None),
     ]
 
 
-def analyse(fn, constexprs: dict, num_warps: int) -> dict:
+# software-pipelining stages as the launchers pass them (spqr_matmul: gemv_seg and dot's dense kernel 1; gemv 3; the
+# others Triton's default, 3)
+NUM_STAGES = {"gemv_seg 1 row": 1, "dot 16 rows": 1}
+
+
+def analyse(fn, constexprs: dict, num_warps: int, num_stages: int = 3) -> dict:
     sig = {n: ("constexpr" if n in constexprs else POINTERS.get(n, "i32")) for n in fn.arg_names}
-    k = triton.compile(ASTSource(fn, sig, constexprs), target=TARGET, options={"num_warps": num_warps})
+    # as launched: Triton specialises pointers and integer arguments divisible by 16 (the strides here are), which
+    # decides the width of vector loads
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+             if n not in constexprs and (n.endswith("_ptr") or n.startswith("stride"))}
+    k = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=TARGET, options={"num_warps": num_warps,
+                                                                                     "num_stages": num_stages})
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(k.asm["cubin"])
@@ -98,7 +112,7 @@ def main(argv=None) -> int:
     rows = []
     print(f"{'kernel':<16} {'regs':>5} {'local B':>7} {'instr':>6} {'main loop':>9} {'per weight':>10} {'BAR':>4}")
     for name, fn, constexprs, warps, weights in kernels():
-        r = analyse(fn, constexprs, warps)
+        r = analyse(fn, constexprs, warps, NUM_STAGES.get(name, 3))
         main_loop = r["loops"][0] if r["loops"] else {"instructions": 0, "barriers": 0}
         per_w = main_loop["instructions"] / weights if weights else float("nan")
         rows.append({"kernel": name, "constexprs": constexprs, "num_warps": warps, "weights_per_iteration": weights,

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from spqrkit.config import QuantConfig, get_preset
+from spqrkit.format.pack import dequantize_packed
 from spqrkit.format.synthetic import random_quantized_weight
 from spqrkit.modules import linear as linear_mod
 from spqrkit.modules.linear import MATMULS, SpQRLinear, choose_kernel, reference_matmul
@@ -82,6 +83,10 @@ def test_gemv_tuning_options(wbits, beta1, beta2):
                                      *layer.kernel_layout(), chunks=4, segments=True, split=split,
                                      prefetch=split == 2, rows_in_thread=rt)
                 _check(layer, x, y)
+        if rows != 3:  # outlier bases given (several steps of 16 outliers) rather than decoded again
+            y = spqr_matmul.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(),
+                                 chunks=4, segments=True, bases=layer.outlier_bases(), outliers_per_step=16)
+            _check(layer, x, y)
         for flags in ({"segments": True}, {"x_chunked": True}) if rows <= 4 else ():  # 128 outliers per step
             y = spqr_matmul.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features,
                                  *layer.kernel_layout(), chunks=4, num_warps=4, outliers_per_step=128, **flags)
@@ -214,6 +219,61 @@ def test_dot_kernel_tiles_split_and_outlier_steps(wbits, beta1, beta2):
             _check(layer, x, spqr_matmul.dot(x, *args, split=split, chunks=2, block_n=16))
         _check(layer, x, spqr_matmul.dot(x, *args, outlier_rows=2, outliers_per_step=8, block_n=32))
         _check(layer, x.half(), spqr_matmul.dot(x.half(), *args, outlier_rows=4, outliers_per_step=16))
+        # the outliers' base weights given (`outlier_bases`) or decoded again: the same bits (the dense operand's
+        # rounding of the same fp32 base weight)
+        bases = layer.outlier_bases()
+        for xx in (x, x.half()) if rows == 5 else ():
+            torch.testing.assert_close(spqr_matmul.dot(xx, *args, bases=bases, chunks=2, block_n=16, split=1),
+                                       spqr_matmul.dot(xx, *args, chunks=2, block_n=16, split=1), rtol=0, atol=0)
+
+
+def _reference_outlier_bases(layer):
+    """fp32 [nnz]: the reference base weight s (q - z) at each outlier, from the layer's tensors without outliers."""
+    t = dict(layer.packed_tensors())
+    rows = torch.repeat_interleave(torch.arange(layer.out_features, device=DEVICE),
+                                   t["outlier_row_ptr"].diff().long())
+    cols = t["outlier_cols"].long() & 0xFFFF  # permuted column
+    t["outlier_row_ptr"] = torch.zeros_like(t["outlier_row_ptr"])
+    t["outlier_cols"] = t["outlier_cols"][:0]
+    t["outlier_values"] = t["outlier_values"][:0]
+    base = dequantize_packed(t, (layer.out_features, layer.in_features), layer.config)  # original column order
+    return base[rows, layer.perm.long()[cols] & 0xFFFF]
+
+
+@pytest.mark.parametrize("config", [get_preset("spqr-w3"), get_preset("gptq-w4"),
+                                    QuantConfig(wbits=2, beta1=8, beta2=32, scale_bits=4, zero_bits=None),
+                                    QuantConfig(wbits=4, beta1=64, beta2=16, scale_bits=None, zero_bits=3)],
+                         ids=["spqr-w3", "gptq-w4", "w2-qscale", "w4-qzero"])
+def test_outlier_bases_are_the_reference_base_weights(config):
+    """`outlier_bases` (the fused kernels' derived tensor) against the reference dequantization without the outliers,
+    at every outlier (rows with many, none, and the padded last chunk); s q - s z in one FFMA against the reference's
+    s (q - z): equal within fp32 rounding."""
+    layer = _layer(64, 150, config, dense_rows=3, empty_rows=6, outlier_share=0.05, bias=False)
+    assert layer.n_outliers > 0
+    bases = layer.outlier_bases()
+    ref = _reference_outlier_bases(layer)
+    assert bases.dtype == torch.float32 and bases.shape == ref.shape
+    torch.testing.assert_close(bases, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
+
+
+def test_outlier_bases_follow_the_packed_buffers():
+    """The layer keeps its outlier bases, and recomputes them when a packed buffer changes in place (new codes copied
+    into it, as load_state_dict does) or the buffers are replaced: the fused kernels never read stale bases."""
+    cfg = get_preset("spqr-w3")
+    layer = _layer(32, 128, cfg, seed=1)
+    first = layer.outlier_bases()
+    assert layer.outlier_bases() is first  # kept
+    before = first.clone()
+    with torch.no_grad():
+        layer.codes.copy_(_layer(32, 128, cfg, seed=2).codes)  # other codes, same outliers
+    bases = layer.outlier_bases()
+    assert not torch.equal(bases, before)
+    torch.testing.assert_close(bases, _reference_outlier_bases(layer), rtol=1e-6, atol=1e-6)
+    x = torch.randn(2, 128, device=DEVICE)
+    for kernel in ("gemv_seg", "dot"):
+        _check(layer, x, MATMULS[kernel](layer, x))
+    layer.load_packed({k: v.clone() for k, v in _layer(32, 128, cfg, seed=3).packed_tensors().items()})
+    torch.testing.assert_close(layer.outlier_bases(), _reference_outlier_bases(layer), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("wbits", [5, 6, 7, 8])

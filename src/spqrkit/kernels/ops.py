@@ -1,8 +1,9 @@
 """The SpQR matmul kernels as torch custom ops, so that torch.compile traces through them and CUDA graphs capture
-them: `spqrkit::fused_matmul` (the `gemv` and `dot` kernels), `spqrkit::dequantize_chunked` (the weight in the
-activation dtype, for cuBLAS) and `spqrkit::gather_x_chunked` (x's columns in that weight's order). Each has a fake
-(meta) implementation giving the output's shape and dtype. Nothing in them synchronises with the host: the outlier
-ranges are read from the row pointers on the device.
+them: `spqrkit::fused_matmul` (the `gemv` and `dot` kernels), `spqrkit::outlier_bases` (their derived outlier
+base weights), `spqrkit::dequantize_chunked` (the weight in the activation dtype, for cuBLAS) and
+`spqrkit::gather_x_chunked` (x's columns in that weight's order). Each has a fake (meta) implementation giving the
+output's shape and dtype. Nothing in them synchronises with the host: the outlier ranges are read from the row
+pointers on the device.
 
 Argument order and meaning: see the launchers in spqrkit.kernels.spqr_matmul.
 """
@@ -22,13 +23,15 @@ def fused_matmul(
     x: Tensor, codes: Tensor, scale: Tensor, scale_stats: Tensor | None, zero: Tensor,
     zero_stats: Tensor | None, row_ptr: Tensor, cols: Tensor, vals: Tensor, perm: Tensor, bias: Tensor | None,
     out_features: int, wbits: int, group: int, beta2: int, scale_bits: int, zero_bits: int, kernel: str,
+    bases: Tensor | None = None,
 ) -> Tensor:
     """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
     gathering x into the kernel's tile order), "gemv_seg" (x also pre-scaled per code position, statistics applied
-    per segment) or "dot" (tensor cores, any number of rows in one call)."""
+    per segment) or "dot" (tensor cores, any number of rows in one call). `bases`: the outliers' base weights
+    (`spqr_matmul.outlier_bases`), taken by gemv_seg and dot (None: they decode them again)."""
     fn = {"gemv": spqr_matmul.gemv, "gemv_xc": functools.partial(spqr_matmul.gemv, x_chunked=True),
-          "gemv_seg": functools.partial(spqr_matmul.gemv, segments=True),
-          "dot": spqr_matmul.dot}[kernel]
+          "gemv_seg": functools.partial(spqr_matmul.gemv, segments=True, bases=bases),
+          "dot": functools.partial(spqr_matmul.dot, bases=bases)}[kernel]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -44,8 +47,25 @@ def fused_matmul(
 
 @fused_matmul.register_fake
 def _fused_matmul_fake(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-                       out_features, wbits, group, beta2, scale_bits, zero_bits, kernel):
+                       out_features, wbits, group, beta2, scale_bits, zero_bits, kernel, bases=None):
     return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.custom_op("spqrkit::outlier_bases", mutates_args=())
+def outlier_bases(
+    codes: Tensor, scale: Tensor, scale_stats: Tensor | None, zero: Tensor, zero_stats: Tensor | None,
+    row_ptr: Tensor, cols: Tensor, vals: Tensor, in_features: int, out_features: int, wbits: int, group: int,
+    beta2: int, scale_bits: int, zero_bits: int,
+) -> Tensor:
+    """fp32 [nnz]: the base weight at each outlier (`spqr_matmul.outlier_bases`)."""
+    return spqr_matmul.outlier_bases(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features,
+                                     out_features, wbits, group, beta2, scale_bits, zero_bits)
+
+
+@outlier_bases.register_fake
+def _outlier_bases_fake(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features, out_features,
+                        wbits, group, beta2, scale_bits, zero_bits):
+    return vals.new_empty(vals.shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("spqrkit::dequantize_chunked", mutates_args=())

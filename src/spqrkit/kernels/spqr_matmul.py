@@ -193,24 +193,27 @@ def _outlier_at(k, km, row, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_
 def _outlier_terms(
     k0, k_hi, lo, hi, rows0, x_ptr,
     codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-    cols_ptr, vals_ptr, perm_ptr,
+    cols_ptr, vals_ptr, perm_ptr, bases_ptr,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-    KO: tl.constexpr, XC: tl.constexpr, XSCALED: tl.constexpr,
+    KO: tl.constexpr, XC: tl.constexpr, XSCALED: tl.constexpr, HAS_BASE: tl.constexpr,
 ):
     """Outliers k0 .. min(k0 + KO, k_hi) - 1, all in the BR rows rows0 .. (row r's are lo[r] .. hi[r] - 1):
     (hit [BR, KO]: outlier k is valid and in row r; [KO] tensors dv = value - base weight and p = the index of its
     x in a row of x): their contribution to row r is dv * x[b, p] where hit. The base code and statistics at the
-    outlier are decoded again from the packed tensors.
+    outlier are decoded again from the packed tensors, or, HAS_BASE, read from bases_ptr (`outlier_bases`).
     XC: 0 when x is in the original column order (p = perm[col]), else the tile width of x given by
     `_gather_x_tiles_kernel`, scaled by 2**-e when XSCALED (that 2**e is then folded into dv)."""
     k = k0 + tl.arange(0, KO)
     km = k < k_hi
     hit, loc = _outlier_rows(k, lo, hi)
-    row = rows0 + loc
-    col, v, q, s, z = _outlier_at(k, km, row, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
-                                  N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP, SB, ZB)
-    base = s * (q - z)
-    dv = v - base
+    if HAS_BASE:
+        col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
+        dv = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32) - tl.load(bases_ptr + k, mask=km, other=0.0)
+    else:
+        row = rows0 + loc
+        col, v, q, s, z = _outlier_at(k, km, row, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
+                                      N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP, SB, ZB)
+        dv = v - s * (q - z)
     if XC > 0:  # x given in tiles of XC chunks
         ch = col // 32
         p = ((ch // XC) * 32 + col % 32) * XC + ch % XC
@@ -266,15 +269,15 @@ def _gather_x_kernel(x_ptr, stride_xb, xc_ptr, perm_ptr, IN, N_CHUNKS, BLOCK: tl
 def _gemv_outliers(
     o0, o1, o2, o3, o4, o5, o6, o7, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
     codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-    cols_ptr, vals_ptr, perm_ptr,
+    cols_ptr, vals_ptr, perm_ptr, bases_ptr,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-    BB: tl.constexpr, KO: tl.constexpr, XC: tl.constexpr, XSCALED: tl.constexpr,
+    BB: tl.constexpr, KO: tl.constexpr, XC: tl.constexpr, XSCALED: tl.constexpr, HAS_BASE: tl.constexpr,
 ):
     """The gemv kernels' outlier step: KO outliers from k0, decoded once (`_outlier_terms`), added to the [BR, KO]
     accumulators o_b of the BB (<= 8) rows b of x (gemv / gemv_xc pass four)."""
     hit, dv, p, km = _outlier_terms(
         k0, k_hi, lo, hi, rows0, x_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
-        N_ZWORDS, BETA2, cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, KO, XC, XSCALED)
+        N_ZWORDS, BETA2, cols_ptr, vals_ptr, perm_ptr, bases_ptr, WB, GROUP, SB, ZB, KO, XC, XSCALED, HAS_BASE)
     o0 = _outlier_add(o0, hit, dv, x_ptr, p, km)
     # (row b of x exists: a tensor comparison, since Triton 3.9's interpreter rejects `mask & (M > b)`)
     if BB > 1:
@@ -487,9 +490,10 @@ def _seg_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS,
 def _gemv_seg_kernel(
     xt_ptr, xs_ptr, stride_xtb, stride_xsb, y_ptr, stride_yb, ws_ptr, cnt_ptr,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, sst32_ptr, zst32_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
-    bias_ptr,
+    bases_ptr, bias_ptr,
     M, OUT, IN, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, MAGIC,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_BASE: tl.constexpr,
     BB: tl.constexpr, BR: tl.constexpr, NCH: tl.constexpr, KO: tl.constexpr, SEG: tl.constexpr,
     SPLIT: tl.constexpr, SHARED2: tl.constexpr, RT: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -564,7 +568,7 @@ def _gemv_seg_kernel(
         o0, o1, o2, o3, o4, o5, o6, o7 = _gemv_outliers(
             o0, o1, o2, o3, o4, o5, o6, o7, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, NCH, True,
+            cols_ptr, vals_ptr, perm_ptr, bases_ptr, WB, GROUP, SB, ZB, BB, KO, NCH, True, HAS_BASE,
         )
         k0 += KO
         xt = xt_ptr + t * 32 + jj  # this tile's x: code i of its chunks at xt + i * NCH (fp32, zero padded)
@@ -615,7 +619,7 @@ def _gemv_seg_kernel(
         o0, o1, o2, o3, o4, o5, o6, o7 = _gemv_outliers(
             o0, o1, o2, o3, o4, o5, o6, o7, k0, k_hi, lo, hi, rows0, xt_ptr, stride_xtb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, NCH, True,
+            cols_ptr, vals_ptr, perm_ptr, bases_ptr, WB, GROUP, SB, ZB, BB, KO, NCH, True, HAS_BASE,
         )
         k0 += KO
     if RT:  # (one layout conversion, after the loop)
@@ -710,7 +714,7 @@ def _gemv_kernel(
         o0, o1, o2, o3, _, _, _, _ = _gemv_outliers(
             o0, o1, o2, o3, o0, o0, o0, o0, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, XC, False,
+            cols_ptr, vals_ptr, perm_ptr, vals_ptr, WB, GROUP, SB, ZB, BB, KO, XC, False, False,
         )
         k0 += KO
         xt = x_ptr + t * 32 + jj  # (XC) this tile's x: code i of its chunks at xt + i * NCH
@@ -746,7 +750,7 @@ def _gemv_kernel(
         o0, o1, o2, o3, _, _, _, _ = _gemv_outliers(
             o0, o1, o2, o3, o0, o0, o0, o0, k0, k_hi, lo, hi, rows0, x_ptr, stride_xb, M,
             codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
-            cols_ptr, vals_ptr, perm_ptr, WB, GROUP, SB, ZB, BB, KO, XC, False,
+            cols_ptr, vals_ptr, perm_ptr, vals_ptr, WB, GROUP, SB, ZB, BB, KO, XC, False, False,
         )
         k0 += KO
     _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, BB)
@@ -754,10 +758,17 @@ def _gemv_kernel(
 
 # ---------------------------------------------------------------------------------------------------- dot
 @triton.jit
+def _base_weight(q, s, sz):
+    """The base weight of code q (fp32) with scale s and sz = -s z: s q - s z, one FFMA in fp32."""
+    return q * s + sz
+
+
+@triton.jit
 def _dot_base(q, s, sz, DT: tl.constexpr):
-    """The dot kernel's weight for code q (fp32) with scale s and sz = -s z: s q - s z in fp32, rounded to DT. Its
-    dense operand and its outlier kernel both take the base weight from here, so value - base cancels it exactly."""
-    return (q * s + sz).to(DT)
+    """The dot kernel's weight: `_base_weight` rounded to DT. Its dense operand takes the base weight from here, and
+    its outlier kernel rounds `outlier_bases` (the same fp32 value, from `_base_weight`) the same way, so value -
+    base cancels it exactly."""
+    return _base_weight(q, s, sz).to(DT)
 
 
 @triton.jit
@@ -885,16 +896,16 @@ def _dot_kernel(
 @triton.jit
 def _dot_outliers_kernel(
     ws_ptr, y_ptr, stride_yb, bias_ptr, xk_ptr, stride_xk,
-    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr,
+    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, bases_ptr,
     M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
     BR: tl.constexpr, KOR: tl.constexpr, BM: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr,
-    PDL: tl.constexpr,
+    HAS_BASE: tl.constexpr, PDL: tl.constexpr,
 ):
     """The `dot` kernel's epilogue, one program per BR rows: y[b, rows] = ws[b, rows] + sum over the row's outliers
     of (value - base) x[b, col] (+ bias), in y's dtype. The rows' outliers are walked KOR at a time per row, all BR
-    rows at once ([BR, KOR] tiles); the base code and statistics are decoded again from the packed tensors and
-    rounded like the dense operand (`_dot_base`), x is read from the `dot` kernel's x (`gather_x_cols`' order).
+    rows at once ([BR, KOR] tiles); the base weight (HAS_BASE: `outlier_bases`, else decoded again from the packed
+    tensors) is rounded like the dense operand's (`_dot_base`), x is read from the `dot` kernel's x (`gather_x_cols`' order).
     PDL: launched as a programmatic dependent of `_dot_kernel`, it sums the outliers while that kernel finishes and
     waits for it only to read ws."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
@@ -905,25 +916,56 @@ def _dot_outliers_kernel(
     hi = tl.load(rowptr_ptr + rows + 1, mask=rmask, other=0)
     kk = tl.arange(0, KOR)
     ym = rmask[:, None] & bmask[None, :]
-    acc = tl.zeros([BR, BM], dtype=tl.float32)
+    terms = tl.zeros([BR, KOR, BM], dtype=tl.float32)  # summed over the outliers once, after the loop
     for step in range(0, tl.max(hi - lo, axis=0), KOR):
         k = lo[:, None] + step + kk[None, :]  # [BR, KOR]
         km = k < hi[:, None]
-        col, v, q, s, z = _outlier_at(k, km, rows[:, None], codes_ptr, N_CHUNKS * WB, s_ptr, sst_ptr, z_ptr, zst_ptr,
-                                      N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP, SB, ZB)
-        dv = v - _dot_base(q, s, -s * z, xk_ptr.dtype.element_ty).to(tl.float32)
+        if HAS_BASE:
+            col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
+            v = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32)
+            base = tl.load(bases_ptr + k, mask=km, other=0.0).to(xk_ptr.dtype.element_ty)
+        else:
+            col, v, q, s, z = _outlier_at(k, km, rows[:, None], codes_ptr, N_CHUNKS * WB, s_ptr, sst_ptr, z_ptr,
+                                          zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP,
+                                          SB, ZB)
+            base = _dot_base(q, s, -s * z, xk_ptr.dtype.element_ty)
+        dv = v - base.to(tl.float32)
         ch = col // 32
         i = col % 32
         p = (ch // NCH) * (32 * NCH) + (i // SEG) * (NCH * SEG) + (ch % NCH) * SEG + i % SEG  # col's place in xk
-        xv = tl.load(xk_ptr + p[:, :, None] * stride_xk + bb[None, None, :],
-                     mask=km[:, :, None] & bmask[None, None, :], other=0.0).to(tl.float32)  # [BR, KOR, BM]
-        acc += tl.sum(dv[:, :, None] * xv, axis=1)
+        # [BR, KOR, BM]; no mask along the rows of x (xk holds >= BM columns from here, zero past M), so that an
+        # outlier's BM values are one vector load
+        xv = tl.load(xk_ptr + p[:, :, None] * stride_xk + bb[None, None, :], mask=km[:, :, None],
+                     other=0.0).to(tl.float32)
+        terms += dv[:, :, None] * xv  # (elementwise: a sum over KOR per step cost 7 barriers)
+    acc = tl.sum(terms, axis=1)
     if PDL:
         gdc_wait()
     acc += tl.load(ws_ptr + bb[None, :] * OUT + rows[:, None], mask=ym, other=0.0)  # [BR, BM]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[:, None]
     tl.store(y_ptr + bb[None, :] * stride_yb + rows[:, None], acc.to(y_ptr.dtype.element_ty), mask=ym)
+
+
+@triton.jit
+def _outlier_base_kernel(
+    base_ptr, codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr,
+    OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr,
+):
+    """base[k] (fp32) = the base weight at outlier k, `_base_weight` of its code and statistics decoded from the
+    packed tensors (`_outlier_at`), for the outliers of rows BR * pid ...: `outlier_bases`."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rmask = rows < OUT
+    lo = tl.load(rowptr_ptr + rows, mask=rmask, other=0)
+    hi = tl.load(rowptr_ptr + rows + 1, mask=rmask, other=0)
+    kk = tl.arange(0, KO)
+    for step in range(0, tl.max(hi - lo, axis=0), KO):
+        k = lo[:, None] + step + kk[None, :]  # [BR, KO]
+        km = k < hi[:, None]
+        _, _, q, s, z = _outlier_at(k, km, rows[:, None], codes_ptr, N_CHUNKS * WB, s_ptr, sst_ptr, z_ptr, zst_ptr,
+                                    N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP, SB, ZB)
+        tl.store(base_ptr + k, _base_weight(q, s, -s * z), mask=km)
 
 
 # ---------------------------------------------------------------------------------------------------- dequantize
@@ -1035,7 +1077,7 @@ def _int32_pairs(stats, bits: int):
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
          num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=None, outliers_per_step=64,
-         split=None, rows_in_thread=True):
+         split=None, rows_in_thread=True, bases=None):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
     into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
     it contiguously, unmasked, at compile-time offsets. `segments` ("gemv_seg"): x also pre-scaled per code
@@ -1048,7 +1090,9 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     `split` (gemv_seg): programs per row block, each over its share of the tiles (split K, fp32 partial sums added
     atomically; so the summation order, not the result beyond fp32 rounding, varies from run to run); None: one
     per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg, default): the tile is [chunks,
-    rows], so that each thread holds one chunk of several rows and loads each x value once for them."""
+    rows], so that each thread holds one chunk of several rows and loads each x value once for them. `bases`
+    (gemv_seg): the outliers' base weights (`outlier_bases`), so that an outlier costs its column, value and base
+    instead of decoding its code and statistics again."""
     import torch
 
     M, n_in = x.shape
@@ -1097,10 +1141,9 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
             xt, xs, xt.stride(0), xs.stride(0), y, y.stride(0), ws if ws is not None else xt,
             cnt if cnt is not None else perm,
             codes, sp, ssp, zp, zsp, _int32_pairs(ssp, scale_bits), _int32_pairs(zsp, zero_bits), row_ptr, cols, vals,
-            perm,
-            bias if bias is not None else x,
+            perm, bases if bases is not None else vals, bias if bias is not None else x,
             M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, FLOAT_2_23_BITS,
-            WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
+            WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None, HAS_BASE=bases is not None,
             BB=BB, BR=BR, NCH=NCH, KO=outliers_per_step, SEG=_segment(group), SPLIT=split > 1, SHARED2=shared2,
             RT=rows_in_thread, PREFETCH=prefetch, PDL=pdl,
             num_warps=num_warps, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
@@ -1131,7 +1174,8 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
 
 def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, chunks=None,
-               split=None, num_warps=None, num_stages=None, outlier_rows=1, outliers_per_step=64, pdl=None):
+               split=None, num_warps=None, num_stages=None, outlier_rows=1, outliers_per_step=64, pdl=None,
+               bases=None):
     """The `dot` kernel's launches, ([(name, launch)], y): y is filled when they run in order (benchmarks/dot_parts.py
     times each alone). "gather x": x gathered once into segment-major tiles in its own dtype (`gather_x_tiles`,
     which also zeroes the fp32 output when split); "dense": `_dot_kernel`, [block_n rows x block_m rows of x] tiles
@@ -1141,7 +1185,7 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     24.0 with 2 x 64 and 25.5 / 30.4 / 27.9 with 4 x 32, at 28672x8192 205.7 / 235.8 / 216.6 against 218.3 /
     246.9 / 226.4 and 219.9 / 249.2 / 235.6). `split` None: enough shares for about four programs per SM. `pdl` (None:
     where supported, `_has_pdl`): the dense and outlier kernels launched as programmatic dependents of the kernel
-    before them."""
+    before them. `bases`: the outliers' base weights (`outlier_bases`; None: decoded again per outlier)."""
     import torch
 
     M, n_in = x.shape
@@ -1186,14 +1230,37 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
             _dot_outliers_kernel[(triton.cdiv(out_features, br),)](
                 ws[b0 * out_features:], y[b0:], y.stride(0), bias if bias is not None else x, xk[:, b0:],
                 xk.stride(0),
-                codes, sp, ssp, zp, zsp, row_ptr, cols, vals,
+                codes, sp, ssp, zp, zsp, row_ptr, cols, vals, bases if bases is not None else vals,
                 mb, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
                 WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
-                BR=br, KOR=kor, BM=triton.next_power_of_2(mb), NCH=NCH, SEG=SEG, PDL=first,
+                BR=br, KOR=kor, BM=triton.next_power_of_2(mb), NCH=NCH, SEG=SEG, HAS_BASE=bases is not None,
+                PDL=first,
                 num_warps=2 if br * kor <= 128 else 4, **({"launch_pdl": True} if first else {}),
             )
 
     return [("gather x", gather), ("dense", dense), ("outliers", outliers)], y
+
+
+def outlier_bases(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features, out_features, wbits,
+                  group, beta2, scale_bits, zero_bits):
+    """fp32 [nnz]: the base weight s q - s z (one FFMA, `_base_weight`) at each outlier's position, decoded from the
+    packed tensors: a derived tensor (not stored in checkpoints; 4 bytes per outlier) that `gemv(segments=True)` and
+    `dot` take as `bases`, so that their outlier steps read (column, value, base) instead of decoding the outlier's
+    code and two statistics again (~12 dependent loads). `SpQRLinear` computes it once per layer and device."""
+    import torch
+
+    n_chunks, n_groups, n_sw, n_zw = _layout_args(in_features, out_features, wbits, group, scale_bits, zero_bits)
+    base = torch.empty(vals.shape[0], dtype=torch.float32, device=vals.device)
+    if base.numel():
+        sp, ssp = _stat_ptrs(scale, scale_stats)
+        zp, zsp = _stat_ptrs(zero, zero_stats)
+        BR = 4
+        _outlier_base_kernel[(triton.cdiv(out_features, BR),)](
+            base, codes, sp, ssp, zp, zsp, row_ptr, cols, vals,
+            out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
+            WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BR=BR, KO=32, num_warps=4,
+        )
+    return base
 
 
 @functools.cache

@@ -5,7 +5,9 @@ loads straight into them, and `bias` is an ordinary parameter in the model dtype
 `_matmul`, which asks `select_matmul` for the implementation of this layout, input and device: on CUDA one of the
 Triton kernels of spqrkit.kernels.spqr_matmul (registered as torch custom ops in spqrkit.kernels.ops), elsewhere —
 and for layouts the kernels do not cover — the plain-torch reference (dequantize to fp32, cast to the activation
-dtype, F.linear), which is also the oracle the kernels are tested against. No path caches a dequantized weight.
+dtype, F.linear), which is also the oracle the kernels are tested against. No path caches a dequantized weight; the
+fused kernels take one derived tensor, the outliers' base weights (4 bytes per outlier, `outlier_bases`), computed
+once per layer and device and recomputed when a packed buffer changes.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class SpQRLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False)
         else:
             self.register_parameter("bias", None)
+        self._bases: tuple[tuple, torch.Tensor] | None = None  # (key, tensor): see outlier_bases
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> SpQRLinear:
@@ -81,6 +84,7 @@ class SpQRLinear(nn.Module):
         check_layer_tensors(tensors, self.out_features, self.in_features, self.config, where=type(self).__name__)
         for name, t in tensors.items():
             self._buffers[name] = t
+        self._bases = None
 
     def check(self, where: str) -> None:
         """Dtypes, shapes and index contents of the buffers (see `check_layer_tensors`)."""
@@ -107,6 +111,24 @@ class SpQRLinear(nn.Module):
             b["outlier_row_ptr"], b["outlier_cols"], b["outlier_values"], b["perm"],
         )
 
+    def outlier_bases(self) -> torch.Tensor:
+        """fp32 [nnz]: the base weight at each outlier (`spqr_matmul.outlier_bases`), for the fused kernels' outlier
+        steps. Computed on first use and kept, keyed by the buffers' identities and in-place versions (so a moved,
+        reloaded or copied-into buffer recomputes it); under torch.compile the kept tensor is used as it is, or
+        computed inside the graph when there is none."""
+        from ..kernels import ops
+
+        tensors = self.kernel_tensors()[:8]
+        if torch.compiler.is_compiling():
+            if self._bases is not None:
+                return self._bases[1]
+            return ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
+        key = tuple((id(t), t.data_ptr(), t._version, t.device) for t in tensors if t is not None)
+        if self._bases is None or self._bases[0] != key:
+            bases = ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
+            self._bases = (key, bases)
+        return self._bases[1]
+
     def kernel_layout(self) -> tuple[int, int, int, int, int]:
         """(wbits, group (0 = one per row), beta2 (0 = none), scale_bits, zero_bits (0 = fp16)) for the kernels."""
         c = self.config
@@ -125,6 +147,7 @@ class SpQRLinear(nn.Module):
         # lossily): the packed buffers follow the device only, and keep their storage dtypes.
         before = {name: buf for name, buf in self._buffers.items() if buf is not None}
         super()._apply(fn, recurse)
+        self._bases = None
         for name, old in before.items():
             new = self._buffers[name]
             if new.dtype != old.dtype:
@@ -171,8 +194,9 @@ def reference_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
     from ..kernels import ops  # noqa: F401  (registers torch.ops.spqrkit.*)
 
+    bases = layer.outlier_bases() if kernel in ("gemv_seg", "dot") else None
     return torch.ops.spqrkit.fused_matmul(
-        x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(), kernel
+        x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(), kernel, bases
     )
 
 
