@@ -3,6 +3,8 @@
 # CPU-bound and single-threaded per process: one process needs > 250 s for tests/test_kernels_matmul.py; 14 shards
 # on the 16-core H200 machine ran all 168 tests in 384 s, 2026-11-26).
 #   bash benchmarks/gpu_tests.sh [N=14] [results dir]      # logs: $out/tests_shard.*.log
+# SHARD_TIMEOUT (seconds, default none): each shard is stopped after it, and the summary still printed (a shard cut
+# short is named, with what it passed before).
 set -u
 n="${1:-14}"
 source "$(dirname "$0")/gpu_env.sh" "${2:-${OUT:-gpu_results}}"
@@ -12,7 +14,8 @@ python3 -m pytest -q -p no:cacheprovider --collect-only tests/test_kernels_matmu
 echo "collected $(wc -l < "$ids") tests, $n shards"
 split -n "r/$n" "$ids" "$ids.shard."
 for f in "$ids".shard.*; do
-  python3 -m pytest -q -p no:cacheprovider --tb=short $(cat "$f") > "$out/tests_${f##*.}.log" 2>&1 &
+  timeout "${SHARD_TIMEOUT:-0}" python3 -m pytest -q -p no:cacheprovider --tb=short $(cat "$f") \
+    > "$out/tests_${f##*.}.log" 2>&1 || echo "shard ${f##*.}: exit $?, log ends: $(tail -c 150 "$out/tests_${f##*.}.log" | tr '\n' ' ')" &
 done
 wait
 passed=$(grep -ho "[0-9]* passed" "$out"/tests_*.log | awk '{s += $1} END {print s + 0}')
