@@ -341,7 +341,7 @@ def test_selector_on_cuda_by_batch(monkeypatch):
     monkeypatch.delenv(linear_mod.MATMUL_ENV, raising=False)
     layer = _layer(64, 128, get_preset("spqr-w3"))
     x16 = {rows: torch.randn(rows, 128, device="cuda", dtype=torch.float16)
-           for rows in (1, 2, 3, 4, 5, 8, 9, 16, 32, 33, 64)}
+           for rows in (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 64, 65)}
     pick = {rows: choose_kernel(layer, x) for rows, x in x16.items()}
 
     def policy(rows):
@@ -351,7 +351,7 @@ def test_selector_on_cuda_by_batch(monkeypatch):
         return "dequantize"
 
     assert pick == {rows: policy(rows) for rows in x16}
-    assert pick[1] == "gemv_seg" and pick[8] == "dot" and pick[64] == "dequantize"
+    assert pick[1] == "gemv_seg" and pick[8] == "dot" and pick[64] == "dot" and pick[65] == "dequantize"
     six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))
     assert choose_kernel(six, x16[1]) == "gemv_seg"
     g4 = _layer(64, 128, QuantConfig(wbits=3, beta1=4, beta2=16))  # groups of 4: not dot's; gemv_seg up to 8 rows

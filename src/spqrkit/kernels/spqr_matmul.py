@@ -2,9 +2,9 @@
 
 One kernel family per batch regime; `spqrkit.modules.linear.select_matmul` picks among them and the plain-torch
 reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py. Measured
-on an H200 (benchmarks/kernel_speed.py, README, 2026-11-26): at batch 1 `gemv_seg` is 1.01x-1.37x as fast as fp16
-cuBLAS on the LLaMA-2 shapes and 0.97x-1.37x as fast as the authors' spqr-quant kernel; with 4-16 rows of x `dot`
-reaches 0.47x-0.65x of fp16.
+on an H200 (benchmarks/kernel_speed.py, README, 2026-11-26): at batch 1 `gemv_seg` is 1.26x-1.75x as fast as fp16
+cuBLAS on the LLaMA-2 shapes and 1.20x-1.84x as fast as the authors' spqr-quant kernel; with 4-64 rows of x `dot`
+reaches 0.55x-0.76x of fp16 (4-16 rows) and 1.5x-3.3x the speed of dequantize + cuBLAS (16-64 rows).
 
 - `gemv` (decode: gemv_seg is chosen for 1-3 rows of x and takes 8 per launch; the others take 4, forced only):
   one program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's
@@ -21,26 +21,31 @@ reaches 0.47x-0.65x of fp16.
     holds one chunk of several rows, so one x load serves them all), the statistic codes of a chunk's groups come
     from one window of words, long rows are split across programs (split K, atomic fp32 partial sums), and on
     Hopper it is launched as a programmatic dependent of the x kernel (PDL), overlapping its launch.
-- `dot` (4-16 rows of x): tensor cores, three kernels. x is gathered once in its own dtype, transposed ([columns,
+- `dot` (4-64 rows of x): tensor cores, three kernels. x is gathered once in its own dtype, transposed ([columns,
   rows of x]) and in tiles of NCH chunks segment-major (`gather_x_cols`: a segment of SEG codes of the tile's
   chunks is one contiguous slice). `_dot_kernel` owns [64 rows x up to 64 rows of x] and a share of the chunks
   (split K: fp32 atomics into a workspace the x kernel zeroes): per tile it loads the words and statistic windows
   like gemv_seg ([chunks, rows] layout), and per segment builds the [64, NCH SEG] weight operand s q - s z (rounded
   to x's dtype, the reference's weight) by joins, which keep each thread's SEG codes of a chunk contiguous so the
   operand goes to shared memory in wide stores, then one tl.dot (wgmma on Hopper) with x's slice.
-  `_dot_outliers_kernel` then adds the outliers (value - base) x row by row, the bias, and casts; both run as
+  `_dot_outliers_kernel` then adds the outliers (value - base) x row by row (64 outliers of a row per step, each
+  one's x values one vector load, the terms summed once after the loop), the bias, and casts; both run as
   programmatic dependents (PDL) of the kernel before them where supported. Measured (README,
-  benchmarks/dot_parts.py): on an H200 its dense part takes 13.3-13.6 us at 4096^2 for 1-16 rows of x (fp16 cuBLAS
-  13-14), the whole call 19.2 / 24.5 / 23.0 us at 1 / 8 / 16 rows (gemv_seg 13.0 / 33.7 / -, dequantize + cuBLAS
-  49.5); the rest is the outlier kernel (7-12 us) and the x gather (2 us). (The previous version, one tl.dot per
+  benchmarks/dot_parts.py): on an H200 its dense part takes 13.1-13.2 us at 4096^2 for 1-16 rows of x (fp16 cuBLAS
+  14-15), the whole call 18.3 / 19.8 / 21.7 us at 1 / 8 / 16 rows (gemv_seg 10.2 / 32.9 / -, dequantize + cuBLAS
+  49.8); the rest is the outlier kernel (4.9-7.4 us) and the x gather (2 us). (The first version, one tl.dot per
   code through shared memory with 64 programs, took 348 us.)
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
   the caller gathers x's columns in the same order and multiplies with cuBLAS.
 
 Outliers (CSR, rows sorted) replace base weights. The fused kernels first sum the dense base weights, then, for the
-outliers of their rows, add (value - base) * x: the base code and statistics at the outlier's position are decoded
-again, so the packed format is read as stored, with no derived tensors. In the gemv kernels the outlier terms go
+outliers of their rows, add (value - base) * x. gemv_seg and dot take the base weights from one derived tensor,
+`outlier_bases` (fp32, 4 bytes per outlier, computed once per layer from the packed tensors and kept by
+`SpQRLinear`): an outlier then costs its column, value and base (H200: gemv_seg at one row 10.2 us at 4096^2
+against 12.0 decoding them again in the same run; dot's outlier kernel, also restructured, 6.4 us at 8 rows against
+12.1 in an earlier run). Without it (and in gemv / gemv_xc) the base code and
+statistics at the outlier's position are decoded again from the packed tensors. In the gemv kernels the outlier terms go
 elementwise into a [rows, KO] register tile that is summed once at the end (no reduction, no barrier per tile).
 Statistics: second-level-quantized (codes packed along groups + fp16 (scale, zero) per beta2 rows and group) or
 fp16, each independently. Group size: any power of two, or one group per row (GROUP = 0).

@@ -238,16 +238,16 @@ MATMULS: dict[str, Matmul] = {
     "dequantize": dequantize_matmul,
 }
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H200
-# (benchmarks/results/kernel_speed_h200.json, 2026-11-26, spqr-w3, 1% outliers, all six LLaMA-2 shapes).
-# gemv_seg (CUDA cores, one pass) is the fastest at one row (13.0 us at 4096^2 against 19.2 for dot and 14.3 for fp16
-# cuBLAS) and its time grows with the rows of x (22.6 us at four, 33.7 at eight). dot (tensor cores) takes about the
-# same time for 1-16 rows (19.2 .. 24.5 us at 4096^2), so it is chosen from four rows on: at four it is faster on
-# four of the six shapes (21.3 against 22.6 us at 4096^2; 206.0 against 184.8 at 28672x8192), at eight on all
-# (24.5 against 33.7; 236.1 against 404.2), and at sixteen it beats dequantize + cuBLAS on all (23.0 against 49.5;
-# 216.3 against 559.1). Past 16 rows (prefill) dequantize + cuBLAS: at 32 rows an earlier version of dot lost on
-# three shapes (55.8 against 50.0 us at 4096^2; kernel_speed_b32_dequant_h200.json); 17-32 rows are not re-measured.
+# (benchmarks/results/kernel_speed_h200.json and kernel_speed_b16_64_h200.json, 2026-11-26, spqr-w3, 1% outliers,
+# all six LLaMA-2 shapes, with the outlier bases). gemv_seg (CUDA cores, one pass) is the fastest at one row (10.2 us
+# at 4096^2 against 18.1 for dot and 14.3 for fp16 cuBLAS) and its time grows with the rows of x (20.1 us at four,
+# 32.9 at eight). dot (tensor cores) grows slowly with the rows (18.7 / 19.7 / 21.6 / 26.4 / 35.2 us at 4 / 8 / 16 /
+# 32 / 64 rows at 4096^2), so it is chosen from four rows on: at four it is faster on five of the six shapes (18.7
+# against 20.1 us at 4096^2; 178.8 against 168.1 at 28672x8192 the exception), at eight on all, and from 16 to 64
+# rows it beats dequantize + cuBLAS on all (64 rows: 35.2 against 49.6 us at 4096^2, 297.0 against 584.3 at
+# 8192x28672). Past 64 rows (prefill; not measured beyond) dequantize + cuBLAS, which costs the same at any batch.
 GEMV_SEG_MAX_ROWS = 3
-DOT_MAX_ROWS = 16
+DOT_MAX_ROWS = 64
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
 
 
