@@ -152,6 +152,17 @@ def _chunk_code(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w
 
 
 @triton.jit
+def _chunk_code_float(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, magic, mask):
+    """fp32 code I of each chunk: `_code_to_float(_chunk_code(...), magic)`, with the code's mask (`mask`, a runtime
+    value too: 2**WB - 1) and the OR of 2**23's bits as ONE LOP3 after the shift. (With the mask a constant, the
+    shift and mask become a bitfield extract, SHF + SGXT, and the OR a LOP3 of its own.)"""
+    q = _pick((I * WB) // 32, w0, w1, w2, w3, w4, w5, w6, w7) >> ((I * WB) % 32)
+    if (I * WB) % 32 + WB > 32:
+        q = q | (_pick((I * WB) // 32 + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - (I * WB) % 32))
+    return _code_to_float(q & mask, magic)
+
+
+@triton.jit
 def _code_to_float(q, magic=0x4B000000):
     """uint32 code (< 2**23) -> fp32 without a conversion instruction: the bits of 2**23 + q, minus 2**23 (exact).
     `magic` is 0x4B000000 (the bits of 2**23); the per-weight decodes pass it as a kernel argument (MAGIC), which the
@@ -777,68 +788,68 @@ def _dot_base(q, s, sz, DT: tl.constexpr):
 
 
 @triton.jit
-def _dot_w(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic):
+def _dot_w(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic, mask):
     """The weight of code I of each chunk (`_dot_base`): the `dot` kernel's A operand."""
-    return _dot_base(_code_to_float(_chunk_code(I, WB, w0, w1, w2, w3, w4, w5, w6, w7), magic), s, sz, DT)
+    return _dot_base(_chunk_code_float(I, WB, w0, w1, w2, w3, w4, w5, w6, w7, magic, mask), s, sz, DT)
 
 
 @triton.jit
 def _dot_pair(I: tl.constexpr, H: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
-              DT: tl.constexpr, magic):
+              DT: tl.constexpr, magic, mask):
     """Codes I and I + H side by side ([..., 2]: `_dot_seg_tile`'s first join level)."""
-    return tl.join(_dot_w(I, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
-                   _dot_w(I + H, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic))
+    return tl.join(_dot_w(I, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
+                   _dot_w(I + H, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask))
 
 
 @triton.jit
 def _dot_seg_tile(B: tl.constexpr, SEG: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
-                  DT: tl.constexpr, magic):
+                  DT: tl.constexpr, magic, mask):
     """[BN, NCH * SEG] (s, sz [NCH, BN]): the weights of codes B .. B + SEG - 1 of the tile's chunks, column j SEG
     + i for code B + i of chunk j. Built by joins (a join adds a minor dimension held in each thread, so no data
     moves): code k is first paired with k + SEG / 2, which makes the flattened order the natural one; each thread
     then holds SEG consecutive columns, so the tile goes to shared memory in wide stores."""
     if SEG == 8:
-        t = tl.join(tl.join(_dot_pair(B + 0, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
-                            _dot_pair(B + 2, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)),
-                    tl.join(_dot_pair(B + 1, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
-                            _dot_pair(B + 3, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)))
+        t = tl.join(tl.join(_dot_pair(B + 0, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
+                            _dot_pair(B + 2, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)),
+                    tl.join(_dot_pair(B + 1, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
+                            _dot_pair(B + 3, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)))
         t = tl.permute(t, (1, 0, 2, 3, 4))
     elif SEG == 16:
-        t = tl.join(tl.join(_dot_quad(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
-                            _dot_quad(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)),
-                    tl.join(_dot_quad(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
-                            _dot_quad(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)))
+        t = tl.join(tl.join(_dot_quad(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
+                            _dot_quad(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)),
+                    tl.join(_dot_quad(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
+                            _dot_quad(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)))
         t = tl.permute(t, (1, 0, 2, 3, 4, 5))
     else:  # 32
-        t = tl.join(tl.join(_dot_oct(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
-                            _dot_oct(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)),
-                    tl.join(_dot_oct(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
-                            _dot_oct(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)))
+        t = tl.join(tl.join(_dot_oct(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
+                            _dot_oct(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)),
+                    tl.join(_dot_oct(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
+                            _dot_oct(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)))
         t = tl.permute(t, (1, 0, 2, 3, 4, 5, 6))
     return tl.reshape(t, (t.shape[0], t.shape[1] * SEG))
 
 
 @triton.jit
-def _dot_quad(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic):
+def _dot_quad(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic, mask):
     """Codes I + {0, 8} x {0, 4} of a 16-code segment (`_dot_seg_tile`'s first two join levels)."""
-    return tl.join(_dot_pair(I, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
-                   _dot_pair(I + 4, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic))
+    return tl.join(_dot_pair(I, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
+                   _dot_pair(I + 4, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask))
 
 
 @triton.jit
-def _dot_oct(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic):
+def _dot_oct(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic, mask):
     """Codes I + {0, 16} x {0, 8} x {0, 4} of a 32-code segment (`_dot_seg_tile`'s first three join levels)."""
-    return tl.join(tl.join(_dot_pair(I, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
-                           _dot_pair(I + 8, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)),
-                   tl.join(_dot_pair(I + 4, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic),
-                           _dot_pair(I + 12, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic)))
+    return tl.join(tl.join(_dot_pair(I, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
+                           _dot_pair(I + 8, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)),
+                   tl.join(_dot_pair(I + 4, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
+                           _dot_pair(I + 12, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)))
 
 
 @triton.jit
 def _dot_kernel(
     xk_ptr, stride_xk, ws_ptr,
     codes_ptr, s_ptr, z_ptr, sst32_ptr, zst32_ptr,
-    M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, MAGIC,
+    M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, MAGIC, CODE_MASK,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, SHARED2: tl.constexpr,
     SPLIT: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
@@ -869,6 +880,7 @@ def _dot_kernel(
     c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     magic = MAGIC.to(tl.uint32, bitcast=True)  # 0x4B000000, a runtime value (`_code_to_float`)
+    mask = CODE_MASK.to(tl.uint32, bitcast=True)  # 2**WB - 1, a runtime value (`_chunk_code_float`)
     xcol = xk_ptr + kk[:, None] * stride_xk + bb[None, :]  # x's [NCH SEG, BM] slice at column 0
     for t in range(c_begin, c_end, NCH):
         ch = t + jj
@@ -883,7 +895,7 @@ def _dot_kernel(
             s = _seg_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, m2 & gm1, gm1, N_GROUPS, BETA2, SB, SHARED2)
             z = _seg_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, m2 & gm1, gm1, N_GROUPS, BETA2, ZB, SHARED2)
             a = _dot_seg_tile(g * SEG, SEG, s, -s * z, WB, w0, w1, w2, w3, w4, w5, w6, w7,
-                              xk_ptr.dtype.element_ty, magic)  # [BN, NCH SEG]
+                              xk_ptr.dtype.element_ty, magic, mask)  # [BN, NCH SEG]
             xb = tl.load(xcol + (t * 32 + g * NCH * SEG) * stride_xk)  # [K, BM]
             if IEEE:
                 acc = tl.dot(a, xb, acc, input_precision="ieee")
@@ -1221,7 +1233,7 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     def dense():
         _dot_kernel[(row_blocks, split, m_blocks)](
             xk, xk.stride(0), ws, codes, sp, zp, _int32_pairs(ssp, scale_bits), _int32_pairs(zsp, zero_bits),
-            M, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, FLOAT_2_23_BITS,
+            M, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, FLOAT_2_23_BITS, (1 << wbits) - 1,
             WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BM=BM, BN=BN, NCH=NCH, SEG=SEG,
             SHARED2=beta2 > 0 and beta2 % BN == 0, SPLIT=split > 1, IEEE=x.dtype == torch.float32, PDL=pdl,
             num_warps=num_warps or 4, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
