@@ -303,6 +303,10 @@ def test_custom_op_registration_passes_opcheck():
                           (*layer.kernel_tensors()[:8], 64, 32, *layer.kernel_layout(), torch.float16),
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(ops.gather_x_chunked, (x, layer.perm), test_utils=("test_schema", "test_faketensor"))
+    bases_args = (*layer.kernel_tensors()[:8], 64, 32, *layer.kernel_layout())
+    torch.library.opcheck(ops.outlier_bases, bases_args, test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(ops.fused_matmul, (*args, "gemv_seg", ops.outlier_bases(*bases_args)),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"])

@@ -4,7 +4,7 @@ One kernel family per batch regime; `spqrkit.modules.linear.select_matmul` picks
 reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py. Measured
 on an H200 (benchmarks/kernel_speed.py, README, 2026-11-26): at batch 1 `gemv_seg` is 1.26x-1.75x as fast as fp16
 cuBLAS on the LLaMA-2 shapes and 1.20x-1.84x as fast as the authors' spqr-quant kernel; with 4-64 rows of x `dot`
-reaches 0.55x-0.76x of fp16 (4-16 rows) and 1.5x-3.3x the speed of dequantize + cuBLAS (16-64 rows).
+reaches 0.53x-0.80x of fp16 (4-16 rows) and 1.4x-4.1x the speed of dequantize + cuBLAS (16-64 rows).
 
 - `gemv` (decode: gemv_seg is chosen for 1-3 rows of x and takes 8 per launch; the others take 4, forced only):
   one program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's
@@ -31,9 +31,9 @@ reaches 0.55x-0.76x of fp16 (4-16 rows) and 1.5x-3.3x the speed of dequantize + 
   `_dot_outliers_kernel` then adds the outliers (value - base) x row by row (64 outliers of a row per step, each
   one's x values one vector load, the terms summed once after the loop), the bias, and casts; both run as
   programmatic dependents (PDL) of the kernel before them where supported. Measured (README,
-  benchmarks/dot_parts.py): on an H200 its dense part takes 13.1-13.2 us at 4096^2 for 1-16 rows of x (fp16 cuBLAS
-  14-15), the whole call 18.3 / 19.8 / 21.7 us at 1 / 8 / 16 rows (gemv_seg 10.2 / 32.9 / -, dequantize + cuBLAS
-  49.8); the rest is the outlier kernel (4.9-7.4 us) and the x gather (2 us). (The first version, one tl.dot per
+  benchmarks/dot_parts.py): on an H200 its dense part takes 12.4-13.1 us at 4096^2 for 1-16 rows of x (fp16 cuBLAS
+  14-15), the whole call 18.1 / 19.1 / 21.0 us at 1 / 8 / 16 rows (gemv_seg 10.2 / 32.9 / -, dequantize + cuBLAS
+  49.8); the rest is the outlier kernel (4.8-7.4 us) and the x gather (2 us). (The first version, one tl.dot per
   code through shared memory with 64 programs, took 348 us.)
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
@@ -44,9 +44,9 @@ outliers of their rows, add (value - base) * x. gemv_seg and dot take the base w
 `outlier_bases` (fp32, 4 bytes per outlier, computed once per layer from the packed tensors and kept by
 `SpQRLinear`): an outlier then costs its column, value and base (H200: gemv_seg at one row 10.2 us at 4096^2
 against 12.0 decoding them again in the same run; dot's outlier kernel, also restructured, 6.4 us at 8 rows against
-12.1 in an earlier run). Without it (and in gemv / gemv_xc) the base code and
-statistics at the outlier's position are decoded again from the packed tensors. In the gemv kernels the outlier terms go
-elementwise into a [rows, KO] register tile that is summed once at the end (no reduction, no barrier per tile).
+12.1 in an earlier run). Without it (and in gemv / gemv_xc) the base code and statistics at the outlier's position
+are decoded again from the packed tensors. In the gemv kernels the outlier terms go elementwise into a [rows, KO]
+register tile that is summed once at the end (no reduction, no barrier per tile).
 Statistics: second-level-quantized (codes packed along groups + fp16 (scale, zero) per beta2 rows and group) or
 fp16, each independently. Group size: any power of two, or one group per row (GROUP = 0).
 """
@@ -567,6 +567,7 @@ def _gemv_seg_kernel(
     o7 = o0
     R = _rv(rows, RT)
     RM = _rv(rmask, RT)
+    magic = MAGIC.to(tl.uint32, bitcast=True)  # 0x4B000000, a runtime value (`_code_to_float`)
     wp = codes_ptr + R * n_words + _cv(jj, RT) * WB
     if PREFETCH:
         n0, n1, n2, n3, n4, n5, n6, n7 = _chunk_words(wp + c_begin * WB, RM & _cv(c_begin + jj < c_end, RT), WB)
@@ -607,7 +608,7 @@ def _gemv_seg_kernel(
             p6 = p0
             p7 = p0
             for ii in tl.static_range(SEG):
-                q = _chunk_code_scaled(g * SEG + ii, WB, w0, w1, w2, w3, w4, w5, w6, w7, MAGIC.to(tl.uint32, bitcast=True))
+                q = _chunk_code_scaled(g * SEG + ii, WB, w0, w1, w2, w3, w4, w5, w6, w7, magic)
                 xo = xt + (g * SEG + ii) * NCH
                 p0 += q * _cv(tl.load(xo), RT)
                 if BB > 1:
@@ -922,8 +923,8 @@ def _dot_outliers_kernel(
     """The `dot` kernel's epilogue, one program per BR rows: y[b, rows] = ws[b, rows] + sum over the row's outliers
     of (value - base) x[b, col] (+ bias), in y's dtype. The rows' outliers are walked KOR at a time per row, all BR
     rows at once ([BR, KOR] tiles); the base weight (HAS_BASE: `outlier_bases`, else decoded again from the packed
-    tensors) is rounded like the dense operand's (`_dot_base`), x is read from the `dot` kernel's x (`gather_x_cols`' order).
-    PDL: launched as a programmatic dependent of `_dot_kernel`, it sums the outliers while that kernel finishes and
+    tensors) is rounded like the dense operand's (`_dot_base`), x is read from the `dot` kernel's x (`gather_x_cols`'
+    order). PDL: launched as a programmatic dependent of `_dot_kernel`, it sums the outliers while that kernel finishes and
     waits for it only to read ws."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = rows < OUT
