@@ -3,10 +3,10 @@
 One kernel family per batch regime; `spqrkit.modules.linear.select_matmul` picks among them and the plain-torch
 reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py. Measured
 on an H200 (benchmarks/kernel_speed.py, README, 2026-11-26): at batch 1 `gemv_seg` is 1.26x-1.75x as fast as fp16
-cuBLAS on the LLaMA-2 shapes and 1.20x-1.84x as fast as the authors' spqr-quant kernel; with 4-64 rows of x `dot`
+cuBLAS on the LLaMA-2 shapes and 1.20x-1.84x as fast as the authors' spqr-quant kernel; with 3-64 rows of x `dot`
 reaches 0.53x-0.80x of fp16 (4-16 rows) and 1.4x-4.1x the speed of dequantize + cuBLAS (16-64 rows).
 
-- `gemv` (decode: gemv_seg is chosen for 1-3 rows of x and takes 8 per launch; the others take 4, forced only):
+- `gemv` (decode: gemv_seg is chosen for 1-2 rows of x and takes 8 per launch; the others take 4, forced only):
   one program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's
   `wbits` words once and decodes code i of every chunk with constant shifts (the offset of code i in a chunk is
   known at compile time), multiplies by the group's scale and zero, and accumulates x * w on CUDA cores, one
@@ -21,7 +21,7 @@ reaches 0.53x-0.80x of fp16 (4-16 rows) and 1.4x-4.1x the speed of dequantize + 
     holds one chunk of several rows, so one x load serves them all), the statistic codes of a chunk's groups come
     from one window of words, long rows are split across programs (split K, atomic fp32 partial sums), and on
     Hopper it is launched as a programmatic dependent of the x kernel (PDL), overlapping its launch.
-- `dot` (4-64 rows of x): tensor cores, three kernels. x is gathered once in its own dtype, transposed ([columns,
+- `dot` (3-64 rows of x): tensor cores, three kernels. x is gathered once in its own dtype, transposed ([columns,
   rows of x]) and in tiles of NCH chunks segment-major (`gather_x_cols`: a segment of SEG codes of the tile's
   chunks is one contiguous slice). `_dot_kernel` owns [64 rows x up to 64 rows of x] and a share of the chunks
   (split K: fp32 atomics into a workspace the x kernel zeroes): per tile it loads the words and statistic windows
@@ -924,8 +924,8 @@ def _dot_outliers_kernel(
     of (value - base) x[b, col] (+ bias), in y's dtype. The rows' outliers are walked KOR at a time per row, all BR
     rows at once ([BR, KOR] tiles); the base weight (HAS_BASE: `outlier_bases`, else decoded again from the packed
     tensors) is rounded like the dense operand's (`_dot_base`), x is read from the `dot` kernel's x (`gather_x_cols`'
-    order). PDL: launched as a programmatic dependent of `_dot_kernel`, it sums the outliers while that kernel finishes and
-    waits for it only to read ws."""
+    order). PDL: launched as a programmatic dependent of `_dot_kernel`, it sums the outliers while that kernel
+    finishes and waits for it only to read ws."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = rows < OUT
     bb = tl.arange(0, BM)
