@@ -142,13 +142,19 @@ def _pick(K: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
 
 
 @triton.jit
-def _chunk_code(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
-    """Code I (0..31) of each chunk: bits [I * WB, (I + 1) * WB) of the chunk's words. Word and shift are
-    compile-time constants, so this is a shift and a mask (two shifts and an or when the code straddles words)."""
+def _chunk_code_bits(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
+    """Code I (0..31) of each chunk in the low WB bits, higher bits not yet masked: the chunk's words shifted by
+    compile-time constants (two shifts and an or when the code straddles words)."""
     q = _pick((I * WB) // 32, w0, w1, w2, w3, w4, w5, w6, w7) >> ((I * WB) % 32)
     if (I * WB) % 32 + WB > 32:
         q = q | (_pick((I * WB) // 32 + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - (I * WB) % 32))
-    return q & ((1 << WB) - 1)
+    return q
+
+
+@triton.jit
+def _chunk_code(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
+    """Code I (0..31) of each chunk: bits [I * WB, (I + 1) * WB) of the chunk's words (a shift and a mask)."""
+    return _chunk_code_bits(I, WB, w0, w1, w2, w3, w4, w5, w6, w7) & ((1 << WB) - 1)
 
 
 @triton.jit
@@ -156,10 +162,7 @@ def _chunk_code_float(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5,
     """fp32 code I of each chunk: `_code_to_float(_chunk_code(...), magic)`, with the code's mask (`mask`, a runtime
     value too: 2**WB - 1) and the OR of 2**23's bits as ONE LOP3 after the shift. (With the mask a constant, the
     shift and mask become a bitfield extract, SHF + SGXT, and the OR a LOP3 of its own.)"""
-    q = _pick((I * WB) // 32, w0, w1, w2, w3, w4, w5, w6, w7) >> ((I * WB) % 32)
-    if (I * WB) % 32 + WB > 32:
-        q = q | (_pick((I * WB) // 32 + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - (I * WB) % 32))
-    return _code_to_float(q & mask, magic)
+    return _code_to_float(_chunk_code_bits(I, WB, w0, w1, w2, w3, w4, w5, w6, w7) & mask, magic)
 
 
 @triton.jit
@@ -169,6 +172,12 @@ def _code_to_float(q, magic=0x4B000000):
     compiler cannot fold, so that the code's mask and this OR become ONE LOP3 (with two immediates ptxas emits an AND
     and an OR: benchmarks/sass_report.py)."""
     return (q | magic).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _base_weight(q, s, sz):
+    """The base weight of code q (fp32) with scale s and sz = -s z: s q - s z, one FFMA in fp32."""
+    return q * s + sz
 
 
 @triton.jit
@@ -188,21 +197,26 @@ def _group_stats(
 
 
 @triton.jit
-def _outlier_at(k, km, row, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS,
-                BETA2, cols_ptr, vals_ptr, WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr,
-                ZB: tl.constexpr):
-    """Outliers k (mask km) of rows `row`: (column, value, base code, scale, zero), fp32 but the column; the base
-    code and its group's statistics decoded again from the packed tensors."""
+def _outlier_base_at(k, km, row, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS,
+                     N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, WB: tl.constexpr, GROUP: tl.constexpr,
+                     SB: tl.constexpr, ZB: tl.constexpr, HAS_BASE: tl.constexpr):
+    """Outliers k (mask km) of rows `row`: (column, value, base weight), fp32 but the column. The base weight
+    (`_base_weight`) is read from bases_ptr (HAS_BASE: `outlier_bases`, computed by this same helper) or decoded
+    again: the base code and its group's statistics from the packed tensors."""
     col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
     v = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32)
-    q = _code_at(codes_ptr, row * N_CODE_WORDS, col, WB, km).to(tl.float32)
-    if GROUP > 0:
-        g = col // GROUP
+    if HAS_BASE:
+        base = tl.load(bases_ptr + k, mask=km, other=0.0)
     else:
-        g = col * 0
-    s = _stat_at(s_ptr, sst_ptr, row, g, km, N_GROUPS, N_SWORDS, BETA2, SB)
-    z = _stat_at(z_ptr, zst_ptr, row, g, km, N_GROUPS, N_ZWORDS, BETA2, ZB)
-    return col, v, q, s, z
+        q = _code_at(codes_ptr, row * N_CODE_WORDS, col, WB, km).to(tl.float32)
+        if GROUP > 0:
+            g = col // GROUP
+        else:
+            g = col * 0
+        s = _stat_at(s_ptr, sst_ptr, row, g, km, N_GROUPS, N_SWORDS, BETA2, SB)
+        z = _stat_at(z_ptr, zst_ptr, row, g, km, N_GROUPS, N_ZWORDS, BETA2, ZB)
+        base = _base_weight(q, s, -s * z)
+    return col, v, base
 
 
 @triton.jit
@@ -216,20 +230,16 @@ def _outlier_terms(
     """Outliers k0 .. min(k0 + KO, k_hi) - 1, all in the BR rows rows0 .. (row r's are lo[r] .. hi[r] - 1):
     (hit [BR, KO]: outlier k is valid and in row r; [KO] tensors dv = value - base weight and p = the index of its
     x in a row of x): their contribution to row r is dv * x[b, p] where hit. The base code and statistics at the
-    outlier are decoded again from the packed tensors, or, HAS_BASE, read from bases_ptr (`outlier_bases`).
+    outlier come from `_outlier_base_at` (HAS_BASE: read from `outlier_bases`, else decoded again).
     XC: 0 when x is in the original column order (p = perm[col]), else the tile width of x given by
     `_gather_x_tiles_kernel`, scaled by 2**-e when XSCALED (that 2**e is then folded into dv)."""
     k = k0 + tl.arange(0, KO)
     km = k < k_hi
     hit, loc = _outlier_rows(k, lo, hi)
-    if HAS_BASE:
-        col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
-        dv = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32) - tl.load(bases_ptr + k, mask=km, other=0.0)
-    else:
-        row = rows0 + loc
-        col, v, q, s, z = _outlier_at(k, km, row, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
-                                      N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP, SB, ZB)
-        dv = v - s * (q - z)
+    col, v, base = _outlier_base_at(k, km, rows0 + loc, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr,
+                                    N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, WB, GROUP, SB,
+                                    ZB, HAS_BASE)
+    dv = v - base
     if XC > 0:  # x given in tiles of XC chunks
         ch = col // 32
         p = ((ch // XC) * 32 + col % 32) * XC + ch % XC
@@ -775,16 +785,10 @@ def _gemv_kernel(
 
 # ---------------------------------------------------------------------------------------------------- dot
 @triton.jit
-def _base_weight(q, s, sz):
-    """The base weight of code q (fp32) with scale s and sz = -s z: s q - s z, one FFMA in fp32."""
-    return q * s + sz
-
-
-@triton.jit
 def _dot_base(q, s, sz, DT: tl.constexpr):
     """The dot kernel's weight: `_base_weight` rounded to DT. Its dense operand takes the base weight from here, and
-    its outlier kernel rounds `outlier_bases` (the same fp32 value, from `_base_weight`) the same way, so value -
-    base cancels it exactly."""
+    its outlier kernel rounds the same fp32 value (`_outlier_base_at`) the same way, so value - base cancels it
+    exactly."""
     return _base_weight(q, s, sz).to(DT)
 
 
@@ -860,7 +864,7 @@ def _dot_kernel(
     NCH chunks and per segment of SEG codes (one group, or a chunk when groups span chunks) the weights are
     decoded into a [BN, NCH SEG] operand (`_dot_seg_tile`: base weights s q - s z rounded to x's dtype, the
     tile's words, statistic windows and second-level pairs loaded in a [chunks, rows] layout like gemv_seg's) and
-    multiplied with x's [NCH SEG, BM] slice, given by `_gather_x_tiles_kernel` in this order (SEG_MAJOR). Outliers
+    multiplied with x's [NCH SEG, BM] slice, given in this order by `_gather_x_cols_kernel`. Outliers
     follow in `_dot_outliers_kernel`. PDL: launched as a programmatic dependent of the x kernel, and lets the
     outlier kernel launch once every program has seen the x kernel finish."""
     if PDL:
@@ -938,16 +942,10 @@ def _dot_outliers_kernel(
     for step in range(0, tl.max(hi - lo, axis=0), KOR):
         k = lo[:, None] + step + kk[None, :]  # [BR, KOR]
         km = k < hi[:, None]
-        if HAS_BASE:
-            col = tl.load(cols_ptr + k, mask=km, other=0).to(tl.int32) & 0xFFFF
-            v = tl.load(vals_ptr + k, mask=km, other=0.0).to(tl.float32)
-            base = tl.load(bases_ptr + k, mask=km, other=0.0).to(xk_ptr.dtype.element_ty)
-        else:
-            col, v, q, s, z = _outlier_at(k, km, rows[:, None], codes_ptr, N_CHUNKS * WB, s_ptr, sst_ptr, z_ptr,
-                                          zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP,
-                                          SB, ZB)
-            base = _dot_base(q, s, -s * z, xk_ptr.dtype.element_ty)
-        dv = v - base.to(tl.float32)
+        col, v, base = _outlier_base_at(k, km, rows[:, None], codes_ptr, N_CHUNKS * WB, s_ptr, sst_ptr, z_ptr,
+                                        zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr,
+                                        WB, GROUP, SB, ZB, HAS_BASE)
+        dv = v - base.to(xk_ptr.dtype.element_ty).to(tl.float32)  # rounded like the dense operand (`_dot_base`)
         ch = col // 32
         i = col % 32
         p = (ch // NCH) * (32 * NCH) + (i // SEG) * (NCH * SEG) + (ch % NCH) * SEG + i % SEG  # col's place in xk
@@ -971,8 +969,8 @@ def _outlier_base_kernel(
     OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, BR: tl.constexpr, KO: tl.constexpr,
 ):
-    """base[k] (fp32) = the base weight at outlier k, `_base_weight` of its code and statistics decoded from the
-    packed tensors (`_outlier_at`), for the outliers of rows BR * pid ...: `outlier_bases`."""
+    """base[k] (fp32) = the base weight at outlier k (`_outlier_base_at` decoding it from the packed tensors), for
+    the outliers of rows BR * pid ...: `outlier_bases`."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = rows < OUT
     lo = tl.load(rowptr_ptr + rows, mask=rmask, other=0)
@@ -981,9 +979,10 @@ def _outlier_base_kernel(
     for step in range(0, tl.max(hi - lo, axis=0), KO):
         k = lo[:, None] + step + kk[None, :]  # [BR, KO]
         km = k < hi[:, None]
-        _, _, q, s, z = _outlier_at(k, km, rows[:, None], codes_ptr, N_CHUNKS * WB, s_ptr, sst_ptr, z_ptr, zst_ptr,
-                                    N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, WB, GROUP, SB, ZB)
-        tl.store(base_ptr + k, _base_weight(q, s, -s * z), mask=km)
+        _, _, base = _outlier_base_at(k, km, rows[:, None], codes_ptr, N_CHUNKS * WB, s_ptr, sst_ptr, z_ptr, zst_ptr,
+                                      N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, base_ptr, WB, GROUP,
+                                      SB, ZB, False)
+        tl.store(base_ptr + k, base, mask=km)
 
 
 # ---------------------------------------------------------------------------------------------------- dequantize
@@ -1195,8 +1194,8 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
                split=None, num_warps=None, num_stages=None, outlier_rows=1, outliers_per_step=64, pdl=None,
                bases=None):
     """The `dot` kernel's launches, ([(name, launch)], y): y is filled when they run in order (benchmarks/dot_parts.py
-    times each alone). "gather x": x gathered once into segment-major tiles in its own dtype (`gather_x_tiles`,
-    which also zeroes the fp32 output when split); "dense": `_dot_kernel`, [block_n rows x block_m rows of x] tiles
+    times each alone). "gather x": x gathered once, transposed, into segment-major tiles in its own dtype
+    (`gather_x_cols`, which also zeroes the fp32 output when split); "dense": `_dot_kernel`, [block_n rows x block_m rows of x] tiles
     over `split` shares of the chunks; "outliers": the outliers, bias and cast (`_dot_outliers_kernel`,
     `outlier_rows` rows and `outliers_per_step` outliers per row a step; default one row and 64: H200, 2026-11-26,
     spqr-w3, the whole call at 4096^2 took 21.3 / 25.0 / 23.3 us for 4 / 8 / 16 rows of x against 22.8 / 25.9 /
