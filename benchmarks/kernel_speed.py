@@ -196,9 +196,21 @@ def with_bases(layer, params):
 XC_TILES = ((4, 32, 2), (4, 64, 4))
 SEG_TILES = ((4, 32, 2), (8, 32, 2), (2, 32, 2), (8, 32, 4), (4, 16, 1), (8, 16, 1), (4, 64, 2), (16, 32, 4),
              (4, 64, 4), (8, 64, 4), (4, 128, 4))
-# (block_n, chunks, split) tried for dot (split None: about four programs per SM)
-DOT_TILES = ((64, 16, None), (64, 16, 1), (64, 16, 2), (64, 16, 8), (64, 8, None), (64, 8, 4), (128, 16, None),
-             (128, 8, None), (64, 32, None))
+# (block_n, chunks, split, num_warps) tried for dot (split None: `dot_stages`' default), one software-pipelining
+# stage: from 2 stages Triton loads the packed words by cp.async a tile ahead, and the whole call took 2.1-3.7x as
+# long (H200, 2026-11-26, 8 rows of x, 4096^2 / 11008x4096 / 28672x8192: 38.4 / 96.0 / 426.4 us with 2 stages at
+# 64 x 8, against 18.0 / 44.0 / 166.8 with one, tune_dot_b8_stages_h200.json); 8 warps were slower too
+DOT_TILES = ((64, 8, None, 4), (64, 16, None, 4), (64, 8, 8, 4), (128, 8, None, 8))
+# flags tried on the default tile (programs_per_sm: the split K is chosen for about that many programs per SM).
+# (Before the top-of-mantissa decode, at 131 registers, a cap of 128 or 96 registers per thread (launch option
+# maxnreg; four or five programs per SM) was no faster or slower: 18.1 / 23.0 us against 18.0 at 4096^2, 8 rows,
+# tune_dot_b8_b16_h200.json.)
+DOT_FLAGS = ({"programs_per_sm": 3}, {"programs_per_sm": 4}, {"programs_per_sm": 6}, {"programs_per_sm": 8},
+             {"outlier_rows": 1, "outliers_per_step": 64}, {"outlier_rows": 2, "outliers_per_step": 32},
+             {"outlier_rows": 4, "outliers_per_step": 16}, {"outlier_rows": 8, "outliers_per_step": 16},
+             {"outlier_rows": 8, "outliers_per_step": 32}, {"outlier_rows": 4, "outliers_per_step": 64},
+             {"chunks": 16}, {"chunks": 16, "outlier_rows": 1, "outliers_per_step": 64}, {"pdl": False},
+             {"chunks": 4}, {"chunks": 4, "programs_per_sm": 5})
 
 
 def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
@@ -228,9 +240,10 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
             space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, **flags}))
         space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, "rows_in_thread": False}))  # stop 8's
     if "dot" in kernels:
-        for bn, nch, split in DOT_TILES:
-            space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "split": split,
-                                                   "num_warps": 4 if bn <= 64 else 8}))
+        for bn, nch, split, warps in DOT_TILES:
+            space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "split": split, "num_warps": warps}))
+        for flags in DOT_FLAGS:
+            space.append((spqr_matmul.dot, "dot", flags))
     ref = MATMULS["reference"](layers[0], x).float()
     for fn, name, params in space:
         try:

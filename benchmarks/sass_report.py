@@ -54,11 +54,11 @@ def kernels():
         ("gemv_xc 4 rows", m._gemv_kernel, dict(SPQR_W3, BB=4, BR=8, NCH=16, XC=16), 4, 8 * 16 * 32 // 128),
         ("gemv 1 row", m._gemv_kernel, dict(SPQR_W3, BB=1, BR=4, NCH=32, XC=0), 2, 4 * 32 * 32 // 64),
         ("dot 16 rows", m._dot_kernel,
-         {k: v for k, v in dict(SPQR_W3, BM=16, BN=64, NCH=16, SEG=16, SHARED2=False, SPLIT=True, IEEE=False,
-                                PDL=True).items() if k not in ("HAS_BIAS", "KO")}, 4, 64 * 16 * 32 // 128),
-        ("dot outliers 8", m._dot_outliers_kernel,  # per step: 64 outliers of one row, 8 rows of x each
-         {k: v for k, v in dict(SPQR_W3, BR=1, KOR=64, BM=8, NCH=16, SEG=16, HAS_BASE=True, PDL=True).items()
-          if k != "KO"}, 2, 64 * 8 // 64),
+         {k: v for k, v in dict(SPQR_W3, BM=16, BN=64, NCH=8, SEG=16, SHARED2=False, SPLIT=True, IEEE=False,
+                                PDL=True).items() if k not in ("HAS_BIAS", "KO")}, 4, 64 * 8 * 32 // 128),
+        ("dot outliers 8", m._dot_outliers_kernel,  # per step: 32 outliers of 4 rows, 8 rows of x each
+         {k: v for k, v in dict(SPQR_W3, BR=4, KOR=32, BM=8, NCH=8, SEG=16, HAS_BASE=True, PDL=True).items()
+          if k != "KO"}, 2, 4 * 32 * 8 // 64),
         ("dequantize", m._dequantize_kernel,
          {k: v for k, v in dict(SPQR_W3, BR=8, NCH=32).items() if k not in ("HAS_BIAS", "KO")}, 4, None),
     ]

@@ -1,9 +1,9 @@
 """benchmarks/sass_report.py compiles the inference kernels for sm_90a without a GPU: they must compile, and the
 one-row decode kernel (the selector's batch-1 choice) must keep its main loop free of barriers and of register spills
 (the structure the H100 measurements of issue 4 were won with) and decode a weight with one LOP3; the tensor-core dot
-kernel must run wgmma with at most one barrier per operand (4 per tile of two segments), without spills, and its
-outlier kernel without any barrier. The kernels are compiled as launched: tiles, stages, and pointers and strides
-divisible by 16."""
+kernel must run wgmma with at most one barrier per operand (4 per tile of two segments), without spills and without a
+subtraction per weight, and its outlier kernel load each outlier's x values as one vector. The kernels are compiled
+as launched: tiles, stages, and pointers and strides divisible by 16."""
 
 import json
 import os
@@ -41,8 +41,12 @@ def test_sass_report(tmp_path):
     assert main_loop["mix"]["LOP3"] <= 1.5 * seg["weights_per_iteration"]
     dot = report["dot 16 rows"]["loops"][0]  # tensor cores (wgmma), the operand staged once per segment
     assert dot["mix"].get("HGMMA", 0) > 0 and dot["barriers"] <= 4
+    # its weights decoded at the top of the mantissa (1 + q 2**-wbits, `_chunk_code_top`): no subtraction of a
+    # magic number per weight (1.25 FADD per weight with 2**23; now only the statistics' 0.25)
+    assert dot["mix"].get("FADD", 0) <= 0.5 * report["dot 16 rows"]["weights_per_iteration"]
     # dot's outlier kernel: each outlier's 8 x values in one vector load, its term added elementwise (a sum over the
-    # step's outliers cost 7 barriers per step)
+    # step's outliers cost 7 barriers per step); at its default 4 rows x 32 outliers a step, 4 barriers move the
+    # step's columns and values into the terms' layout (measured faster than 1 x 64 without any: spqr_matmul.dot_stages)
     outliers = report["dot outliers 8"]["loops"][0]
-    assert outliers["barriers"] == 0 and outliers["mix"].get("LDG", 0) <= 6
+    assert outliers["barriers"] <= 4 and outliers["mix"].get("LDG", 0) <= 8
     assert "gemv_seg 1 row" in run.stdout  # the printed table

@@ -4,7 +4,8 @@ One kernel family per batch regime; `spqrkit.modules.linear.select_matmul` picks
 reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py. Measured
 on an H200 (benchmarks/kernel_speed.py, README, 2026-11-26): at batch 1 `gemv_seg` is 1.26x-1.75x as fast as fp16
 cuBLAS on the LLaMA-2 shapes and 1.20x-1.84x as fast as the authors' spqr-quant kernel; with 3-64 rows of x `dot`
-reaches 0.53x-0.80x of fp16 (4-16 rows) and 1.4x-4.1x the speed of dequantize + cuBLAS (16-64 rows).
+reaches 0.71x-0.91x of fp16 (4-16 rows; its dense part alone is faster than fp16 at 8 rows) and 1.7x-4.9x the speed
+of dequantize + cuBLAS (16-64 rows).
 
 - `gemv` (decode: gemv_seg is chosen for 1-2 rows of x and takes 8 per launch; the others take 4, forced only):
   one program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's
@@ -26,15 +27,16 @@ reaches 0.53x-0.80x of fp16 (4-16 rows) and 1.4x-4.1x the speed of dequantize + 
   chunks is one contiguous slice). `_dot_kernel` owns [64 rows x up to 64 rows of x] and a share of the chunks
   (split K: fp32 atomics into a workspace the x kernel zeroes): per tile it loads the words and statistic windows
   like gemv_seg ([chunks, rows] layout), and per segment builds the [64, NCH SEG] weight operand s q - s z (rounded
-  to x's dtype, the reference's weight) by joins, which keep each thread's SEG codes of a chunk contiguous so the
-  operand goes to shared memory in wide stores, then one tl.dot (wgmma on Hopper) with x's slice.
-  `_dot_outliers_kernel` then adds the outliers (value - base) x row by row (64 outliers of a row per step, each
-  one's x values one vector load, the terms summed once after the loop), the bias, and casts; both run as
-  programmatic dependents (PDL) of the kernel before them where supported. Measured (README,
-  benchmarks/dot_parts.py): on an H200 its dense part takes 12.4-13.1 us at 4096^2 for 1-16 rows of x (fp16 cuBLAS
-  14-15), the whole call 18.1 / 19.1 / 21.0 us at 1 / 8 / 16 rows (gemv_seg 10.2 / 32.9 / -, dequantize + cuBLAS
-  49.8); the rest is the outlier kernel (4.8-7.4 us) and the x gather (2 us). (The first version, one tl.dot per
-  code through shared memory with 64 programs, took 348 us.)
+  to x's dtype) by joins, which keep each thread's SEG codes of a chunk contiguous so the operand goes to shared
+  memory in wide stores, then one tl.dot (wgmma on Hopper) with x's slice. Each code is shifted to the top of an
+  fp32 mantissa and or-ed into 1.0 (1 + q 2**-wbits, `_chunk_code_top`), and one FFMA with s 2**wbits and
+  -s z - s 2**wbits gives the weight: no magic number to subtract (7.2 instead of 8.1 instructions per weight).
+  `_dot_outliers_kernel` then adds the outliers (value - base) x, 4 rows x 32 outliers a step (each one's x values
+  one vector load, the terms summed once after the loop), the bias, and casts; both run as programmatic
+  dependents (PDL) of the kernel before them where supported. Measured (README, benchmarks/dot_parts.py, H200,
+  8 rows of x): the dense part takes 11.4 us at 4096^2 and 127.2 at 28672x8192 against 13.4 and 133.8 for fp16
+  cuBLAS, the whole call 16.2 and 151.8: the outlier kernel (4.5-27.6 us) and the x gather (2.0-4.6) make the
+  difference. (The first version, one tl.dot per code through shared memory with 64 programs, took 348 us.)
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
   the caller gathers x's columns in the same order and multiplies with cuBLAS.
@@ -142,27 +144,13 @@ def _pick(K: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
 
 
 @triton.jit
-def _chunk_code_bits(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
-    """Code I (0..31) of each chunk in the low WB bits, higher bits not yet masked: the chunk's words shifted by
-    compile-time constants (two shifts and an or when the code straddles words)."""
+def _chunk_code(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
+    """Code I (0..31) of each chunk: bits [I * WB, (I + 1) * WB) of the chunk's words, shifted by compile-time
+    constants (two shifts and an or when the code straddles words) and masked."""
     q = _pick((I * WB) // 32, w0, w1, w2, w3, w4, w5, w6, w7) >> ((I * WB) % 32)
     if (I * WB) % 32 + WB > 32:
         q = q | (_pick((I * WB) // 32 + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - (I * WB) % 32))
-    return q
-
-
-@triton.jit
-def _chunk_code(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
-    """Code I (0..31) of each chunk: bits [I * WB, (I + 1) * WB) of the chunk's words (a shift and a mask)."""
-    return _chunk_code_bits(I, WB, w0, w1, w2, w3, w4, w5, w6, w7) & ((1 << WB) - 1)
-
-
-@triton.jit
-def _chunk_code_float(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, magic, mask):
-    """fp32 code I of each chunk: `_code_to_float(_chunk_code(...), magic)`, with the code's mask (`mask`, a runtime
-    value too: 2**WB - 1) and the OR of 2**23's bits as ONE LOP3 after the shift. (With the mask a constant, the
-    shift and mask become a bitfield extract, SHF + SGXT, and the OR a LOP3 of its own.)"""
-    return _code_to_float(_chunk_code_bits(I, WB, w0, w1, w2, w3, w4, w5, w6, w7) & mask, magic)
+    return q & ((1 << WB) - 1)
 
 
 @triton.jit
@@ -175,9 +163,40 @@ def _code_to_float(q, magic=0x4B000000):
 
 
 @triton.jit
-def _base_weight(q, s, sz):
-    """The base weight of code q (fp32) with scale s and sz = -s z: s q - s z, one FFMA in fp32."""
-    return q * s + sz
+def _chunk_code_top(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, one, mask):
+    """fp32 1 + q 2**-WB for code q = code I (0..31) of each chunk: its bits shifted to the top of the mantissa
+    (bits 23 - WB .. 22; one compile-time shift, two and an or when the code straddles words) and or-ed into the
+    bits of 1.0. `one` (FLOAT_ONE_BITS) and `mask` ((2**WB - 1) << (23 - WB)) are runtime values, so mask and or are
+    ONE LOP3. Nothing is subtracted: `_top_weight` scales it by s 2**WB, which keeps every bit (see there)."""
+    K: tl.constexpr = (I * WB) // 32
+    O: tl.constexpr = (I * WB) % 32
+    T: tl.constexpr = 23 - WB
+    w = _pick(K, w0, w1, w2, w3, w4, w5, w6, w7)
+    if O + WB > 32:
+        bits = (w >> (O - T)) | (_pick(K + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - O + T))
+    elif O >= T:
+        bits = w >> (O - T)
+    else:
+        bits = w << (T - O)
+    return ((bits & mask) | one).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _top_weight(m, s8, c):
+    """s q - s z from m = 1 + q 2**-WB (`_chunk_code_top`), s8 = s 2**WB and c = -s z - s8: m s8 + c, one FFMA.
+    The terms stay within a few times s 2**WB (unlike a 2**23 magic, whose subtraction must come first: one FADD
+    per weight), so the two roundings (c, and the FFMA's) cost at most about 2**(WB - 22) |s| on top of the one of
+    s q - s z computed directly: far below the weight's rounding to fp16 / bf16 for the tensor cores."""
+    return m * s8 + c
+
+
+@triton.jit
+def _base_weight(q, s, sz, WB: tl.constexpr):
+    """The base weight of code q (fp32) with scale s and sz = -s z, fp32, computed exactly as the `dot` kernel's
+    dense operand is (`_top_weight` of 1 + q 2**-WB, exact here too), so that its outlier kernel's value - base
+    cancels that operand bit for bit."""
+    s8 = s * (1 << WB)
+    return _top_weight(q * (1.0 / (1 << WB)) + 1.0, s8, sz - s8)
 
 
 @triton.jit
@@ -215,7 +234,7 @@ def _outlier_base_at(k, km, row, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr,
             g = col * 0
         s = _stat_at(s_ptr, sst_ptr, row, g, km, N_GROUPS, N_SWORDS, BETA2, SB)
         z = _stat_at(z_ptr, zst_ptr, row, g, km, N_GROUPS, N_ZWORDS, BETA2, ZB)
-        base = _base_weight(q, s, -s * z)
+        base = _base_weight(q, s, -s * z, WB)
     return col, v, base
 
 
@@ -785,76 +804,69 @@ def _gemv_kernel(
 
 # ---------------------------------------------------------------------------------------------------- dot
 @triton.jit
-def _dot_base(q, s, sz, DT: tl.constexpr):
-    """The dot kernel's weight: `_base_weight` rounded to DT. Its dense operand takes the base weight from here, and
-    its outlier kernel rounds the same fp32 value (`_outlier_base_at`) the same way, so value - base cancels it
-    exactly."""
-    return _base_weight(q, s, sz).to(DT)
+def _dot_w(I: tl.constexpr, s8, c, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, one, mask):
+    """The weight of code I of each chunk, rounded to DT: the `dot` kernel's A operand. Its outlier kernel rounds
+    the same fp32 value (`_base_weight`) the same way, so value - base cancels it exactly."""
+    return _top_weight(_chunk_code_top(I, WB, w0, w1, w2, w3, w4, w5, w6, w7, one, mask), s8, c).to(DT)
 
 
 @triton.jit
-def _dot_w(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic, mask):
-    """The weight of code I of each chunk (`_dot_base`): the `dot` kernel's A operand."""
-    return _dot_base(_chunk_code_float(I, WB, w0, w1, w2, w3, w4, w5, w6, w7, magic, mask), s, sz, DT)
-
-
-@triton.jit
-def _dot_pair(I: tl.constexpr, H: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
-              DT: tl.constexpr, magic, mask):
+def _dot_pair(I: tl.constexpr, H: tl.constexpr, s8, c, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
+              DT: tl.constexpr, one, mask):
     """Codes I and I + H side by side ([..., 2]: `_dot_seg_tile`'s first join level)."""
-    return tl.join(_dot_w(I, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
-                   _dot_w(I + H, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask))
+    return tl.join(_dot_w(I, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
+                   _dot_w(I + H, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask))
 
 
 @triton.jit
-def _dot_seg_tile(B: tl.constexpr, SEG: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
-                  DT: tl.constexpr, magic, mask):
-    """[BN, NCH * SEG] (s, sz [NCH, BN]): the weights of codes B .. B + SEG - 1 of the tile's chunks, column j SEG
+def _dot_seg_tile(B: tl.constexpr, SEG: tl.constexpr, s8, c, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
+                  DT: tl.constexpr, one, mask):
+    """[BN, NCH * SEG] (s8 = s 2**WB, c = -s z - s8 [NCH, BN]: `_top_weight`): the weights of codes B .. B + SEG - 1 of the tile's chunks, column j SEG
     + i for code B + i of chunk j. Built by joins (a join adds a minor dimension held in each thread, so no data
     moves): code k is first paired with k + SEG / 2, which makes the flattened order the natural one; each thread
     then holds SEG consecutive columns, so the tile goes to shared memory in wide stores."""
     if SEG == 8:
-        t = tl.join(tl.join(_dot_pair(B + 0, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
-                            _dot_pair(B + 2, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)),
-                    tl.join(_dot_pair(B + 1, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
-                            _dot_pair(B + 3, 4, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)))
+        t = tl.join(tl.join(_dot_pair(B + 0, 4, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
+                            _dot_pair(B + 2, 4, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask)),
+                    tl.join(_dot_pair(B + 1, 4, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
+                            _dot_pair(B + 3, 4, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask)))
         t = tl.permute(t, (1, 0, 2, 3, 4))
     elif SEG == 16:
-        t = tl.join(tl.join(_dot_quad(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
-                            _dot_quad(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)),
-                    tl.join(_dot_quad(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
-                            _dot_quad(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)))
+        t = tl.join(tl.join(_dot_quad(B + 0, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
+                            _dot_quad(B + 2, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask)),
+                    tl.join(_dot_quad(B + 1, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
+                            _dot_quad(B + 3, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask)))
         t = tl.permute(t, (1, 0, 2, 3, 4, 5))
     else:  # 32
-        t = tl.join(tl.join(_dot_oct(B + 0, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
-                            _dot_oct(B + 2, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)),
-                    tl.join(_dot_oct(B + 1, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
-                            _dot_oct(B + 3, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)))
+        t = tl.join(tl.join(_dot_oct(B + 0, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
+                            _dot_oct(B + 2, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask)),
+                    tl.join(_dot_oct(B + 1, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
+                            _dot_oct(B + 3, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask)))
         t = tl.permute(t, (1, 0, 2, 3, 4, 5, 6))
     return tl.reshape(t, (t.shape[0], t.shape[1] * SEG))
 
 
 @triton.jit
-def _dot_quad(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic, mask):
+def _dot_quad(I: tl.constexpr, s8, c, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, one, mask):
     """Codes I + {0, 8} x {0, 4} of a 16-code segment (`_dot_seg_tile`'s first two join levels)."""
-    return tl.join(_dot_pair(I, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
-                   _dot_pair(I + 4, 8, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask))
+    return tl.join(_dot_pair(I, 8, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
+                   _dot_pair(I + 4, 8, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask))
 
 
 @triton.jit
-def _dot_oct(I: tl.constexpr, s, sz, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, magic, mask):
+def _dot_oct(I: tl.constexpr, s8, c, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, DT: tl.constexpr, one, mask):
     """Codes I + {0, 16} x {0, 8} x {0, 4} of a 32-code segment (`_dot_seg_tile`'s first three join levels)."""
-    return tl.join(tl.join(_dot_pair(I, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
-                           _dot_pair(I + 8, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)),
-                   tl.join(_dot_pair(I + 4, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask),
-                           _dot_pair(I + 12, 16, s, sz, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, magic, mask)))
+    return tl.join(tl.join(_dot_pair(I, 16, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
+                           _dot_pair(I + 8, 16, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask)),
+                   tl.join(_dot_pair(I + 4, 16, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
+                           _dot_pair(I + 12, 16, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask)))
 
 
 @triton.jit
 def _dot_kernel(
     xk_ptr, stride_xk, ws_ptr,
     codes_ptr, s_ptr, z_ptr, sst32_ptr, zst32_ptr,
-    M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, MAGIC, CODE_MASK,
+    M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, ONE, CODE_MASK,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, SHARED2: tl.constexpr,
     SPLIT: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
@@ -864,9 +876,9 @@ def _dot_kernel(
     NCH chunks and per segment of SEG codes (one group, or a chunk when groups span chunks) the weights are
     decoded into a [BN, NCH SEG] operand (`_dot_seg_tile`: base weights s q - s z rounded to x's dtype, the
     tile's words, statistic windows and second-level pairs loaded in a [chunks, rows] layout like gemv_seg's) and
-    multiplied with x's [NCH SEG, BM] slice, given in this order by `_gather_x_cols_kernel`. Outliers
-    follow in `_dot_outliers_kernel`. PDL: launched as a programmatic dependent of the x kernel, and lets the
-    outlier kernel launch once every program has seen the x kernel finish."""
+    multiplied with x's [NCH SEG, BM] slice, given in this order by `_gather_x_cols_kernel`. Outliers follow in
+    `_dot_outliers_kernel`. PDL: launched as a programmatic dependent of the x kernel, and lets the outlier kernel
+    launch once every program has seen the x kernel finish."""
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
@@ -884,14 +896,15 @@ def _dot_kernel(
     c_begin = tl.program_id(1) * CPS
     c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
-    magic = MAGIC.to(tl.uint32, bitcast=True)  # 0x4B000000, a runtime value (`_code_to_float`)
-    mask = CODE_MASK.to(tl.uint32, bitcast=True)  # 2**WB - 1, a runtime value (`_chunk_code_float`)
+    one = ONE.to(tl.uint32, bitcast=True)  # the bits of 1.0, a runtime value (`_chunk_code_top`)
+    mask = CODE_MASK.to(tl.uint32, bitcast=True)  # (2**WB - 1) << (23 - WB), a runtime value too
     xcol = xk_ptr + kk[:, None] * stride_xk + bb[None, :]  # x's [NCH SEG, BM] slice at column 0
+    wp = codes_ptr + R * n_words + jj[:, None] * WB
     for t in range(c_begin, c_end, NCH):
         ch = t + jj
         C = ch[:, None]
         m2 = RM & (C < N_CHUNKS)
-        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(codes_ptr + R * n_words + C * WB, m2, WB)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp + t * WB, m2, WB)
         swin, zwin = _stat_windows(s_ptr, z_ptr, R, C, m2, N_SWORDS, N_ZWORDS, GROUP, NSEG, SB, ZB)
         for g in tl.static_range(NSEG):
             grp, gm1 = _seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
@@ -899,20 +912,21 @@ def _dot_kernel(
             G = grp[:, None]
             s = _seg_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, m2 & gm1, gm1, N_GROUPS, BETA2, SB, SHARED2)
             z = _seg_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, m2 & gm1, gm1, N_GROUPS, BETA2, ZB, SHARED2)
-            a = _dot_seg_tile(g * SEG, SEG, s, -s * z, WB, w0, w1, w2, w3, w4, w5, w6, w7,
-                              xk_ptr.dtype.element_ty, magic, mask)  # [BN, NCH SEG]
+            s8 = s * (1 << WB)
+            a = _dot_seg_tile(g * SEG, SEG, s8, -s * z - s8, WB, w0, w1, w2, w3, w4, w5, w6, w7,
+                              xk_ptr.dtype.element_ty, one, mask)  # [BN, NCH SEG] (`_base_weight`'s arithmetic)
             xb = tl.load(xcol + (t * 32 + g * NCH * SEG) * stride_xk)  # [K, BM]
             if IEEE:
                 acc = tl.dot(a, xb, acc, input_precision="ieee")
             else:
                 acc = tl.dot(a, xb, acc)
     out = tl.trans(acc)  # [BM, BN]
-    wp = ws_ptr + bb[:, None] * OUT + rows[None, :]
+    yp = ws_ptr + bb[:, None] * OUT + rows[None, :]
     wm = (bb < M)[:, None] & rmask[None, :]
     if SPLIT:
-        tl.atomic_add(wp, out, mask=wm, sem="relaxed")
+        tl.atomic_add(yp, out, mask=wm, sem="relaxed")
     else:
-        tl.store(wp, out, mask=wm)
+        tl.store(yp, out, mask=wm)
 
 
 @triton.jit
@@ -927,7 +941,7 @@ def _dot_outliers_kernel(
     """The `dot` kernel's epilogue, one program per BR rows: y[b, rows] = ws[b, rows] + sum over the row's outliers
     of (value - base) x[b, col] (+ bias), in y's dtype. The rows' outliers are walked KOR at a time per row, all BR
     rows at once ([BR, KOR] tiles); the base weight (HAS_BASE: `outlier_bases`, else decoded again from the packed
-    tensors) is rounded like the dense operand's (`_dot_base`), x is read from the `dot` kernel's x (`gather_x_cols`'
+    tensors) is rounded like the dense operand's (`_dot_w`), x is read from the `dot` kernel's x (`gather_x_cols`'
     order). PDL: launched as a programmatic dependent of `_dot_kernel`, it sums the outliers while that kernel
     finishes and waits for it only to read ws."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
@@ -945,7 +959,7 @@ def _dot_outliers_kernel(
         col, v, base = _outlier_base_at(k, km, rows[:, None], codes_ptr, N_CHUNKS * WB, s_ptr, sst_ptr, z_ptr,
                                         zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr,
                                         WB, GROUP, SB, ZB, HAS_BASE)
-        dv = v - base.to(xk_ptr.dtype.element_ty).to(tl.float32)  # rounded like the dense operand (`_dot_base`)
+        dv = v - base.to(xk_ptr.dtype.element_ty).to(tl.float32)  # rounded like the dense operand (`_dot_w`)
         ch = col // 32
         i = col % 32
         p = (ch // NCH) * (32 * NCH) + (i // SEG) * (NCH * SEG) + (ch % NCH) * SEG + i % SEG  # col's place in xk
@@ -1062,6 +1076,7 @@ def _stat_ptrs(stat, stats):
 
 
 FLOAT_2_23_BITS = 0x4B000000  # the MAGIC argument of the decode kernels (`_code_to_float`)
+FLOAT_ONE_BITS = 0x3F800000  # the ONE argument of the dot kernel (`_chunk_code_top`)
 GEMV_MAX_BATCH = 4  # rows of x the gemv / gemv_xc kernels accumulate (one register tile each)
 GEMV_SEG_MAX_BATCH = 8  # and gemv_seg
 
@@ -1191,18 +1206,33 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
 
 def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, chunks=None,
-               split=None, num_warps=None, num_stages=None, outlier_rows=1, outliers_per_step=64, pdl=None,
-               bases=None):
+               split=None, num_warps=None, num_stages=None, outlier_rows=4, outliers_per_step=None, pdl=None,
+               bases=None, programs_per_sm=None):
     """The `dot` kernel's launches, ([(name, launch)], y): y is filled when they run in order (benchmarks/dot_parts.py
     times each alone). "gather x": x gathered once, transposed, into segment-major tiles in its own dtype
-    (`gather_x_cols`, which also zeroes the fp32 output when split); "dense": `_dot_kernel`, [block_n rows x block_m rows of x] tiles
-    over `split` shares of the chunks; "outliers": the outliers, bias and cast (`_dot_outliers_kernel`,
-    `outlier_rows` rows and `outliers_per_step` outliers per row a step; default one row and 64: H200, 2026-11-26,
-    spqr-w3, the whole call at 4096^2 took 21.3 / 25.0 / 23.3 us for 4 / 8 / 16 rows of x against 22.8 / 25.9 /
-    24.0 with 2 x 64 and 25.5 / 30.4 / 27.9 with 4 x 32, at 28672x8192 205.7 / 235.8 / 216.6 against 218.3 /
-    246.9 / 226.4 and 219.9 / 249.2 / 235.6). `split` None: enough shares for about four programs per SM. `pdl` (None:
-    where supported, `_has_pdl`): the dense and outlier kernels launched as programmatic dependents of the kernel
-    before them. `bases`: the outliers' base weights (`outlier_bases`; None: decoded again per outlier)."""
+    (`gather_x_cols`, which also zeroes the fp32 output when split); "dense": `_dot_kernel`, [block_n rows x block_m
+    rows of x] tiles of `chunks` chunks, over `split` shares of the chunks; "outliers": the outliers, bias and cast
+    (`_dot_outliers_kernel`, `outlier_rows` rows and `outliers_per_step` outliers per row a step; None: 32 for up
+    to 16 rows of x, else 16, which keeps its [rows, outliers, rows of x] terms in registers). `split` None:
+    enough shares for about `programs_per_sm` programs per SM (None: 4 below 128 tiles of rows, else 8: a large
+    grid runs several waves of programs, and finer shares even out its last one). `pdl` (None: where supported,
+    `_has_pdl`): the dense and outlier kernels launched as programmatic dependents of the kernel before them.
+    `bases`: the outliers' base weights (`outlier_bases`; None: decoded again per outlier).
+
+    Defaults from H200 sweeps (2026-11-26, spqr-w3, the whole call, `kernel_speed.py --tune`; JSON in
+    benchmarks/results): 8 chunks, 128 registers and four programs per SM (16 chunks: 255 registers, two per SM;
+    18.0 / 44.2 / 168.0 us at 4096^2 / 11008x4096 / 28672x8192 and 8 rows of x against 18.8 / 45.2 / 181.1,
+    tune_dot_b8_nch8_h200.json); outliers 4 rows x 32 a step (16.7 / 39.1 / 156.1 against 18.0 / 43.8 / 168.0
+    with 1 x 64 at 8 rows, tune_dot_b8_b16_h200.json; at 64 rows 4 x 16: 29.5 / 285.2 / 293.0 us at 4096^2 /
+    28672x8192 / 8192x28672 against 31.5 / 316.0 / 312.6 with 4 x 32, tune_dot_b32_b64_h200.json); the split
+    (with 4 programs per SM against the best split at 8 rows: 34.5 / 33.7 us at 4096x11008 (64 tiles), 37.3 / 34.7
+    at 11008x4096 (172), 151.3 / 140.8 at 28672x8192 (448), 164.9 / 146.3 at 8192x28672 (128),
+    dot_splits_h200.json). Slower or no faster: the next tile's words and windows prefetched into registers (199
+    registers, two programs per SM: 19.9 against 16.2 us at 4096^2, tune_dot_b8_top_decode_h200.json), two or three software-pipelining stages (2.1-3.7x slower: the words then come by cp.async through
+    shared memory, tune_dot_b8_stages_h200.json), 8 warps, 128-row tiles, a cap of 128 or 96 registers, and the
+    outliers summed in the dense kernel's programs (each program's share after its dense loop, the last share
+    storing y: 23.3 against 18.8 us for the separate kernel at 4096^2 in one run,
+    tune_dot_b8_fused_outliers_h200.json)."""
     import torch
 
     M, n_in = x.shape
@@ -1210,12 +1240,13 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BM = block_m or min(64, max(16, triton.next_power_of_2(M)))
     BN = block_n or 64
-    NCH = chunks or 16
+    NCH = chunks or 8
     SEG = _segment(group)
     n_tiles = triton.cdiv(n_chunks, NCH)
     row_blocks, m_blocks = triton.cdiv(out_features, BN), triton.cdiv(M, BM)
-    if split is None:
-        split = triton.cdiv(4 * _sm_count(x.device), row_blocks * m_blocks)
+    if split is None:  # (programs_per_sm None: 4 for fewer than 128 tiles, else 8)
+        pps = programs_per_sm or (4 if row_blocks * m_blocks < 128 else 8)
+        split = triton.cdiv(pps * _sm_count(x.device), row_blocks * m_blocks)
     split = max(1, min(split, n_tiles))
     cps = triton.cdiv(n_tiles, split) * NCH  # chunks per program
     split = triton.cdiv(n_chunks, cps)
@@ -1233,7 +1264,8 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     def dense():
         _dot_kernel[(row_blocks, split, m_blocks)](
             xk, xk.stride(0), ws, codes, sp, zp, _int32_pairs(ssp, scale_bits), _int32_pairs(zsp, zero_bits),
-            M, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, FLOAT_2_23_BITS, (1 << wbits) - 1,
+            M, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, FLOAT_ONE_BITS,
+            ((1 << wbits) - 1) << (23 - wbits),
             WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BM=BM, BN=BN, NCH=NCH, SEG=SEG,
             SHARED2=beta2 > 0 and beta2 % BN == 0, SPLIT=split > 1, IEEE=x.dtype == torch.float32, PDL=pdl,
             num_warps=num_warps or 4, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
@@ -1242,7 +1274,7 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     def outliers():
         for b0 in range(0, M, 64):  # (the kernel holds [rows, rows of x] in registers: 64 rows of x at a time)
             mb = min(64, M - b0)
-            br, kor = outlier_rows, outliers_per_step
+            br, kor = outlier_rows, outliers_per_step or (32 if mb <= 16 else 16)
             first = pdl and b0 == 0
             _dot_outliers_kernel[(triton.cdiv(out_features, br),)](
                 ws[b0 * out_features:], y[b0:], y.stride(0), bias if bias is not None else x, xk[:, b0:],
