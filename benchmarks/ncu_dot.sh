@@ -7,14 +7,7 @@ set -u
 source "$(dirname "$0")/gpu_env.sh" "$@"
 sections="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section InstructionStats --section SchedulerStats"
 metrics="--metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio,smsp__inst_executed.sum"
-prof() {  # name, kernel regex, profile_kernels args
-  local name=$1 regex=$2; shift 2
-  timeout 150 ncu --clock-control none --kernel-name "regex:$regex" --launch-skip 2 --launch-count 1 $sections $metrics \
-    python3 benchmarks/profile_kernels.py --calls 3 "$@" > "$out/ncu_$name.txt" 2>&1
-  echo "== $name (exit $?)"
-  grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Warp Cycles Per Issued|No Eligible|Waves Per SM|Grid Size|inst_executed.sum|stalled_.*_per_issue_active" "$out/ncu_$name.txt" \
-    | sed 's/  */ /g' | awk '{ if ($0 ~ /stalled/) { if ($NF + 0 > 0.05) print } else print }'
-}
-prof dot_b8_28672x8192 _dot_kernel --shape 28672x8192 --batch 8 --kernels dot
-prof dot_b8_4096x4096 _dot_kernel --shape 4096x4096 --batch 8 --kernels dot
-prof gemv_seg_b1_28672x8192 _gemv_seg_kernel --shape 28672x8192 --batch 1 --kernels gemv_seg
+keys="Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Warp Cycles Per Issued|No Eligible|Waves Per SM|Grid Size|inst_executed.sum|stalled_.*_per_issue_active"
+ncu_profile dot_b8_28672x8192 _dot_kernel --shape 28672x8192 --batch 8 --kernels dot
+ncu_profile dot_b8_4096x4096 _dot_kernel --shape 4096x4096 --batch 8 --kernels dot
+ncu_profile gemv_seg_b1_28672x8192 _gemv_seg_kernel --shape 28672x8192 --batch 1 --kernels gemv_seg
