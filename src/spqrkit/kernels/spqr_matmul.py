@@ -144,13 +144,26 @@ def _pick(K: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
 
 
 @triton.jit
+def _chunk_bits(I: tl.constexpr, WB: tl.constexpr, T: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
+    """The bits of code I (0..31) of each chunk (bits [I * WB, (I + 1) * WB) of the chunk's words) moved to bits
+    T .. T + WB - 1, higher and lower bits not yet masked: one shift by a compile-time constant (two shifts and an or
+    when the code straddles words; then T < its offset)."""
+    K: tl.constexpr = (I * WB) // 32
+    O: tl.constexpr = (I * WB) % 32
+    w = _pick(K, w0, w1, w2, w3, w4, w5, w6, w7)
+    if O + WB > 32:
+        bits = (w >> (O - T)) | (_pick(K + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - O + T))
+    elif O >= T:
+        bits = w >> (O - T)
+    else:
+        bits = w << (T - O)
+    return bits
+
+
+@triton.jit
 def _chunk_code(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7):
-    """Code I (0..31) of each chunk: bits [I * WB, (I + 1) * WB) of the chunk's words, shifted by compile-time
-    constants (two shifts and an or when the code straddles words) and masked."""
-    q = _pick((I * WB) // 32, w0, w1, w2, w3, w4, w5, w6, w7) >> ((I * WB) % 32)
-    if (I * WB) % 32 + WB > 32:
-        q = q | (_pick((I * WB) // 32 + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - (I * WB) % 32))
-    return q & ((1 << WB) - 1)
+    """Code I (0..31) of each chunk (`_chunk_bits` to bit 0, masked)."""
+    return _chunk_bits(I, WB, 0, w0, w1, w2, w3, w4, w5, w6, w7) & ((1 << WB) - 1)
 
 
 @triton.jit
@@ -164,20 +177,11 @@ def _code_to_float(q, magic=0x4B000000):
 
 @triton.jit
 def _chunk_code_top(I: tl.constexpr, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, one, mask):
-    """fp32 1 + q 2**-WB for code q = code I (0..31) of each chunk: its bits shifted to the top of the mantissa
-    (bits 23 - WB .. 22; one compile-time shift, two and an or when the code straddles words) and or-ed into the
-    bits of 1.0. `one` (FLOAT_ONE_BITS) and `mask` ((2**WB - 1) << (23 - WB)) are runtime values, so mask and or are
-    ONE LOP3. Nothing is subtracted: `_top_weight` scales it by s 2**WB, which keeps every bit (see there)."""
-    K: tl.constexpr = (I * WB) // 32
-    O: tl.constexpr = (I * WB) % 32
-    T: tl.constexpr = 23 - WB
-    w = _pick(K, w0, w1, w2, w3, w4, w5, w6, w7)
-    if O + WB > 32:
-        bits = (w >> (O - T)) | (_pick(K + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - O + T))
-    elif O >= T:
-        bits = w >> (O - T)
-    else:
-        bits = w << (T - O)
+    """fp32 1 + q 2**-WB for code q = code I (0..31) of each chunk: its bits moved to the top of the mantissa (bits
+    23 - WB .. 22, `_chunk_bits`) and or-ed into the bits of 1.0. `one` (FLOAT_ONE_BITS) and `mask` ((2**WB - 1) <<
+    (23 - WB)) are runtime values, so mask and or are ONE LOP3. Nothing is subtracted: `_top_weight` scales it by
+    s 2**WB, which keeps every bit (see there)."""
+    bits = _chunk_bits(I, WB, 23 - WB, w0, w1, w2, w3, w4, w5, w6, w7)
     return ((bits & mask) | one).to(tl.float32, bitcast=True)
 
 
@@ -821,10 +825,10 @@ def _dot_pair(I: tl.constexpr, H: tl.constexpr, s8, c, WB: tl.constexpr, w0, w1,
 @triton.jit
 def _dot_seg_tile(B: tl.constexpr, SEG: tl.constexpr, s8, c, WB: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7,
                   DT: tl.constexpr, one, mask):
-    """[BN, NCH * SEG] (s8 = s 2**WB, c = -s z - s8 [NCH, BN]: `_top_weight`): the weights of codes B .. B + SEG - 1 of the tile's chunks, column j SEG
-    + i for code B + i of chunk j. Built by joins (a join adds a minor dimension held in each thread, so no data
-    moves): code k is first paired with k + SEG / 2, which makes the flattened order the natural one; each thread
-    then holds SEG consecutive columns, so the tile goes to shared memory in wide stores."""
+    """[BN, NCH * SEG] (s8 = s 2**WB, c = -s z - s8 [NCH, BN]: `_top_weight`): the weights of codes B .. B + SEG - 1 of
+    the tile's chunks, column j SEG + i for code B + i of chunk j. Built by joins (a join adds a minor dimension held in
+    each thread, so no data moves): code k is first paired with k + SEG / 2, which makes the flattened order the natural
+    one; each thread then holds SEG consecutive columns, so the tile goes to shared memory in wide stores."""
     if SEG == 8:
         t = tl.join(tl.join(_dot_pair(B + 0, 4, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask),
                             _dot_pair(B + 2, 4, s8, c, WB, w0, w1, w2, w3, w4, w5, w6, w7, DT, one, mask)),
@@ -1228,8 +1232,9 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     (with 4 programs per SM against the best split at 8 rows: 34.5 / 33.7 us at 4096x11008 (64 tiles), 37.3 / 34.7
     at 11008x4096 (172), 151.3 / 140.8 at 28672x8192 (448), 164.9 / 146.3 at 8192x28672 (128),
     dot_splits_h200.json). Slower or no faster: the next tile's words and windows prefetched into registers (199
-    registers, two programs per SM: 19.9 against 16.2 us at 4096^2, tune_dot_b8_top_decode_h200.json), two or three software-pipelining stages (2.1-3.7x slower: the words then come by cp.async through
-    shared memory, tune_dot_b8_stages_h200.json), 8 warps, 128-row tiles, a cap of 128 or 96 registers, and the
+    registers, two programs per SM: 19.9 against 16.2 us at 4096^2, tune_dot_b8_top_decode_h200.json), two or
+    three software-pipelining stages (2.1-3.7x slower: the words then come by cp.async through shared memory,
+    tune_dot_b8_stages_h200.json), 8 warps, 128-row tiles, a cap of 128 or 96 registers, and the
     outliers summed in the dense kernel's programs (each program's share after its dense loop, the last share
     storing y: 23.3 against 18.8 us for the separate kernel at 4096^2 in one run,
     tune_dot_b8_fused_outliers_h200.json)."""
@@ -1292,10 +1297,11 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
 
 def outlier_bases(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features, out_features, wbits,
                   group, beta2, scale_bits, zero_bits):
-    """fp32 [nnz]: the base weight s q - s z (one FFMA, `_base_weight`) at each outlier's position, decoded from the
-    packed tensors: a derived tensor (not stored in checkpoints; 4 bytes per outlier) that `gemv(segments=True)` and
-    `dot` take as `bases`, so that their outlier steps read (column, value, base) instead of decoding the outlier's
-    code and two statistics again (~12 dependent loads). `SpQRLinear` computes it once per layer and device."""
+    """fp32 [nnz]: the base weight s q - s z (`_base_weight`: the dot operand's arithmetic) at each outlier's position,
+    decoded from the packed tensors: a derived tensor (not stored in checkpoints; 4 bytes per outlier) that
+    `gemv(segments=True)` and `dot` take as `bases`, so that their outlier steps read (column, value, base) instead of
+    decoding the outlier's code and two statistics again (~12 dependent loads). `SpQRLinear` computes it once per layer
+    and device."""
     import torch
 
     n_chunks, n_groups, n_sw, n_zw = _layout_args(in_features, out_features, wbits, group, scale_bits, zero_bits)

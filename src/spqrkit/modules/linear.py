@@ -242,12 +242,13 @@ MATMULS: dict[str, Matmul] = {
 # kernel_speed_b16_64_h200.json, 2026-11-26, spqr-w3, 1% outliers, all six LLaMA-2 shapes, with the outlier bases).
 # gemv_seg (CUDA cores, one pass) is the fastest at one and two rows (10.2 / 13.2 us at 4096^2 against 18.1 / 17.5
 # for dot and 14.3 / 14.4 for fp16 cuBLAS; at two rows on all six shapes); three rows run as four (20.3 us) and its
-# time keeps growing (32.9 at eight). dot (tensor cores) grows slowly with the rows (17.7 / 17.8 / 19.0 / 20.7 / 24.9
-# / 35.4 us at 3 / 4 / 8 / 16 / 32 / 64 rows at 4096^2), so it is chosen from three rows on: at three it is faster on
-# five of the six shapes (17.7 against 20.3 us at 4096^2, 39.8 against 53.7 at 4096x11008; 173.3 against 170.9 at
-# 28672x8192 the exception), at four on five too (172.8 against 168.1 there), from eight on all, and from 16 to 64
-# rows it beats dequantize + cuBLAS on all (64 rows: 35.4 against 49.6 us at 4096^2, 284.9 against 584.3 at
-# 8192x28672). Past 64 rows (prefill; not measured beyond) dequantize + cuBLAS, which costs the same at any batch.
+# time keeps growing (32.9 at eight). dot (tensor cores) grows slowly with the rows, so it is chosen from three rows
+# on: in stop 11's runs at three rows it was faster on five of the six shapes (17.7 against 20.3 us at 4096^2, 39.8
+# against 53.7 at 4096x11008; 173.3 against 170.9 at 28672x8192 the exception), at four on five too, from eight on
+# all; stop 12's dot is 1.02x-1.36x faster again (16.6 / 16.6 / 17.3 / 21.7 / 29.0 us at 4 / 8 / 16 / 32 / 64 rows
+# at 4096^2). From 16 to 64 rows it beats dequantize + cuBLAS on all six shapes (64 rows: 29.0 against 49.6 us at
+# 4096^2, 278.4 against 584.3 at 8192x28672). Past 64 rows (prefill; not measured beyond) dequantize + cuBLAS, which
+# costs the same at any batch.
 GEMV_SEG_MAX_ROWS = 2
 DOT_MAX_ROWS = 64
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
