@@ -14,7 +14,7 @@ set -u
 source "$(dirname "$0")/gpu_env.sh" "$@"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
 
-timeout "${KERNELS_TIMEOUT:-300}" python3 benchmarks/kernel_speed.py --kernels gemv_seg,dot,dequantize \
+timeout "${KERNELS_TIMEOUT:-300}" python3 benchmarks/kernel_speed.py --kernels gemv_seg,gemv_pairs,dot,dequantize \
   --batches 1,4,8,16,32 ${TUNE_ARGS:-} --repeats 10 --json "$out/kernel_speed.json" > "$out/kernel_speed.log" 2>&1
 echo "kernel_speed: exit $?"
 grep -v "^\s*$" "$out/kernel_speed.log" | tail -70

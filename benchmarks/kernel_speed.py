@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from spqrkit.config import QuantConfig, get_preset
 from spqrkit.format.synthetic import random_quantized_weight
-from spqrkit.kernels import spqr_matmul
+from spqrkit.kernels import gemv_pairs, spqr_matmul
 from spqrkit.modules import linear as linear_mod
 from spqrkit.modules.linear import MATMULS, SpQRLinear, choose_kernel
 
@@ -119,7 +119,7 @@ def check(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> float:
     return ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-KERNELS = ("gemv", "gemv_xc", "gemv_seg", "dot", "dequantize")
+KERNELS = ("gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot", "dequantize")
 
 
 def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, kernels=KERNELS):
@@ -149,8 +149,9 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
         for kernel in kernels:
             if spqr_matmul.unsupported_reason(n_in, config.wbits, config.beta1 or 0, kernel):
                 continue
-            if kernel.startswith("gemv") and batch > spqr_matmul.GEMV_SEG_MAX_BATCH:
-                continue  # the gemv kernels take 4 (gemv_seg 8) rows of x per launch: not contenders past 8 rows
+            if kernel.startswith("gemv") and batch > (spqr_matmul.rows_per_launch(kernel) if kernel == "gemv_pairs"
+                                                      else spqr_matmul.GEMV_SEG_MAX_BATCH):
+                continue  # the gemv kernels take 4 (gemv_seg 8, gemv_pairs 1) rows of x per launch
             row[f"{kernel}_err"] = check(layers[0], x, kernel)
             row[f"{kernel}_s"] = time_graph([lambda lay=lay, k=kernel, x=x: MATMULS[k](lay, x)
                                                for lay in layers], repeats)
@@ -213,6 +214,11 @@ DOT_FLAGS = ({"programs_per_sm": 3}, {"programs_per_sm": 4}, {"programs_per_sm":
              {"chunks": 4}, {"chunks": 4, "programs_per_sm": 5})
 
 
+# (block_rows, chunks, warps) tried for gemv_pairs (a thread holds one chunk of every row of the block, like gemv_seg)
+PAIRS_TILES = ((4, 32, 1), (2, 64, 2), (4, 64, 2), (8, 32, 2), (4, 128, 4), (4, 64, 1), (8, 32, 1), (2, 32, 1),
+               (2, 128, 4), (8, 64, 2), (2, 64, 1))
+
+
 def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
     """Block-size sweep of the fused kernels on one shape: [(kernel, params, seconds)] sorted by time."""
     layers = make_layers(out, n_in, config, 0)
@@ -239,6 +245,12 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
                       {"block_rows": 4, "chunks": 64, "prefetch": True}):
             space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, **flags}))
         space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, "rows_in_thread": False}))  # stop 8's
+    if batch == 1 and "gemv_pairs" in kernels:
+        for br, nch, nw in PAIRS_TILES:
+            space.append((gemv_pairs.gemv_pairs, "gemv_pairs", {"block_rows": br, "chunks": nch, "num_warps": nw}))
+        for flags in ({"pdl": False}, {"split": 2}, {"max_registers": None}, {"max_registers": 80},
+                      {"max_registers": 56}, {"max_registers": 80, "block_rows": 4, "chunks": 64, "num_warps": 2}):
+            space.append((gemv_pairs.gemv_pairs, "gemv_pairs", flags))
     if "dot" in kernels:
         for bn, nch, split, warps in DOT_TILES:
             space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "split": split, "num_warps": warps}))
@@ -268,6 +280,7 @@ def fmt_us(s):
 def print_table(rows, copy_bw):
     print(f"\ncopy bandwidth (read + write): {copy_bw / 1e9:.0f} GB/s")
     head = (f"{'shape':<12} {'out x in':>12} {'b':>3} {'fp16 us':>8} {'gemv':>8} {'gemv_xc':>8} {'gemv_seg':>8} "
+            f"{'pairs':>8} "
             f"{'dot':>8} "
             f"{'deq+mm':>8} "
             f"{'auto':>8} {'pick':>10} {'x fp16':>7} {'BW %copy':>8} {'spqr-q':>8} {'vs spqr-q':>9}")
@@ -281,6 +294,7 @@ def print_table(rows, copy_bw):
         vs = f"{theirs / auto:9.2f}" if theirs and auto else "        -"
         print(f"{r['shape']:<12} {r['out']:>5}x{r['in']:<6} {r['batch']:>3} {fmt_us(r['fp16_s'])} "
               f"{fmt_us(r.get('gemv_s'))} {fmt_us(r.get('gemv_xc_s'))} {fmt_us(r.get('gemv_seg_s'))} "
+              f"{fmt_us(r.get('gemv_pairs_s'))} "
               f"{fmt_us(r.get('dot_s'))} "
               f"{fmt_us(r.get('dequantize_s'))} {fmt_us(auto)} "
               f"{r['auto_kernel']:>10} {speed:7.2f} {bw:8.1f} {fmt_us(theirs)} {vs}")

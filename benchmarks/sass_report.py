@@ -30,7 +30,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from spqrkit.kernels import gemv_pairs as gp
 from spqrkit.kernels import spqr_matmul as m
+from spqrkit.kernels.pair_schedule import pair_plan
 
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -39,15 +41,21 @@ POINTERS = {
     "z_ptr": "*i32", "zst_ptr": "*fp16", "rowptr_ptr": "*i32", "vals_ptr": "*fp16", "cols_ptr": "*i16",
     "perm_ptr": "*i16", "w_ptr": "*fp16", "xt_ptr": "*fp32", "xs_ptr": "*fp32",
     "ws_ptr": "*fp32", "cnt_ptr": "*i32", "sst32_ptr": "*i32", "zst32_ptr": "*i32", "xk_ptr": "*fp16",
-    "bases_ptr": "*fp32",
+    "bases_ptr": "*fp32", "xp_ptr": "*i32", "sc_ptr": "*fp32", "xo_ptr": "*fp32",
 }
 SPQR_W3 = {"WB": 3, "GROUP": 16, "SB": 3, "ZB": 3, "HAS_BIAS": False, "KO": 64}
 
 
 def kernels():
     """(name, jit function, constexprs, num_warps, weights per thread per main-loop iteration) of the selector's
-    kernels at their default tiles, spqr-w3 (`spqr_matmul.gemv` / `dot_stages` / `dequantize_chunked`)."""
+    kernels at their default tiles, spqr-w3 (`spqr_matmul.gemv` / `dot_stages` / `dequantize_chunked`,
+    `gemv_pairs.gemv_pairs` on large layers). gemv_pairs' main loop includes its conditional outlier step (run on
+    the first tiles only, while a row has outliers left)."""
+    plan, types = pair_plan(3, 16)
     return [
+        ("gemv_pairs 1 row", gp._gemv_pairs_kernel,
+         {k: v for k, v in dict(SPQR_W3, HAS_BASE=True, PLAN=plan, TYPES=types, BR=4, NCH=32, SEG=16, SPLIT=False,
+                                SHARED2=True, ASM=True, PDL=True).items() if k != "KO"}, 1, 4 * 32 * 32 // 32),
         ("gemv_seg 1 row", m._gemv_seg_kernel,
          dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=True, PREFETCH=False, PDL=True,
               HAS_BASE=True), 2, 4 * 32 * 32 // 64),
@@ -64,19 +72,20 @@ def kernels():
     ]
 
 
-# software-pipelining stages as the launchers pass them (spqr_matmul: gemv_seg and dot's dense kernel 1; gemv 3; the
-# others Triton's default, 3)
-NUM_STAGES = {"gemv_seg 1 row": 1, "dot 16 rows": 1}
+# software-pipelining stages as the launchers pass them (spqr_matmul: gemv_seg and dot's dense kernel 1, gemv_pairs 1;
+# gemv 3; the others Triton's default, 3)
+NUM_STAGES = {"gemv_seg 1 row": 1, "gemv_pairs 1 row": 1, "dot 16 rows": 1}
+MAX_REGISTERS = {"gemv_pairs 1 row": gp.MAX_REGISTERS}  # (ptxas' cap, as launched)
 
 
-def analyse(fn, constexprs: dict, num_warps: int, num_stages: int = 3) -> dict:
+def analyse(fn, constexprs: dict, num_warps: int, num_stages: int = 3, maxnreg: int | None = None) -> dict:
     sig = {n: ("constexpr" if n in constexprs else POINTERS.get(n, "i32")) for n in fn.arg_names}
     # as launched: Triton specialises pointers and integer arguments divisible by 16 (the strides here are), which
     # decides the width of vector loads
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
              if n not in constexprs and (n.endswith("_ptr") or n.startswith("stride"))}
-    k = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=TARGET, options={"num_warps": num_warps,
-                                                                                     "num_stages": num_stages})
+    options = {"num_warps": num_warps, "num_stages": num_stages, **({"maxnreg": maxnreg} if maxnreg else {})}
+    k = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=TARGET, options=options)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(k.asm["cubin"])
@@ -112,7 +121,7 @@ def main(argv=None) -> int:
     rows = []
     print(f"{'kernel':<16} {'regs':>5} {'local B':>7} {'instr':>6} {'main loop':>9} {'per weight':>10} {'BAR':>4}")
     for name, fn, constexprs, warps, weights in kernels():
-        r = analyse(fn, constexprs, warps, NUM_STAGES.get(name, 3))
+        r = analyse(fn, constexprs, warps, NUM_STAGES.get(name, 3), MAX_REGISTERS.get(name))
         main_loop = r["loops"][0] if r["loops"] else {"instructions": 0, "barriers": 0}
         per_w = main_loop["instructions"] / weights if weights else float("nan")
         rows.append({"kernel": name, "constexprs": constexprs, "num_warps": warps, "weights_per_iteration": weights,

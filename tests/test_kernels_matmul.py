@@ -93,14 +93,18 @@ def test_gemv_tuning_options(wbits, beta1, beta2):
             _check(layer, x, y)
 
 
-@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"])
-@pytest.mark.parametrize("config", [
+STAT_VARIANTS = [
     get_preset("spqr-w3"),
     get_preset("gptq-w4"),  # one group per row, fp16 statistics
     get_preset("gptq-w3-g128"),  # groups of 128, fp16 statistics
     QuantConfig(wbits=3, beta1=16, beta2=32, scale_bits=4, zero_bits=None),  # quantized scales, fp16 zeros
     QuantConfig(wbits=2, beta1=32, beta2=16, scale_bits=None, zero_bits=2),  # fp16 scales, quantized zeros
-], ids=["spqr-w3", "gptq-w4", "gptq-w3-g128", "qscale-fp16zero", "fp16scale-qzero"])
+]
+STAT_VARIANT_IDS = ["spqr-w3", "gptq-w4", "gptq-w3-g128", "qscale-fp16zero", "fp16scale-qzero"]
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"])
+@pytest.mark.parametrize("config", STAT_VARIANTS, ids=STAT_VARIANT_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_kernels_statistics_variants_and_dtypes(kernel, config, dtype):
     if kernel == "dot" and dtype == torch.bfloat16 and not on_cuda:
@@ -325,7 +329,7 @@ def test_selector(monkeypatch):
     x = torch.randn(1, 64)
     monkeypatch.delenv(linear_mod.MATMUL_ENV, raising=False)
     assert choose_kernel(layer, x) == "reference"  # CPU: the reference
-    for forced in ("gemv", "gemv_xc", "dot", "dequantize", "reference"):
+    for forced in ("gemv", "gemv_xc", "gemv_pairs", "dot", "dequantize", "reference"):
         monkeypatch.setenv(linear_mod.MATMUL_ENV, forced)
         assert choose_kernel(layer, x) == forced
     monkeypatch.setenv(linear_mod.MATMUL_ENV, "fastest")
@@ -349,13 +353,17 @@ def test_selector_on_cuda_by_batch(monkeypatch):
     pick = {rows: choose_kernel(layer, x) for rows, x in x16.items()}
 
     def policy(rows):
+        if rows == 1:
+            return "gemv_pairs"
         for kernel, limit in (("gemv_seg", linear_mod.GEMV_SEG_MAX_ROWS), ("dot", linear_mod.DOT_MAX_ROWS)):
             if rows <= limit:
                 return kernel
         return "dequantize"
 
     assert pick == {rows: policy(rows) for rows in x16}
-    assert pick[1] == "gemv_seg" and pick[8] == "dot" and pick[64] == "dot" and pick[65] == "dequantize"
+    assert pick[1] == "gemv_pairs" and pick[2] == "gemv_seg" and pick[8] == "dot" and pick[65] == "dequantize"
+    bf16 = torch.randn(1, 128, device="cuda", dtype=torch.bfloat16)  # gemv_pairs multiplies fp16 only
+    assert choose_kernel(layer, bf16) == "gemv_seg"
     six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))
     assert choose_kernel(six, x16[1]) == "gemv_seg"
     g4 = _layer(64, 128, QuantConfig(wbits=3, beta1=4, beta2=16))  # groups of 4: not dot's; gemv_seg up to 8 rows
@@ -370,7 +378,7 @@ def test_selector_on_cuda_by_batch(monkeypatch):
 def test_cuda_graph_capture_of_the_fused_kernels(monkeypatch):
     layer = _layer(256, 512, get_preset("spqr-w3"))
     x = torch.randn(1, 512, device="cuda", dtype=torch.float16)
-    for kernel in ("gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot", "dequantize"):
         monkeypatch.setenv(linear_mod.MATMUL_ENV, kernel)
         y = layer(x)  # compile before capture
         graph = torch.cuda.CUDAGraph()

@@ -3,11 +3,13 @@
 One kernel family per batch regime; `spqrkit.modules.linear.select_matmul` picks among them and the plain-torch
 reference (`reference_matmul`: dequantize, cast, F.linear) is their oracle in tests/test_kernels_matmul.py. Measured
 on an H200 (benchmarks/kernel_speed.py, README, 2026-11-26): at batch 1 `gemv_seg` is 1.26x-1.75x as fast as fp16
-cuBLAS on the LLaMA-2 shapes and 1.20x-1.84x as fast as the authors' spqr-quant kernel; with 3-64 rows of x `dot`
+cuBLAS on the LLaMA-2 shapes and 1.20x-1.84x as fast as the authors' spqr-quant kernel (for fp16 x the selector takes
+`gemv_pairs.py` there, 1.11x-1.29x faster again: packed fp16 pairs); with 3-64 rows of x `dot`
 reaches 0.71x-0.91x of fp16 (4-16 rows; its dense part alone is faster than fp16 at 8 rows) and 1.7x-4.9x the speed
 of dequantize + cuBLAS (16-64 rows).
 
-- `gemv` (decode: gemv_seg is chosen for 1-2 rows of x and takes 8 per launch; the others take 4, forced only):
+- `gemv` (decode: gemv_seg is chosen for 1-2 rows of x, but for one row of fp16 x where gemv_pairs covers the layout,
+  and takes 8 per launch; the others take 4, forced only):
   one program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's
   `wbits` words once and decodes code i of every chunk with constant shifts (the offset of code i in a chunk is
   known at compile time), multiplies by the group's scale and zero, and accumulates x * w on CUDA cores, one
@@ -504,6 +506,20 @@ def _stat_windows(s_ptr, z_ptr, R, C, m2, N_SWORDS, N_ZWORDS, GROUP: tl.constexp
 
 
 @triton.jit
+def _tile_words(t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB: tl.constexpr, GROUP: tl.constexpr,
+                NSEG: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr):
+    """One tile of a [chunks, rows] loop (dot, gemv_pairs): its chunks ch = t + jj, as a column C, the mask m2 of
+    (row, chunk) that exist, the WB words of each chunk (wp: word 0 of chunk jj of each row) and the statistic
+    windows (`_stat_windows`)."""
+    ch = t + jj
+    C = ch[:, None]
+    m2 = RM & (C < N_CHUNKS)
+    w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp + t * WB, m2, WB)
+    swin, zwin = _stat_windows(s_ptr, z_ptr, R, C, m2, N_SWORDS, N_ZWORDS, GROUP, NSEG, SB, ZB)
+    return ch, C, m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin
+
+
+@triton.jit
 def _seg_group(ch, g: tl.constexpr, SEG: tl.constexpr, GROUP: tl.constexpr, N_CHUNKS, N_GROUPS):
     """(group of segment g of chunks ch [NCH], mask: the chunk and group exist; a padded last chunk may reach past
     the last group)."""
@@ -561,10 +577,7 @@ def _gemv_seg_kernel(
     PREFETCH: the next tile's code words are loaded before this one is decoded.
     PDL (launched as a programmatic dependent of the x kernel): everything up to the first tile's words runs while
     the x kernel finishes; `gdc_wait` orders the reads of xt / xs (and ws) after it."""
-    rb = tl.program_id(0)
-    rows0 = rb * BR
-    rows = rows0 + tl.arange(0, BR)
-    rmask = rows < OUT
+    rb, rows0, rows, rmask = _row_block(OUT, BR)
     jj = tl.arange(0, NCH)
     n_words = N_CHUNKS * WB
     NSEG: tl.constexpr = 32 // SEG
@@ -693,17 +706,7 @@ def _gemv_seg_kernel(
             _split_add(acc5, o5, ws_ptr, rows, rmask, OUT, 5, M)
             _split_add(acc6, o6, ws_ptr, rows, rmask, OUT, 6, M)
             _split_add(acc7, o7, ws_ptr, rows, rmask, OUT, 7, M)
-        tl.debug_barrier()  # every thread's partial sums are in before the block is counted
-        if tl.atomic_add(cnt_ptr + rb, 1, sem="acq_rel") == tl.num_programs(1) - 1:  # the row block's last program
-            zero = tl.zeros([BR, 1], dtype=tl.float32)
-            _gemv_store(_split_sum(ws_ptr, rows, rmask, OUT, 0), _split_sum(ws_ptr, rows, rmask, OUT, 1),
-                        _split_sum(ws_ptr, rows, rmask, OUT, 2), _split_sum(ws_ptr, rows, rmask, OUT, 3),
-                        zero, zero, zero, zero, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, BB)
-            if BB > 4:  # rows 4.. of x (M > 4 whenever BB = 8)
-                _gemv_store(_split_sum(ws_ptr, rows, rmask, OUT, 4), _split_sum(ws_ptr, rows, rmask, OUT, 5),
-                            _split_sum(ws_ptr, rows, rmask, OUT, 6), _split_sum(ws_ptr, rows, rmask, OUT, 7),
-                            zero, zero, zero, zero, y_ptr + 4 * stride_yb, stride_yb, bias_ptr, rows, rmask, M - 4,
-                            HAS_BIAS, 4)
+        _split_last_store(ws_ptr, cnt_ptr, rb, rows, rmask, OUT, y_ptr, stride_yb, bias_ptr, M, HAS_BIAS, BB)
     else:
         _gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS,
                     BB)
@@ -717,6 +720,33 @@ def _split_add(acc, o, ws_ptr, rows, rmask, OUT, B: tl.constexpr, M):
     """ws[B, rows] += this program's partial sums of row B of x (split K)."""
     tl.atomic_add(ws_ptr + B * OUT + rows, tl.sum(acc, axis=1) + tl.sum(o, axis=1), mask=rmask & (rows * 0 + B < M),
                   sem="relaxed")
+
+
+@triton.jit
+def _row_block(OUT, BR: tl.constexpr):
+    """(row block = program_id(0), its first row, its BR rows, which of them exist) of a gemv program."""
+    rb = tl.program_id(0)
+    rows = rb * BR + tl.arange(0, BR)
+    return rb, rb * BR, rows, rows < OUT
+
+
+@triton.jit
+def _split_last_store(ws_ptr, cnt_ptr, rb, rows, rmask, OUT, y_ptr, stride_yb, bias_ptr, M, HAS_BIAS: tl.constexpr,
+                      BB: tl.constexpr):
+    """Split K's end, after a program has added its partial sums (`_split_add`): it counts itself in cnt[rb], and
+    the row block's last program writes y[b, rows] = ws[b, rows] (+ bias) for the BB rows b of x."""
+    tl.debug_barrier()  # every thread's partial sums are in before the block is counted
+    if tl.atomic_add(cnt_ptr + rb, 1, sem="acq_rel") == tl.num_programs(1) - 1:  # the row block's last program
+        zero = tl.zeros([rows.shape[0], 1], dtype=tl.float32)
+        B4: tl.constexpr = min(4, BB)
+        _gemv_store(_split_sum(ws_ptr, rows, rmask, OUT, 0), _split_sum(ws_ptr, rows, rmask, OUT, 1),
+                    _split_sum(ws_ptr, rows, rmask, OUT, 2), _split_sum(ws_ptr, rows, rmask, OUT, 3),
+                    zero, zero, zero, zero, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, B4)
+        if BB > 4:  # rows 4.. of x (M > 4 whenever BB = 8)
+            _gemv_store(_split_sum(ws_ptr, rows, rmask, OUT, 4), _split_sum(ws_ptr, rows, rmask, OUT, 5),
+                        _split_sum(ws_ptr, rows, rmask, OUT, 6), _split_sum(ws_ptr, rows, rmask, OUT, 7),
+                        zero, zero, zero, zero, y_ptr + 4 * stride_yb, stride_yb, bias_ptr, rows, rmask, M - 4,
+                        HAS_BIAS, 4)
 
 
 @triton.jit
@@ -905,11 +935,8 @@ def _dot_kernel(
     xcol = xk_ptr + kk[:, None] * stride_xk + bb[None, :]  # x's [NCH SEG, BM] slice at column 0
     wp = codes_ptr + R * n_words + jj[:, None] * WB
     for t in range(c_begin, c_end, NCH):
-        ch = t + jj
-        C = ch[:, None]
-        m2 = RM & (C < N_CHUNKS)
-        w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp + t * WB, m2, WB)
-        swin, zwin = _stat_windows(s_ptr, z_ptr, R, C, m2, N_SWORDS, N_ZWORDS, GROUP, NSEG, SB, ZB)
+        ch, _C, m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = _tile_words(
+            t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB, GROUP, NSEG, SB, ZB)
         for g in tl.static_range(NSEG):
             grp, gm1 = _seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
             gm1 = gm1[:, None]
@@ -1064,7 +1091,7 @@ def _layout_args(in_features: int, out_features: int, wbits: int, group: int, sc
 
 def unsupported_reason(in_features: int, wbits: int, group: int, kernel: str) -> str | None:
     """Why `kernel` cannot run this layout, or None. Groups must be a power of two (or one per row)."""
-    if kernel not in ("gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"):
+    if kernel not in ("gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot", "dequantize"):
         return f"unknown kernel {kernel!r}"
     if group and group & (group - 1):
         return f"group size {group} is not a power of two"
@@ -1072,6 +1099,12 @@ def unsupported_reason(in_features: int, wbits: int, group: int, kernel: str) ->
         return f"wbits {wbits} outside 1..8"
     if kernel == "dot" and 0 < group < 8:
         return f"group size {group} < 8 (the dot kernel's operand holds one group of 8, 16 or 32 codes per chunk)"
+    if kernel == "gemv_pairs":
+        from .pair_schedule import pair_plan
+
+        if pair_plan(wbits, group) is None:
+            return (f"no fp16-pair schedule for {wbits}-bit codes in groups of {group} (gemv_pairs: 2..4 bits, "
+                    "groups of 8, 16, >= 32 or one per row)")
     return None
 
 
@@ -1087,7 +1120,8 @@ GEMV_SEG_MAX_BATCH = 8  # and gemv_seg
 
 def rows_per_launch(kernel: str) -> int | None:
     """The most rows of x one launch of `kernel` takes (None: any number)."""
-    return {"gemv": GEMV_MAX_BATCH, "gemv_xc": GEMV_MAX_BATCH, "gemv_seg": GEMV_SEG_MAX_BATCH}.get(kernel)
+    return {"gemv": GEMV_MAX_BATCH, "gemv_xc": GEMV_MAX_BATCH, "gemv_seg": GEMV_SEG_MAX_BATCH,
+            "gemv_pairs": 1}.get(kernel)
 
 
 @functools.cache

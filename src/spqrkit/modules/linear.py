@@ -194,7 +194,7 @@ def reference_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
     from ..kernels import ops  # noqa: F401  (registers torch.ops.spqrkit.*)
 
-    bases = layer.outlier_bases() if kernel in ("gemv_seg", "dot") else None
+    bases = layer.outlier_bases() if kernel in ("gemv_seg", "gemv_pairs", "dot") else None
     return torch.ops.spqrkit.fused_matmul(
         x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(), kernel, bases
     )
@@ -208,6 +208,11 @@ def gemv_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 def gemv_seg_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     """The gemv reading x gathered once, pre-scaled per code position, statistics applied per segment."""
     return _fused(layer, x, "gemv_seg")
+
+
+def gemv_pairs_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
+    """Batch-1 decode in packed fp16 pairs (two weights per instruction), fp16 x only, one row per launch."""
+    return _fused(layer, x, "gemv_pairs")
 
 
 def gemv_xc_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
@@ -234,7 +239,7 @@ def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 
 MATMULS: dict[str, Matmul] = {
     "reference": reference_matmul, "gemv": gemv_matmul, "gemv_xc": gemv_xc_matmul, "gemv_seg": gemv_seg_matmul,
-    "dot": dot_matmul,
+    "gemv_pairs": gemv_pairs_matmul, "dot": dot_matmul,
     "dequantize": dequantize_matmul,
 }
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H200
@@ -248,7 +253,9 @@ MATMULS: dict[str, Matmul] = {
 # all; stop 12's dot is 1.02x-1.36x faster again (16.6 / 16.6 / 17.3 / 21.7 / 29.0 us at 4 / 8 / 16 / 32 / 64 rows
 # at 4096^2). From 16 to 64 rows it beats dequantize + cuBLAS on all six shapes (64 rows: 29.0 against 49.6 us at
 # 4096^2, 278.4 against 584.3 at 8192x28672). Past 64 rows (prefill; not measured beyond) dequantize + cuBLAS, which
-# costs the same at any batch.
+# costs the same at any batch. At one row of fp16 x gemv_pairs (packed fp16 pairs, kernels/gemv_pairs.py) is faster
+# still: 9.2 / 17.4 / 19.0 / 22.5 / 61.4 / 72.8 us on the six shapes against 10.5 / 21.0 / 21.2 / 29.4 / 76.3 / 84.5
+# for gemv_seg in the same run (kernel_speed_pairs_b1_h200.json, 2026-11-26).
 GEMV_SEG_MAX_ROWS = 2
 DOT_MAX_ROWS = 64
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
@@ -267,9 +274,10 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
 
     SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `dot` up to DOT_MAX_ROWS, `dequantize`
-    beyond; a layout the chosen kernel does not cover (dot: groups under 8) falls back to the next of gemv_seg (up
-    to its 8 rows per launch), dot, dequantize; dot only for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only
+    do not cover; on CUDA `gemv_pairs` for one row of fp16 x, `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `dot`
+    up to DOT_MAX_ROWS, `dequantize` beyond; a layout the chosen kernel does not cover (gemv_pairs: 2..4-bit codes
+    in groups of 8, 16, >= 32 or one per row; dot: groups under 8) falls back to the next of gemv_seg (up to its 8
+    rows per launch), dot, dequantize; dot only for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only
     baselines."""
     wbits, group = layer.config.wbits, layer.config.beta1 or 0
     forced = os.environ.get(MATMUL_ENV, "auto")
@@ -293,7 +301,9 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
         return "reference"
     from ..kernels.spqr_matmul import rows_per_launch, unsupported_reason
 
-    if rows <= GEMV_SEG_MAX_ROWS:
+    if rows == 1 and x.dtype == torch.float16:
+        wanted = ["gemv_pairs", "gemv_seg", "dot", "dequantize"]
+    elif rows <= GEMV_SEG_MAX_ROWS:
         wanted = ["gemv_seg", "dot", "dequantize"]
     elif rows <= DOT_MAX_ROWS:  # (gemv_seg as the fallback only within one launch)
         wanted = ["dot", "gemv_seg", "dequantize"] if rows <= rows_per_launch("gemv_seg") else ["dot", "dequantize"]

@@ -1,0 +1,415 @@
+"""The batch-1 decode kernel "gemv_pairs": y = x W^T (+ b) for ONE row of fp16 x, multiplying in packed fp16 pairs.
+
+gemv_seg (spqr_matmul) spends 7.0 instructions per weight in fp32 (mask + or, a subtraction, an FFMA, plus its
+share of loads and statistics) and is issue-bound. Here two weights share each instruction (`pair_schedule`): a
+LOP3 puts two codes into the mantissas of an fp16 pair, one `sub.f16x2` leaves (q_a, q_b) exactly, one
+`fma.rn.f16x2` adds (q_a x_a, q_b x_b) to a pair accumulator; the codes of a chunk come from 2..5 shifted windows
+of its words, so the 32 weights of a chunk cost 16 x 3 + 4 instructions instead of about 100. Per chunk and group
+the fp16 pair sums are converted to fp32 once and combined with the group's statistics:
+    y_r += s (2**k P - z X),
+P = sum of q x' over the group (fp16 pairs), X = sum of x over the group (fp32, from the x kernel), x' = x 2**-k
+with k per chunk chosen by the x kernel so that no fp16 pair sum can overflow (k = 0 unless the chunk holds
+|x| >= 256). Accuracy: each product q x' and each partial sum of at most 16 of them is rounded to fp16 (relative
+2**-11) inside a group; the group sums are added in fp32, so the error stays of the order of the output's own fp16
+rounding (tests/test_gemv_pairs.py bounds it as tests/test_kernels_matmul.py bounds the other kernels).
+
+Two kernels: `_gather_x_pairs_kernel` writes x' in the pair order (`pair_order`) as fp16, the chunk scales 2**k,
+the group sums X and x in the permuted order, and zeroes the split-K sums; `_gemv_pairs_kernel` then runs
+gemv_seg's tiling (one program per BR output rows, a [NCH chunks, BR rows] tile, a thread holding one chunk of BR
+rows so that each x pair it loads serves all of them, split K with fp32 atomics on long rows, launched as a
+programmatic dependent of the x kernel where supported) with this arithmetic. Outliers go one per element of the
+tile: element (j, r) adds (value - base) x of outlier j of row r's current step (`_row_outliers`), so no
+[rows, outliers] mask is needed (that cost 96 of 605 instructions per tile).
+
+Measured (benchmarks/kernel_speed.py, H200, 2026-11-26, spqr-w3, 1% outliers; kernel_speed_pairs_b1_h200.json):
+9.2 / 17.4 / 19.0 / 22.5 / 61.4 / 72.8 us on the six LLaMA-2 shapes against 10.5 / 21.0 / 21.2 / 29.4 / 76.3 /
+84.5 for gemv_seg and 14.3 / 25.7 / 28.8 / 40.6 / 126.4 / 133.8 for fp16 cuBLAS, in the same run; offline sm_90a
+SASS 4.7 instructions per weight (benchmarks/sass_report.py), Nsight Compute at 28672x8192 4.6 per weight issued,
+47% of DRAM bandwidth, waiting on global loads (long scoreboard 2.96 cycles per issue) at 27% occupancy (96
+registers); hence the cap of MAX_REGISTERS = 64 (5.2 instructions per weight, but more programs per SM: 2-5%
+faster). Under Triton's interpreter (no inline PTX) the two fp16-pair instructions are emulated with the same
+roundings (`ASM` off); compiled, they are inline PTX.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+from . import spqr_matmul as sm
+from .pair_schedule import pair_order, pair_plan
+from .spqr_matmul import (
+    _gemv_store,
+    _pick,
+    _seg_group,
+    _split_add,
+    _zero_share,
+    gdc_launch_dependents,
+    gdc_wait,
+)
+
+# Registers per thread (ptxas' cap; 96 without one, no spills at 64): H200, 2026-11-26, tune_pairs5_b1_h200.json:
+# 8.7 against 9.2 us at 4096^2, 17.4 against 17.8 at 11008x4096, 58.2 against 60.8 at 28672x8192 (more programs per
+# SM to hide the loads' latency: 27% occupancy at 96).
+MAX_REGISTERS = 64
+SCALE_LIMIT_LOG2 = 7  # the x kernel scales a chunk by 2**-k so that max |x'| < 2**(7 + 1): 16 x 15 x 256 < 65504
+
+
+# ---------------------------------------------------------------------------------------------------- fp16 pairs
+@triton.jit
+def _half(v, H: tl.constexpr):
+    """fp32 value of half H (0: low, 1: high) of int32-held fp16 pairs."""
+    return ((v >> (16 * H)) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _halves_bits(lo, hi):
+    """int32 fp16 pairs (lo, hi) from two fp32 tensors (each rounded to fp16)."""
+    lb = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hb = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+    return (hb << 16) | lb
+
+
+@triton.jit
+def _pair_fma(acc, v, magic, x, ASM: tl.constexpr):
+    """acc + (v - magic) x on fp16 pairs held in int32: `sub.f16x2` (exact here: v = magic + q) then
+    `fma.rn.f16x2` (one rounding per half). Without ASM (the interpreter), the same in fp32 per half, rounded to
+    fp16 at the end (the product q x is exact in fp32, so only a tie can round differently)."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; sub.f16x2 t, $2, $3; fma.rn.f16x2 $0, t, $4, $1; }", "=r,r,r,r,r",
+            [acc, v, magic, x], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        lo = _half(acc, 0) + (_half(v, 0) - _half(magic, 0)) * _half(x, 0)
+        hi = _half(acc, 1) + (_half(v, 1) - _half(magic, 1)) * _half(x, 1)
+        return _halves_bits(lo, hi)
+
+
+@triton.jit
+def _pair_halves(v, ASM: tl.constexpr):
+    """(fp32 low half, fp32 high half) of int32-held fp16 pairs."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=r,=r,r",
+            [v], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        return _half(v, 0), _half(v, 1)
+
+
+@triton.jit
+def _window(E, w0, w1, w2, w3, w4, w5, w6, w7):
+    """The 32-bit window of a plan entry E (`pair_plan`: word, shift, funnel) of each chunk's words."""
+    w = _pick(E[0], w0, w1, w2, w3, w4, w5, w6, w7)
+    if E[2]:
+        w = (w >> E[1]) | (_pick(E[0] + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - E[1]))
+    elif E[1] > 0:
+        w = w >> E[1]
+    return w.to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _put(T: tl.constexpr, v, a0, a1, a2, a3, a4, a5):
+    """(a0, .., a5) with a_T replaced by v (T a compile-time index; `_pick` reads one)."""
+    if T == 0:
+        a0 = v
+    if T == 1:
+        a1 = v
+    if T == 2:
+        a2 = v
+    if T == 3:
+        a3 = v
+    if T == 4:
+        a4 = v
+    if T == 5:
+        a5 = v
+    return a0, a1, a2, a3, a4, a5
+
+
+@triton.jit
+def _group_add(G: tl.constexpr, v, p0, p1, p2, p3):
+    """Adds v to the fp32 sum of group G of the chunk (p0..p3)."""
+    p0, p1, p2, p3, _, _ = _put(G, _pick(G, p0, p1, p2, p3, p3, p3, p3, p3) + v, p0, p1, p2, p3, p3, p3)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _pair_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS, BETA2, BITS: tl.constexpr,
+               SHARED2: tl.constexpr, one):
+    """First-level statistic (fp32, the tile's shape) of groups G of rows R, as `spqr_matmul._seg_stat` computes
+    it but decoded at the top of an fp32 mantissa (as the dot kernel's weights): code J of the window `win` is
+    shifted to bits 23 - BITS .. 22 and or-ed into 1.0 (`one`, a runtime FLOAT_ONE_BITS: one LOP3), and one FFMA
+    with (s2 2**BITS, -s2 z2 - s2 2**BITS) gives s2 (q - z2); those two come once per chunk and group for the
+    whole row block when SHARED2."""
+    if BITS > 0:
+        T: tl.constexpr = 23 - BITS
+        if J * BITS >= T:
+            bits = (win >> (J * BITS - T)).to(tl.uint32)
+        else:
+            bits = (win << (T - J * BITS)).to(tl.uint32)
+        m = ((bits & (((1 << BITS) - 1) << T)) | one).to(tl.float32, bitcast=True)
+        if SHARED2:
+            w = tl.load(st_ptr + blk * N_GROUPS + G, mask=gm1, other=0)
+        else:
+            w = tl.load(st_ptr + (R // BETA2) * N_GROUPS + G, mask=gm, other=0)
+        s2 = (w & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        z2 = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        s8 = s2 * (1 << BITS)
+        return sm._top_weight(m, s8, -s2 * z2 - s8)
+    else:
+        return tl.load(q_ptr + R * N_GROUPS + G, mask=gm, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row_outliers(acc, step, lo, hi, R, RM, jj, xo_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr,
+                  N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH: tl.constexpr,
+                  WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
+                  HAS_BASE: tl.constexpr):
+    """acc [NCH, BR] + the terms (value - base) x of outliers lo[r] + step NCH + j (< hi[r]) of the tile's rows r,
+    one per element (j, r): every outlier costs one slot of its own row, so a step covers NCH outliers of each
+    row, with no row lookup and no cross-row mask ([rows, outliers] tiles cost BR times that); x is read at the
+    outlier's permuted column (xo)."""
+    k = lo + step * NCH + jj[:, None]
+    km = RM & (k < hi)
+    col, v, base = sm._outlier_base_at(k, km, R, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
+                                       N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, WB, GROUP, SB, ZB,
+                                       HAS_BASE)
+    return acc + (v - base) * tl.load(xo_ptr + col, mask=km, other=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _gather_x_pairs_kernel(x_ptr, xp_ptr, sc_ptr, xs_ptr, xo_ptr, perm_ptr, zero_ptr, IN, N_ZERO,
+                           ORDER: tl.constexpr, SEG: tl.constexpr, NCH: tl.constexpr, CB: tl.constexpr,
+                           LIMIT: tl.constexpr, PDL: tl.constexpr):
+    """One program per CB chunks, x in the main kernel's tiles of NCH chunks, pair-major inside a tile (pair p of
+    the tile's chunks contiguous, so that the main kernel's loads of one pair are coalesced): for chunk
+    c = t NCH + j, xp[((t 16 + p) NCH + j) 2 + h] = x'[perm[32 c + ORDER[2 p + h]]] in fp16 (x' = x 2**-k, zero
+    past IN), sc[c] = 2**k (fp32) with k = max(0, floor(log2 max |x|) - LIMIT) over the chunk, xs[(t NSEG + g)
+    NCH + j] = the sum of x (fp32, unscaled) over codes g SEG .. g SEG + SEG - 1 of the chunk, and xo[32 c + i] =
+    x[perm[32 c + i]] (fp32: the outliers' x at their column, without a lookup of perm). Also zeroes the N_ZERO
+    int32 words at zero_ptr (split K's sums and counters). PDL: let the main kernel launch at once."""
+    if PDL:
+        gdc_launch_dependents()
+    pid = tl.program_id(0)
+    _zero_share(zero_ptr, N_ZERO, pid, tl.num_programs(0))
+    ch = pid * CB + tl.arange(0, CB)
+    i = tl.arange(0, 32)
+    c = ch[:, None] * 32 + i[None, :]  # natural code order: amax and group sums
+    p = tl.load(perm_ptr + c, mask=c < IN, other=0).to(tl.int32) & 0xFFFF
+    v = tl.load(x_ptr + p, mask=c < IN, other=0.0).to(tl.float32)
+    tl.store(xo_ptr + c, v)
+    amax = tl.max(tl.abs(v), axis=1)
+    k = tl.maximum(((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127 - LIMIT, 0)
+    tl.store(sc_ptr + ch, ((127 + k) << 23).to(tl.float32, bitcast=True))
+    NSEG: tl.constexpr = 32 // SEG
+    t = ch // NCH
+    j = ch % NCH
+    g = tl.arange(0, NSEG)
+    tl.store(xs_ptr + (t[:, None] * NSEG + g[None, :]) * NCH + j[:, None],
+             tl.sum(tl.reshape(v, (CB, NSEG, SEG)), axis=2))
+    o = i * 0
+    for n in tl.static_range(32):
+        o = tl.where(i == n, ORDER[n], o)
+    vp = tl.gather(v, o[None, :] + ch[:, None] * 0, axis=1)  # the pair order (from registers: no second gather)
+    inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # exactly 2**-k
+    dst = ((t[:, None] * 16 + i[None, :] // 2) * NCH + j[:, None]) * 2 + i[None, :] % 2
+    tl.store(xp_ptr + dst, (vp * inv[:, None]).to(tl.float16))
+
+
+@triton.jit
+def _gemv_pairs_kernel(
+    xp_ptr, sc_ptr, xs_ptr, xo_ptr, y_ptr, ws_ptr, cnt_ptr,
+    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, sst32_ptr, zst32_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
+    bases_ptr, bias_ptr,
+    OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, ZERO, ONE,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_BASE: tl.constexpr, PLAN: tl.constexpr, TYPES: tl.constexpr,
+    BR: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, SPLIT: tl.constexpr,
+    SHARED2: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
+):
+    """gemv_pairs: see the module docstring. xp_ptr: the int32 view of the x kernel's fp16 pairs (16 per chunk);
+    xo_ptr: x in the permuted order (the outliers' x at their column, `_row_outliers`); PLAN / TYPES:
+    `pair_plan(WB, GROUP)`; ZERO (0) and ONE (FLOAT_ONE_BITS) are runtime values, so that the compiler keeps the
+    or-ed constants in registers and each mask-and-or is ONE LOP3; the rest as `spqr_matmul._gemv_seg_kernel` with
+    one row of x and rows in thread (the tile is [NCH, BR]). Outliers: one step of NCH per row (`_row_outliers`)
+    per tile while any are left, the rest after the loop; with SPLIT each program takes a share of the steps.
+    (Loading each tile's words and statistic windows one tile ahead was slower on every shape measured: 128
+    registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008.)"""
+    rb, rows0, rows, rmask = sm._row_block(OUT, BR)
+    jj = tl.arange(0, NCH)
+    n_words = N_CHUNKS * WB
+    NSEG: tl.constexpr = 32 // SEG
+    blk = rows0 // BETA2
+    acc = tl.zeros([NCH, BR], dtype=tl.float32)
+    R = rows[None, :]
+    RM = rmask[None, :]
+    lo = tl.load(rowptr_ptr + R, mask=RM, other=0)  # each row's outliers: lo .. hi - 1
+    hi = tl.load(rowptr_ptr + R + 1, mask=RM, other=0)
+    s_end = tl.cdiv(tl.max(hi - lo), NCH)  # outlier steps (NCH of each row per step)
+    s0 = 0
+    c_begin = 0
+    c_end = N_CHUNKS
+    if SPLIT:  # this program's chunks and share of the outlier steps
+        sp = tl.program_id(1)
+        c_begin = sp * CPS
+        c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
+        share = tl.cdiv(s_end, tl.num_programs(1))
+        s0 = sp * share
+        s_end = tl.minimum(s0 + share, s_end)
+    zero2 = tl.zeros([NCH, BR], dtype=tl.int32)
+    one = ONE.to(tl.uint32, bitcast=True)
+    wp = codes_ptr + R * n_words + jj[:, None] * WB
+    for t in range(c_begin, c_end, NCH):
+        ch, _C, _m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = sm._tile_words(
+            t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB, GROUP, NSEG, SB, ZB)
+        if PDL:  # (the weight's loads above need nothing from the x kernel: in flight while it finishes)
+            gdc_wait()
+        if s0 < s_end:  # one step of outliers per tile, while any are left
+            acc = _row_outliers(acc, s0, lo, hi, R, RM, jj, xo_ptr, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr,
+                                zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH, WB,
+                                GROUP, SB, ZB, HAS_BASE)
+            s0 += 1
+        a0 = zero2
+        a1 = zero2
+        a2 = zero2
+        a3 = zero2
+        a4 = zero2
+        a5 = zero2
+        xq = xp_ptr + t * 16 + jj  # this tile's x pairs: pair n of its chunks at xq + n NCH
+        xsq = xs_ptr + t * NSEG + jj  # and group sums: group g at xsq + g NCH
+        for n in tl.static_range(16):
+            E = PLAN[n]
+            v = (_window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]) | (ZERO + E[4])
+            a = _pair_fma(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), v, zero2 + E[4],
+                          tl.load(xq + n * NCH)[:, None] + zero2, ASM)
+            a0, a1, a2, a3, a4, a5 = _put(E[5], a, a0, a1, a2, a3, a4, a5)
+        p0 = tl.full([NCH, BR], -0.0, dtype=tl.float32)  # (-0 + v = v: the first add folds away)
+        p1 = p0
+        p2 = p0
+        p3 = p0
+        for n in tl.static_range(len(TYPES)):
+            hl, hh = _pair_halves(_pick(n, a0, a1, a2, a3, a4, a5, a5, a5), ASM)
+            p0, p1, p2, p3 = _group_add(TYPES[n][0], hl, p0, p1, p2, p3)
+            p0, p1, p2, p3 = _group_add(TYPES[n][1], hh, p0, p1, p2, p3)
+        sc = tl.load(sc_ptr + ch)[:, None]
+        for g in tl.static_range(NSEG):
+            grp, gm1 = _seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
+            G = grp[:, None]
+            GM1 = gm1[:, None]
+            s = _pair_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, SB, SHARED2, one)
+            z = _pair_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, ZB, SHARED2, one)
+            pg = _pick(g, p0, p1, p2, p3, p3, p3, p3, p3)
+            acc += s * (sc * pg - z * tl.load(xsq + g * NCH)[:, None])
+    while s0 < s_end:
+        acc = _row_outliers(acc, s0, lo, hi, R, RM, jj, xo_ptr, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr,
+                            N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH, WB, GROUP, SB,
+                            ZB, HAS_BASE)
+        s0 += 1
+    acc = tl.sum(acc, axis=0)[:, None]
+    if SPLIT:
+        _split_add(acc, tl.zeros_like(acc), ws_ptr, rows, rmask, OUT, 0, 1)
+        sm._split_last_store(ws_ptr, cnt_ptr, rb, rows, rmask, OUT, y_ptr, 0, bias_ptr, 1, HAS_BIAS, 1)
+    else:
+        _gemv_store(acc, acc, acc, acc, tl.zeros_like(acc), acc, acc, acc, y_ptr, 0, bias_ptr, rows, rmask, 1,
+                    HAS_BIAS, 1)
+
+
+# ---------------------------------------------------------------------------------------------------- launcher
+def supports(x_dtype, wbits: int, group: int) -> bool:
+    """Whether gemv_pairs takes this input dtype and layout: fp16 x (the pairs are fp16), a pair schedule for
+    (wbits, group) (`pair_schedule`: 2..4 bits, groups of 8, 16, >= 32 codes or one per row)."""
+    import torch
+
+    return x_dtype == torch.float16 and pair_plan(wbits, group) is not None
+
+
+def gather_x_pairs(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int, *, zero=None, pdl: bool = False):
+    """x [1, in] fp16 -> (xp, sc, xs, xo), one kernel (`_gather_x_pairs_kernel`): xp fp16 [n_chunks_pad * 32], x in
+    the pair order in tiles of `nch` chunks, pair-major; sc fp32 [n_chunks_pad], each chunk's 2**k; xs fp32
+    [n_chunks_pad * 32 / segment], the group sums, group-major in each tile; xo fp32 [n_chunks_pad * 32], x in the
+    permuted order. n_chunks_pad: a multiple of nch, and of 32 or a power of two. Reference: `pairs_x_reference`."""
+    import torch
+
+    seg = sm._segment(group)
+    xp = torch.empty(n_chunks_pad * 32, dtype=torch.float16, device=x.device)
+    sc = torch.empty(n_chunks_pad, dtype=torch.float32, device=x.device)
+    xs = torch.empty(n_chunks_pad * (32 // seg), dtype=torch.float32, device=x.device)
+    xo = torch.empty(n_chunks_pad * 32, dtype=torch.float32, device=x.device)
+    cb = min(8, n_chunks_pad)  # (8 chunks a program: the x kernel is latency-bound, 3.9 us at 32 on the H200)
+    _gather_x_pairs_kernel[(n_chunks_pad // cb,)](
+        x, xp, sc, xs, xo, perm, zero if zero is not None else perm, x.shape[-1], 0 if zero is None else zero.numel(),
+        ORDER=pair_order(wbits, group), SEG=seg, NCH=nch, CB=cb, LIMIT=SCALE_LIMIT_LOG2, PDL=pdl, num_warps=2)
+    return xp, sc, xs, xo
+
+
+def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int):
+    """Plain-torch reference of `gather_x_pairs` (xs up to summation order)."""
+    import torch
+
+    n_in = x.shape[-1]
+    xv = torch.zeros(n_chunks_pad * 32, dtype=torch.float32, device=x.device)
+    xv[:n_in] = x.reshape(-1).float()[perm.to(torch.int64) & 0xFFFF]
+    xv = xv.view(n_chunks_pad, 32)
+    amax = xv.abs().amax(1)
+    k = torch.clamp(torch.floor(torch.log2(amax.clamp_min(2.0 ** -126))) - SCALE_LIMIT_LOG2, min=0)
+    seg = sm._segment(group)
+    order = torch.tensor(pair_order(wbits, group), device=x.device)
+    xp = torch.ldexp(xv[:, order], -k[:, None]).to(torch.float16)  # [chunks, 32]
+    xp = xp.view(-1, nch, 16, 2).transpose(1, 2).reshape(-1)
+    xs = xv.view(-1, nch, 32 // seg, seg).sum(3).transpose(1, 2).reshape(-1)
+    return xp, torch.exp2(k), xs, xv.reshape(-1)
+
+
+def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
+               out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None,
+               num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None):
+    """y [1, out] = x [1, in] W^T (+ bias) for one row of fp16 x (`supports`), two kernels (module docstring).
+    Options as `spqr_matmul.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
+    chunks; pdl: None = where supported); `max_registers`: a cap on registers per thread (ptxas; None: none)."""
+    import torch
+
+    M, n_in = x.shape
+    if M != 1 or not supports(x.dtype, wbits, group):
+        raise ValueError(f"gemv_pairs takes one row of fp16 x and a layout with a pair schedule; got {M} rows of "
+                         f"{x.dtype}, wbits {wbits}, group {group}")
+    n_chunks, n_groups, n_sw, n_zw = sm._layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
+    # Tiles (benchmarks/kernel_speed.py --tune, H200, 2026-11-26, spqr-w3, tune_pairs4/5_b1_h200.json, before the
+    # register cap): 2 rows x 64 chunks, 2 warps below 2**27 weights (9.2 us at 4096^2, 4 x 64 / 2 warps 9.3, 4 x 32
+    # / 1 warp 11.0; 17.8 at 11008x4096), 4 x 32 with ONE warp from 2**27 weights on (60.6 us at 28672x8192; 2 x 64
+    # / 2 warps 62.0; 4 x 64 / 2 warps 58.9 in one run, 68.8 in another).
+    big = n_in * out_features >= 2 ** 27
+    BR = block_rows or (4 if big else 2)
+    NCH = chunks or (32 if big else 64)
+    num_warps = num_warps or (1 if big else 2)
+    y = torch.empty(1, out_features, dtype=x.dtype, device=x.device)
+    n_rb = triton.cdiv(out_features, BR)
+    pdl = sm._has_pdl(x.device) if pdl is None else pdl and sm._has_pdl(x.device)
+    n_tiles = triton.cdiv(n_chunks, NCH)
+    if split is None:
+        split = triton.cdiv(n_chunks, sm.SPLIT_CHUNKS)
+    split = max(1, min(split, n_tiles))
+    cps = triton.cdiv(n_tiles, split) * NCH
+    split = triton.cdiv(n_chunks, cps)
+    ws = cnt = zero_buf = None
+    if split > 1:
+        zero_buf = torch.empty(out_features + n_rb, dtype=torch.int32, device=x.device)
+        ws, cnt = zero_buf[:out_features].view(torch.float32), zero_buf[out_features:]
+    n_pad = n_tiles * NCH  # x's chunks, padded to whole programs of the x kernel (32 chunks, or a power of two)
+    n_pad = triton.cdiv(n_pad, 32) * 32 if n_pad > 32 else triton.next_power_of_2(n_pad)
+    xp, sc, xs, xo = gather_x_pairs(x, perm, wbits, group, NCH, n_pad, zero=zero_buf, pdl=pdl)
+    plan, types = pair_plan(wbits, group)
+    sp, ssp = sm._stat_ptrs(scale, scale_stats)
+    zp, zsp = sm._stat_ptrs(zero, zero_stats)
+    _gemv_pairs_kernel[(n_rb, split)](
+        xp.view(torch.int32), sc, xs, xo, y, ws if ws is not None else sc, cnt if cnt is not None else perm,
+        codes, sp, ssp, zp, zsp, sm._int32_pairs(ssp, scale_bits), sm._int32_pairs(zsp, zero_bits), row_ptr, cols,
+        vals, perm, bases if bases is not None else vals, bias if bias is not None else x,
+        out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, 0, sm.FLOAT_ONE_BITS,
+        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None, HAS_BASE=bases is not None,
+        PLAN=plan, TYPES=types, BR=BR, NCH=NCH, SEG=sm._segment(group), SPLIT=split > 1,
+        SHARED2=beta2 > 0 and beta2 % BR == 0, ASM=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl,
+        num_warps=num_warps, num_stages=1, **({"launch_pdl": True} if pdl else {}),
+        **({"maxnreg": max_registers} if max_registers else {}),
+    )
+    return y
