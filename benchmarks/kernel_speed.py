@@ -98,6 +98,8 @@ def layer_bytes(layer: SpQRLinear) -> int:
 
 
 OUTLIER_SHARE = 0.01
+ACT_DTYPE = torch.float16  # activations, and the dense baseline's weight (--dtype)
+DENSE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}  # (the table's "fp16 us" column is in ACT_DTYPE)
 
 
 def make_layers(out: int, n_in: int, config: QuantConfig, seed: int) -> list[SpQRLinear]:
@@ -126,7 +128,7 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
     rows = []
     layers = make_layers(out, n_in, config, seed)
     nbytes = layer_bytes(layers[0])
-    dense = torch.randn(out, n_in, device="cuda", dtype=torch.float16) * 0.02
+    dense = torch.randn(out, n_in, device="cuda", dtype=ACT_DTYPE) * 0.02
     dense_copies = [dense] + [dense.clone() for _ in range(copies_for(dense.numel() * 2) - 1)]
     theirs = None
     if spqr_quant is not None and config == get_preset("spqr-w3"):
@@ -140,7 +142,7 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
         else:
             theirs = why
     for batch in batches:
-        x = torch.randn(batch, n_in, device="cuda", dtype=torch.float16)
+        x = torch.randn(batch, n_in, device="cuda", dtype=ACT_DTYPE)
         row = {"shape": name, "out": out, "in": n_in, "batch": batch, "wbits": config.wbits, "beta1": config.beta1,
                "beta2": config.beta2, "layer_bytes": nbytes, "fp16_bytes": out * n_in * 2,
                "outliers": layers[0].n_outliers, "copies": len(layers)}
@@ -222,7 +224,7 @@ PAIRS_TILES = ((4, 32, 1), (2, 64, 2), (4, 64, 2), (8, 32, 2), (4, 128, 4), (4, 
 def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
     """Block-size sweep of the fused kernels on one shape: [(kernel, params, seconds)] sorted by time."""
     layers = make_layers(out, n_in, config, 0)
-    x = torch.randn(batch, n_in, device="cuda", dtype=torch.float16)
+    x = torch.randn(batch, n_in, device="cuda", dtype=ACT_DTYPE)
     results = []
     wb, group, beta2, sb, zb = layers[0].kernel_layout()
 
@@ -283,7 +285,8 @@ def print_table(rows, copy_bw):
             f"{'pairs':>8} "
             f"{'dot':>8} "
             f"{'deq+mm':>8} "
-            f"{'auto':>8} {'pick':>10} {'x fp16':>7} {'BW %copy':>8} {'spqr-q':>8} {'vs spqr-q':>9}")
+            f"{'auto':>8} {'pick':>10} {'x ' + DENSE_NAMES[ACT_DTYPE]:>7} {'BW %copy':>8} {'spqr-q':>8} "
+            f"{'vs spqr-q':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -324,6 +327,8 @@ def main(argv=None) -> int:
     p.add_argument("--tune-batches", default="1,16")
     p.add_argument("--tune-shapes", default="7B q/k/v/o", help="comma-separated names of SHAPES to tune on")
     p.add_argument("--outlier-share", type=float, default=0.01, help="average share of outliers (default 1%%)")
+    p.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16",
+                   help="activations and the dense baseline (cuBLAS) in this dtype")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -331,8 +336,9 @@ def main(argv=None) -> int:
         return 2
     linear_mod.os.environ.pop(linear_mod.MATMUL_ENV, None)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = True  # torch's default for fp16
-    global OUTLIER_SHARE
+    global OUTLIER_SHARE, ACT_DTYPE
     OUTLIER_SHARE = args.outlier_share
+    ACT_DTYPE = getattr(torch, args.dtype)
     batches = [int(b) for b in args.batches.split(",")]
     kernels = tuple(args.kernels.split(","))
     config = get_preset(args.preset)
@@ -354,7 +360,8 @@ def main(argv=None) -> int:
     print_table(rows, copy_bw)
     print_variants(rows)
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": args.preset, "outlier_share": args.outlier_share,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "preset": args.preset, "outlier_share": args.outlier_share, "dtype": args.dtype,
               "config": config.to_dict() if hasattr(config, "to_dict") else repr(config),
               "copy_bandwidth_Bps": copy_bw, "spqr_quant": spqr_quant_note or "available", "rows": rows,
               "selector": {"gemv_seg_max_rows": linear_mod.GEMV_SEG_MAX_ROWS, "dot_max_rows": linear_mod.DOT_MAX_ROWS}}

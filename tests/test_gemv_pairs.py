@@ -70,9 +70,10 @@ def test_schedule_group_and_unsupported_layouts():
     assert spqr_matmul.unsupported_reason(64, 3, 16, "gemv_pairs") is None
     assert "no fp16-pair schedule" in spqr_matmul.unsupported_reason(64, 3, 4, "gemv_pairs")
     assert "no fp16-pair schedule" in spqr_matmul.unsupported_reason(64, 6, 16, "gemv_pairs")
-    assert gemv_pairs.supports(torch.float16, 3, 16) and not gemv_pairs.supports(torch.bfloat16, 3, 16)
+    assert gemv_pairs.supports(torch.float16, 3, 16)
     layer = _layer(32, 64, get_preset("spqr-w3"))
-    with pytest.raises(ValueError, match="one row of fp16 x"):
+    assert gemv_pairs.supports(torch.bfloat16, 3, 16) and not gemv_pairs.supports(torch.float32, 3, 16)
+    with pytest.raises(ValueError, match="one row of fp16 / bf16 x"):
         gemv_pairs.gemv_pairs(torch.randn(2, 64, device=DEVICE).half(), *layer.kernel_tensors(), None, 32,
                               *layer.kernel_layout())
 
@@ -154,3 +155,15 @@ def test_gemv_pairs_custom_op_and_torch_compile(monkeypatch):
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True, backend="inductor" if on_cuda else "aot_eager")
     _check(layer, x, compiled(x))
+
+
+@pytest.mark.parametrize("wbits,beta1,beta2", GRID[1::4])
+def test_gemv_pairs_bf16_activations(wbits, beta1, beta2):
+    """bf16 x, multiplied as fp16 after the x kernel's per-chunk scaling (which also takes |x| far past fp16's
+    range), y in bf16."""
+    cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
+    layer = _layer(beta2 * 2, 200, cfg, seed=wbits + beta1)
+    x = torch.randn(1, 200, device=DEVICE)
+    x[0, :20] *= 1e6  # beyond fp16's 65504
+    x = x.to(torch.bfloat16)
+    _check(layer, x, MATMULS["gemv_pairs"](layer, x))

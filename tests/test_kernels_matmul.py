@@ -362,8 +362,8 @@ def test_selector_on_cuda_by_batch(monkeypatch):
 
     assert pick == {rows: policy(rows) for rows in x16}
     assert pick[1] == "gemv_pairs" and pick[2] == "gemv_seg" and pick[8] == "dot" and pick[65] == "dequantize"
-    bf16 = torch.randn(1, 128, device="cuda", dtype=torch.bfloat16)  # gemv_pairs multiplies fp16 only
-    assert choose_kernel(layer, bf16) == "gemv_seg"
+    bf16 = {rows: torch.randn(rows, 128, device="cuda", dtype=torch.bfloat16) for rows in (1, 2)}
+    assert [choose_kernel(layer, bf16[r]) for r in (1, 2)] == ["gemv_pairs", "gemv_seg"]
     six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))
     assert choose_kernel(six, x16[1]) == "gemv_seg"
     g4 = _layer(64, 128, QuantConfig(wbits=3, beta1=4, beta2=16))  # groups of 4: not dot's; gemv_seg up to 8 rows

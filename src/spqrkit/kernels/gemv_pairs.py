@@ -1,4 +1,4 @@
-"""The batch-1 decode kernel "gemv_pairs": y = x W^T (+ b) for ONE row of fp16 x, multiplying in packed fp16 pairs.
+"""The batch-1 decode kernel "gemv_pairs": y = x W^T (+ b) for ONE row of x (fp16 or bf16), in packed fp16 pairs.
 
 gemv_seg (spqr_matmul) spends 7.0 instructions per weight in fp32 (mask + or, a subtraction, an FFMA, plus its
 share of loads and statistics) and is issue-bound. Here two weights share each instruction (`pair_schedule`): a
@@ -9,7 +9,8 @@ the fp16 pair sums are converted to fp32 once and combined with the group's stat
     y_r += s (2**k P - z X),
 P = sum of q x' over the group (fp16 pairs), X = sum of x over the group (fp32, from the x kernel), x' = x 2**-k
 with k per chunk chosen by the x kernel so that no fp16 pair sum can overflow (k = 0 unless the chunk holds
-|x| >= 256). Accuracy: each product q x' and each partial sum of at most 16 of them is rounded to fp16 (relative
+|x| >= 256; the same scaling brings bf16 x into fp16's range: bf16 x is multiplied as fp16 x', exactly but for values
+below 2**-24 2**k, and y is written in bf16). Accuracy: each product q x' and each partial sum of at most 16 of them is rounded to fp16 (relative
 2**-11) inside a group; the group sums are added in fp32, so the error stays of the order of the output's own fp16
 rounding (tests/test_gemv_pairs.py bounds it as tests/test_kernels_matmul.py bounds the other kernels).
 
@@ -317,15 +318,16 @@ def _gemv_pairs_kernel(
 
 # ---------------------------------------------------------------------------------------------------- launcher
 def supports(x_dtype, wbits: int, group: int) -> bool:
-    """Whether gemv_pairs takes this input dtype and layout: fp16 x (the pairs are fp16), a pair schedule for
-    (wbits, group) (`pair_schedule`: 2..4 bits, groups of 8, 16, >= 32 codes or one per row)."""
+    """Whether gemv_pairs takes this input dtype and layout: fp16 or bf16 x (multiplied as fp16 after the x
+    kernel's per-chunk scaling), a pair schedule for (wbits, group) (`pair_schedule`: 2..4 bits, groups of 8, 16,
+    >= 32 codes or one per row)."""
     import torch
 
-    return x_dtype == torch.float16 and pair_plan(wbits, group) is not None
+    return x_dtype in (torch.float16, torch.bfloat16) and pair_plan(wbits, group) is not None
 
 
 def gather_x_pairs(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int, *, zero=None, pdl: bool = False):
-    """x [1, in] fp16 -> (xp, sc, xs, xo), one kernel (`_gather_x_pairs_kernel`): xp fp16 [n_chunks_pad * 32], x in
+    """x [1, in] fp16 / bf16 -> (xp, sc, xs, xo), one kernel (`_gather_x_pairs_kernel`): xp fp16 [n_chunks_pad * 32], x in
     the pair order in tiles of `nch` chunks, pair-major; sc fp32 [n_chunks_pad], each chunk's 2**k; xs fp32
     [n_chunks_pad * 32 / segment], the group sums, group-major in each tile; xo fp32 [n_chunks_pad * 32], x in the
     permuted order. n_chunks_pad: a multiple of nch, and of 32 or a power of two. Reference: `pairs_x_reference`."""
@@ -364,15 +366,16 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
 def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None,
                num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None):
-    """y [1, out] = x [1, in] W^T (+ bias) for one row of fp16 x (`supports`), two kernels (module docstring).
+    """y [1, out] = x [1, in] W^T (+ bias) for one row of fp16 or bf16 x (`supports`), two kernels (module
+    docstring); y in x's dtype.
     Options as `spqr_matmul.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
     chunks; pdl: None = where supported); `max_registers`: a cap on registers per thread (ptxas; None: none)."""
     import torch
 
     M, n_in = x.shape
     if M != 1 or not supports(x.dtype, wbits, group):
-        raise ValueError(f"gemv_pairs takes one row of fp16 x and a layout with a pair schedule; got {M} rows of "
-                         f"{x.dtype}, wbits {wbits}, group {group}")
+        raise ValueError(f"gemv_pairs takes one row of fp16 / bf16 x and a layout with a pair schedule; got {M} "
+                         f"rows of {x.dtype}, wbits {wbits}, group {group}")
     n_chunks, n_groups, n_sw, n_zw = sm._layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     # Tiles (benchmarks/kernel_speed.py --tune, H200, 2026-11-26, spqr-w3, tune_pairs4/5_b1_h200.json, before the
     # register cap): 2 rows x 64 chunks, 2 warps below 2**27 weights (9.2 us at 4096^2, 4 x 64 / 2 warps 9.3, 4 x 32

@@ -27,7 +27,7 @@ def fused_matmul(
 ) -> Tensor:
     """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
     gathering x into the kernel's tile order), "gemv_seg" (x also pre-scaled per code position, statistics applied
-    per segment), "gemv_pairs" (one row of fp16 x at a time, packed fp16 pairs) or "dot" (tensor cores, any
+    per segment), "gemv_pairs" (one row of fp16 / bf16 x at a time, packed fp16 pairs) or "dot" (tensor cores, any
     number of rows in one call). `bases`: the outliers' base weights (`spqr_matmul.outlier_bases`), taken by
     gemv_seg, gemv_pairs and dot (None: they decode them again)."""
     fn = {"gemv": spqr_matmul.gemv, "gemv_xc": functools.partial(spqr_matmul.gemv, x_chunked=True),

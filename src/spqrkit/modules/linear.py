@@ -211,7 +211,7 @@ def gemv_seg_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 
 
 def gemv_pairs_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
-    """Batch-1 decode in packed fp16 pairs (two weights per instruction), fp16 x only, one row per launch."""
+    """Batch-1 decode in packed fp16 pairs (two weights per instruction), fp16 / bf16 x, one row per launch."""
     return _fused(layer, x, "gemv_pairs")
 
 
@@ -274,7 +274,7 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
 
     SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv_pairs` for one row of fp16 x, `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `dot`
+    do not cover; on CUDA `gemv_pairs` for one row of fp16 / bf16 x, `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `dot`
     up to DOT_MAX_ROWS, `dequantize` beyond; a layout the chosen kernel does not cover (gemv_pairs: 2..4-bit codes
     in groups of 8, 16, >= 32 or one per row; dot: groups under 8) falls back to the next of gemv_seg (up to its 8
     rows per launch), dot, dequantize; dot only for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only
@@ -301,7 +301,7 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
         return "reference"
     from ..kernels.spqr_matmul import rows_per_launch, unsupported_reason
 
-    if rows == 1 and x.dtype == torch.float16:
+    if rows == 1 and x.dtype in (torch.float16, torch.bfloat16):
         wanted = ["gemv_pairs", "gemv_seg", "dot", "dequantize"]
     elif rows <= GEMV_SEG_MAX_ROWS:
         wanted = ["gemv_seg", "dot", "dequantize"]
