@@ -52,7 +52,9 @@ from .spqr_matmul import (
 
 # Registers per thread (ptxas' cap; 96 without one, no spills at 64): H200, 2026-11-26, tune_pairs5_b1_h200.json:
 # 8.7 against 9.2 us at 4096^2, 17.4 against 17.8 at 11008x4096, 58.2 against 60.8 at 28672x8192 (more programs per
-# SM to hide the loads' latency: 27% occupancy at 96).
+# SM to hide the loads' latency: 27% occupancy at 96). A later run (tune_pairs6_b1_h200.json) kept the gain at 4096^2
+# (8.6 against 9.1) and 4096x11008 (17.7 against 18.4) but not at 28672x8192 (59.8 against 57.1 without the cap):
+# runs differ by up to 4% there.
 MAX_REGISTERS = 64
 SCALE_LIMIT_LOG2 = 7  # the x kernel scales a chunk by 2**-k so that max |x'| < 2**(7 + 1): 16 x 15 x 256 < 65504
 
