@@ -9,10 +9,11 @@ the fp16 pair sums are converted to fp32 once and combined with the group's stat
     y_r += s (2**k P - z X),
 P = sum of q x' over the group (fp16 pairs), X = sum of x over the group (fp32, from the x kernel), x' = x 2**-k
 with k per chunk chosen by the x kernel so that no fp16 pair sum can overflow (k = 0 unless the chunk holds
-|x| >= 256; the same scaling brings bf16 x into fp16's range: bf16 x is multiplied as fp16 x', exactly but for values
-below 2**-24 2**k, and y is written in bf16). Accuracy: each product q x' and each partial sum of at most 16 of them is rounded to fp16 (relative
-2**-11) inside a group; the group sums are added in fp32, so the error stays of the order of the output's own fp16
-rounding (tests/test_gemv_pairs.py bounds it as tests/test_kernels_matmul.py bounds the other kernels).
+|x| >= 256; the same scaling brings bf16 x into fp16's range: bf16 x is multiplied as fp16 x', exactly but for
+values below 2**-24 2**k, and y is written in bf16). Accuracy: each product q x' and each partial sum of at most 16
+of them is rounded to fp16 (relative 2**-11) inside a group; the group sums are added in fp32, so the error stays of
+the order of the output's own fp16 rounding (tests/test_gemv_pairs.py bounds it as tests/test_kernels_matmul.py
+bounds the other kernels).
 
 Two kernels: `_gather_x_pairs_kernel` writes x' in the pair order (`pair_order`) as fp16, the chunk scales 2**k,
 the group sums X and x in the permuted order, and zeroes the split-K sums; `_gemv_pairs_kernel` then runs
@@ -329,8 +330,8 @@ def supports(x_dtype, wbits: int, group: int) -> bool:
 
 
 def gather_x_pairs(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int, *, zero=None, pdl: bool = False):
-    """x [1, in] fp16 / bf16 -> (xp, sc, xs, xo), one kernel (`_gather_x_pairs_kernel`): xp fp16 [n_chunks_pad * 32], x in
-    the pair order in tiles of `nch` chunks, pair-major; sc fp32 [n_chunks_pad], each chunk's 2**k; xs fp32
+    """x [1, in] fp16 / bf16 -> (xp, sc, xs, xo), one kernel (`_gather_x_pairs_kernel`): xp fp16 [n_chunks_pad *
+    32], x in the pair order in tiles of `nch` chunks, pair-major; sc fp32 [n_chunks_pad], each chunk's 2**k; xs fp32
     [n_chunks_pad * 32 / segment], the group sums, group-major in each tile; xo fp32 [n_chunks_pad * 32], x in the
     permuted order. n_chunks_pad: a multiple of nch, and of 32 or a power of two. Reference: `pairs_x_reference`."""
     import torch

@@ -253,9 +253,9 @@ MATMULS: dict[str, Matmul] = {
 # all; stop 12's dot is 1.02x-1.36x faster again (16.6 / 16.6 / 17.3 / 21.7 / 29.0 us at 4 / 8 / 16 / 32 / 64 rows
 # at 4096^2). From 16 to 64 rows it beats dequantize + cuBLAS on all six shapes (64 rows: 29.0 against 49.6 us at
 # 4096^2, 278.4 against 584.3 at 8192x28672). Past 64 rows (prefill; not measured beyond) dequantize + cuBLAS, which
-# costs the same at any batch. At one row of fp16 x gemv_pairs (packed fp16 pairs, kernels/gemv_pairs.py) is faster
-# still: 9.2 / 17.4 / 19.0 / 22.5 / 61.4 / 72.8 us on the six shapes against 10.5 / 21.0 / 21.2 / 29.4 / 76.3 / 84.5
-# for gemv_seg in the same run (kernel_speed_pairs_b1_h200.json, 2026-11-26).
+# costs the same at any batch. At one row of fp16 or bf16 x gemv_pairs (packed fp16 pairs, kernels/gemv_pairs.py) is
+# faster still: 8.7 / 17.0 / 17.4 / 22.2 / 59.0 / 64.5 us on the six shapes against 10.1 / 20.6 / 20.8 / 29.1 / 75.7 /
+# 83.5 for gemv_seg in the same run (fp16 x, kernel_speed_pairs_final_h200.json; bf16: 1.18x-1.31x too).
 GEMV_SEG_MAX_ROWS = 2
 DOT_MAX_ROWS = 64
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
@@ -274,8 +274,8 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
 
     SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv_pairs` for one row of fp16 / bf16 x, `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x, `dot`
-    up to DOT_MAX_ROWS, `dequantize` beyond; a layout the chosen kernel does not cover (gemv_pairs: 2..4-bit codes
+    do not cover; on CUDA `gemv_pairs` for one row of fp16 / bf16 x, `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x,
+    `dot` up to DOT_MAX_ROWS, `dequantize` beyond; a layout the chosen kernel does not cover (gemv_pairs: 2..4-bit codes
     in groups of 8, 16, >= 32 or one per row; dot: groups under 8) falls back to the next of gemv_seg (up to its 8
     rows per launch), dot, dequantize; dot only for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only
     baselines."""
