@@ -396,3 +396,11 @@ def test_interpreter_fix_is_only_installed_under_the_interpreter():
 
     fixed = getattr(interpreter._patch_lang_tensor, "_spqrkit_fixed", False)
     assert fixed == (os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot"])
+def test_fused_kernels_forced_on_an_empty_input(kernel):
+    """No rows of x: an empty [..., out] result, no launch (the selector's auto mode takes the reference there)."""
+    layer = _layer(32, 64, get_preset("spqr-w3"))
+    y = MATMULS[kernel](layer, torch.randn(2, 0, 64, device=DEVICE).half())
+    assert y.shape == (2, 0, 32) and y.dtype == torch.float16

@@ -35,13 +35,15 @@ def fused_matmul(
           "gemv_pairs": functools.partial(gemv_pairs.gemv_pairs, bases=bases),
           "dot": functools.partial(spqr_matmul.dot, bases=bases)}[kernel]
     x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] == 0:  # no rows: nothing to launch
+        return x.new_empty((*x.shape[:-1], out_features))
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    step = spqr_matmul.rows_per_launch(kernel) or max(x2.shape[0], 1)
+    step = spqr_matmul.rows_per_launch(kernel) or x2.shape[0]
     parts = [
         fn(x2[i:i + step], codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
            out_features, wbits, group, beta2, scale_bits, zero_bits)
-        for i in range(0, max(x2.shape[0], 1), step)
+        for i in range(0, x2.shape[0], step)
     ]  # the gemv kernels take a few rows of x at a time
     y = parts[0] if len(parts) == 1 else torch.cat(parts)
     return y.reshape(*x.shape[:-1], out_features)
