@@ -30,7 +30,9 @@ SASS 4.7 instructions per weight (benchmarks/sass_report.py), Nsight Compute at 
 47% of DRAM bandwidth, waiting on global loads (long scoreboard 2.96 cycles per issue) at 27% occupancy (96
 registers); hence the cap of MAX_REGISTERS = 64 (5.2 instructions per weight, but more programs per SM: 2-5%
 faster). Under Triton's interpreter (no inline PTX) the two fp16-pair instructions are emulated with the same
-roundings (`ASM` off); compiled, they are inline PTX.
+roundings (`ASM` off); compiled, they are inline PTX. Triton 3.6 (the GPU machine's) gives the words and the x pairs
+the same layout (a thread: one chunk of BR rows); Triton 3.9 gives them two and converts through shared memory (23
+barriers per loop offline, not measured on a GPU): a known issue.
 """
 from __future__ import annotations
 
@@ -265,7 +267,7 @@ def _gemv_pairs_kernel(
     one = ONE.to(tl.uint32, bitcast=True)
     wp = codes_ptr + R * n_words + jj[:, None] * WB
     for t in range(c_begin, c_end, NCH):
-        ch, _C, _m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = sm._tile_words(
+        ch, C, _m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = sm._tile_words(
             t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB, GROUP, NSEG, SB, ZB)
         if PDL:  # (the weight's loads above need nothing from the x kernel: in flight while it finishes)
             gdc_wait()
@@ -280,13 +282,15 @@ def _gemv_pairs_kernel(
         a3 = zero2
         a4 = zero2
         a5 = zero2
-        xq = xp_ptr + t * 16 + jj  # this tile's x pairs: pair n of its chunks at xq + n NCH
-        xsq = xs_ptr + t * NSEG + jj  # and group sums: group g at xsq + g NCH
+        # this tile's x pairs (pair n of its chunks at xq + n NCH) and group sums (group g at xsq + g NCH), as
+        # columns of the tile: loaded in its layout (a [NCH] load made a layout conversion per pair in Triton 3.9)
+        xq = xp_ptr + t * 16 + jj[:, None]
+        xsq = xs_ptr + t * NSEG + jj[:, None]
         for n in tl.static_range(16):
             E = PLAN[n]
             v = (_window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]) | (ZERO + E[4])
-            a = _pair_fma(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), v, zero2 + E[4],
-                          tl.load(xq + n * NCH)[:, None] + zero2, ASM)
+            a = _pair_fma(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), v, zero2 + E[4], tl.load(xq + n * NCH) + zero2,
+                          ASM)
             a0, a1, a2, a3, a4, a5 = _put(E[5], a, a0, a1, a2, a3, a4, a5)
         p0 = tl.full([NCH, BR], -0.0, dtype=tl.float32)  # (-0 + v = v: the first add folds away)
         p1 = p0
@@ -296,7 +300,7 @@ def _gemv_pairs_kernel(
             hl, hh = _pair_halves(_pick(n, a0, a1, a2, a3, a4, a5, a5, a5), ASM)
             p0, p1, p2, p3 = _group_add(TYPES[n][0], hl, p0, p1, p2, p3)
             p0, p1, p2, p3 = _group_add(TYPES[n][1], hh, p0, p1, p2, p3)
-        sc = tl.load(sc_ptr + ch)[:, None]
+        sc = tl.load(sc_ptr + C)
         for g in tl.static_range(NSEG):
             grp, gm1 = _seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
             G = grp[:, None]
@@ -304,7 +308,7 @@ def _gemv_pairs_kernel(
             s = _pair_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, SB, SHARED2, one)
             z = _pair_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, ZB, SHARED2, one)
             pg = _pick(g, p0, p1, p2, p3, p3, p3, p3, p3)
-            acc += s * (sc * pg - z * tl.load(xsq + g * NCH)[:, None])
+            acc += s * (sc * pg - z * tl.load(xsq + g * NCH))
     while s0 < s_end:
         acc = _row_outliers(acc, s0, lo, hi, R, RM, jj, xo_ptr, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr,
                             N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH, WB, GROUP, SB,
