@@ -64,12 +64,6 @@ SCALE_LIMIT_LOG2 = 7  # the x kernel scales a chunk by 2**-k so that max |x'| < 
 
 # ---------------------------------------------------------------------------------------------------- fp16 pairs
 @triton.jit
-def _half(v, H: tl.constexpr):
-    """fp32 value of half H (0: low, 1: high) of int32-held fp16 pairs."""
-    return ((v >> (16 * H)) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-
-
-@triton.jit
 def _halves_bits(lo, hi):
     """int32 fp16 pairs (lo, hi) from two fp32 tensors (each rounded to fp16)."""
     lb = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
@@ -87,8 +81,8 @@ def _pair_fma(acc, v, magic, x, ASM: tl.constexpr):
             "{ .reg .b32 t; sub.f16x2 t, $2, $3; fma.rn.f16x2 $0, t, $4, $1; }", "=r,r,r,r,r",
             [acc, v, magic, x], dtype=tl.int32, is_pure=True, pack=1)
     else:
-        lo = _half(acc, 0) + (_half(v, 0) - _half(magic, 0)) * _half(x, 0)
-        hi = _half(acc, 1) + (_half(v, 1) - _half(magic, 1)) * _half(x, 1)
+        lo = sm._fp16_half(acc, 0) + (sm._fp16_half(v, 0) - sm._fp16_half(magic, 0)) * sm._fp16_half(x, 0)
+        hi = sm._fp16_half(acc, 1) + (sm._fp16_half(v, 1) - sm._fp16_half(magic, 1)) * sm._fp16_half(x, 1)
         return _halves_bits(lo, hi)
 
 
@@ -100,7 +94,7 @@ def _pair_halves(v, ASM: tl.constexpr):
             "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=r,=r,r",
             [v], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
     else:
-        return _half(v, 0), _half(v, 1)
+        return sm._fp16_half(v, 0), sm._fp16_half(v, 1)
 
 
 @triton.jit
@@ -154,12 +148,7 @@ def _pair_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS
         else:
             bits = (win << (T - J * BITS)).to(tl.uint32)
         m = ((bits & (((1 << BITS) - 1) << T)) | one).to(tl.float32, bitcast=True)
-        if SHARED2:
-            w = tl.load(st_ptr + blk * N_GROUPS + G, mask=gm1, other=0)
-        else:
-            w = tl.load(st_ptr + (R // BETA2) * N_GROUPS + G, mask=gm, other=0)
-        s2 = (w & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        z2 = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        s2, z2 = sm._second_level(st_ptr, R, blk, G, gm, gm1, N_GROUPS, BETA2, SHARED2)
         s8 = s2 * (1 << BITS)
         return sm._top_weight(m, s8, -s2 * z2 - s8)
     else:
@@ -395,17 +384,8 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     y = torch.empty(1, out_features, dtype=x.dtype, device=x.device)
     n_rb = triton.cdiv(out_features, BR)
     pdl = sm._has_pdl(x.device) if pdl is None else pdl and sm._has_pdl(x.device)
-    n_tiles = triton.cdiv(n_chunks, NCH)
-    if split is None:
-        split = triton.cdiv(n_chunks, sm.SPLIT_CHUNKS)
-    split = max(1, min(split, n_tiles))
-    cps = triton.cdiv(n_tiles, split) * NCH
-    split = triton.cdiv(n_chunks, cps)
-    ws = cnt = zero_buf = None
-    if split > 1:
-        zero_buf = torch.empty(out_features + n_rb, dtype=torch.int32, device=x.device)
-        ws, cnt = zero_buf[:out_features].view(torch.float32), zero_buf[out_features:]
-    n_pad = n_tiles * NCH  # x's chunks, padded to whole programs of the x kernel (32 chunks, or a power of two)
+    split, cps, ws, cnt, zero_buf = sm.split_plan(n_chunks, NCH, split, out_features, n_rb, x.device)
+    n_pad = triton.cdiv(n_chunks, NCH) * NCH  # x's chunks, padded to whole programs of the x kernel
     n_pad = triton.cdiv(n_pad, 32) * 32 if n_pad > 32 else triton.next_power_of_2(n_pad)
     xp, sc, xs, xo = gather_x_pairs(x, perm, wbits, group, NCH, n_pad, zero=zero_buf, pdl=pdl)
     plan, types = pair_plan(wbits, group)

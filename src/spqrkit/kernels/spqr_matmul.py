@@ -531,6 +531,24 @@ def _seg_group(ch, g: tl.constexpr, SEG: tl.constexpr, GROUP: tl.constexpr, N_CH
 
 
 @triton.jit
+def _fp16_half(v, H: tl.constexpr):
+    """fp32 value of half H (0: low, 1: high) of int32-held fp16 pairs."""
+    return ((v >> (16 * H)) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _second_level(st_ptr, R, blk, G, gm, gm1, N_GROUPS, BETA2, SHARED2: tl.constexpr):
+    """(scale, zero), fp32, of the second-level statistics of groups G of rows R: ONE int32 load of the fp16 pair
+    (st_ptr: the [out / beta2, n_groups, 2] fp16 stats viewed as int32), once for the whole row block when SHARED2
+    (every row of the block lies in the same beta2 block `blk`; mask gm1 per chunk, else gm)."""
+    if SHARED2:
+        w = tl.load(st_ptr + blk * N_GROUPS + G, mask=gm1, other=0)
+    else:
+        w = tl.load(st_ptr + (R // BETA2) * N_GROUPS + G, mask=gm, other=0)
+    return _fp16_half(w, 0), _fp16_half(w, 1)
+
+
+@triton.jit
 def _seg_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS, BETA2, BITS: tl.constexpr,
               SHARED2: tl.constexpr):
     """First-level statistic (fp32, the tile's shape) of groups G (per chunk: the J-th group of the window `win`)
@@ -540,12 +558,7 @@ def _seg_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS,
     (q_ptr [out, n_groups])."""
     if BITS > 0:
         q = _code_to_float((win >> (J * BITS)).to(tl.uint32) & ((1 << BITS) - 1))
-        if SHARED2:
-            w = tl.load(st_ptr + blk * N_GROUPS + G, mask=gm1, other=0)
-        else:
-            w = tl.load(st_ptr + (R // BETA2) * N_GROUPS + G, mask=gm, other=0)
-        s2 = (w & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        z2 = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        s2, z2 = _second_level(st_ptr, R, blk, G, gm, gm1, N_GROUPS, BETA2, SHARED2)
         return s2 * (q - z2)
     else:
         return tl.load(q_ptr + R * N_GROUPS + G, mask=gm, other=0.0).to(tl.float32)
@@ -1136,6 +1149,25 @@ def _has_pdl(device) -> bool:
 # 4096..11008 columns splitting cost 0.2..7 us (4096^2: 20.4 against 17.2 for one program per row block).
 SPLIT_CHUNKS = 512
 
+def split_plan(n_chunks: int, nch: int, split, n_sums: int, n_blocks: int, device):
+    """Split K for the gemv kernels: (programs per row block, chunks per program, ws, cnt, zero). `split` None: one
+    program per SPLIT_CHUNKS chunks; at most one per tile of `nch` chunks. With more than one, `zero` is an int32
+    buffer the x kernel zeroes, holding the fp32 sums ws [n_sums] and one counter per row block cnt [n_blocks];
+    else all three are None."""
+    import torch
+
+    n_tiles = triton.cdiv(n_chunks, nch)
+    if split is None:
+        split = triton.cdiv(n_chunks, SPLIT_CHUNKS)
+    split = max(1, min(split, n_tiles))
+    cps = triton.cdiv(n_tiles, split) * nch  # chunks per program
+    split = triton.cdiv(n_chunks, cps)
+    if split == 1:
+        return 1, cps, None, None, None
+    zero = torch.empty(n_sums + n_blocks, dtype=torch.int32, device=device)
+    return split, cps, zero[:n_sums].view(torch.float32), zero[n_sums:], zero
+
+
 def _int32_pairs(stats, bits: int):
     """The [..., n_groups, 2] fp16 second-level statistics viewed as int32 (scale in the low half, zero in the
     high one) for `_seg_stat`; fp16 first-level statistics (bits == 0) unchanged."""
@@ -1195,16 +1227,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     zp, zsp = _stat_ptrs(zero, zero_stats)
     if segments:  # "gemv_seg"
         pdl = _has_pdl(x.device) if pdl is None else pdl and _has_pdl(x.device)
-        n_tiles = triton.cdiv(n_chunks, NCH)
-        if split is None:
-            split = triton.cdiv(n_chunks, SPLIT_CHUNKS)
-        split = max(1, min(split, n_tiles))
-        cps = triton.cdiv(n_tiles, split) * NCH  # chunks per program
-        split = triton.cdiv(n_chunks, cps)
-        ws = cnt = zero = None
-        if split > 1:  # fp32 sums [BB, out] and one counter per row block, zeroed by the x kernel
-            zero = torch.empty(BB * out_features + grid[0], dtype=torch.int32, device=x.device)
-            ws, cnt = zero[:BB * out_features].view(torch.float32), zero[BB * out_features:]
+        split, cps, ws, cnt, zero = split_plan(n_chunks, NCH, split, BB * out_features, grid[0], x.device)
         xt, xs = gather_x_tiles(x, perm, NCH, BB, scale_wbits=wbits, segment=_segment(group), pdl=pdl, zero=zero)
         shared2 = beta2 > 0 and beta2 % BR == 0
         _gemv_seg_kernel[(grid[0], split)](
