@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from spqrkit.config import QuantConfig, get_preset
 from spqrkit.format.synthetic import random_quantized_weight
-from spqrkit.kernels import gemv_pairs, spqr_matmul
+from spqrkit.kernels import dot_pairs, gemv_pairs, spqr_matmul
 from spqrkit.modules import linear as linear_mod
 from spqrkit.modules.linear import MATMULS, SpQRLinear, choose_kernel
 
@@ -121,7 +121,7 @@ def check(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> float:
     return ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-KERNELS = ("gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot", "dequantize")
+KERNELS = ("gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot", "dot_pairs", "dequantize")
 
 
 def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, kernels=KERNELS):
@@ -150,6 +150,8 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
         row["fp16_s"] = t16
         for kernel in kernels:
             if spqr_matmul.unsupported_reason(n_in, config.wbits, config.beta1 or 0, kernel):
+                continue
+            if kernel == "dot_pairs" and not dot_pairs.supports(ACT_DTYPE, config.wbits, config.beta1 or 0):
                 continue
             if kernel.startswith("gemv") and batch > (spqr_matmul.rows_per_launch(kernel) if kernel == "gemv_pairs"
                                                       else spqr_matmul.GEMV_SEG_MAX_BATCH):
@@ -216,6 +218,13 @@ DOT_FLAGS = ({"programs_per_sm": 3}, {"programs_per_sm": 4}, {"programs_per_sm":
              {"chunks": 4}, {"chunks": 4, "programs_per_sm": 5})
 
 
+# options tried for dot_pairs (its default: `dot_stages`' tile with DOT_PAIRS_CHUNKS chunks)
+DOT_PAIRS_FLAGS = ({}, {"chunks": 4}, {"chunks": 16}, {"programs_per_sm": 6}, {"max_registers": 128},
+                   {"chunks": 4, "programs_per_sm": 8}, {"max_registers": 128, "programs_per_sm": 8},
+                   {"chunks": 4, "max_registers": 96, "programs_per_sm": 8}, {"block_n": 32, "num_warps": 2},
+                   {"chunks": 16, "max_registers": 128})
+
+
 # (block_rows, chunks, warps) tried for gemv_pairs (a thread holds one chunk of every row of the block, like gemv_seg)
 PAIRS_TILES = ((4, 32, 1), (2, 64, 2), (4, 64, 2), (8, 32, 2), (4, 128, 4), (4, 64, 1), (8, 32, 1), (2, 32, 1),
                (2, 128, 4), (8, 64, 2), (2, 64, 1))
@@ -258,6 +267,9 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
             space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "split": split, "num_warps": warps}))
         for flags in DOT_FLAGS:
             space.append((spqr_matmul.dot, "dot", flags))
+    if "dot_pairs" in kernels and dot_pairs.supports(ACT_DTYPE, config.wbits, config.beta1 or 0):
+        for flags in DOT_PAIRS_FLAGS:
+            space.append((dot_pairs.dot_pairs, "dot_pairs", flags))
     ref = MATMULS["reference"](layers[0], x).float()
     for fn, name, params in space:
         try:
@@ -283,7 +295,7 @@ def print_table(rows, copy_bw):
     print(f"\ncopy bandwidth (read + write): {copy_bw / 1e9:.0f} GB/s")
     head = (f"{'shape':<12} {'out x in':>12} {'b':>3} {'fp16 us':>8} {'gemv':>8} {'gemv_xc':>8} {'gemv_seg':>8} "
             f"{'pairs':>8} "
-            f"{'dot':>8} "
+            f"{'dot':>8} {'dotpairs':>8} "
             f"{'deq+mm':>8} "
             f"{'auto':>8} {'pick':>10} {'x ' + DENSE_NAMES[ACT_DTYPE]:>7} {'BW %copy':>8} {'spqr-q':>8} "
             f"{'vs spqr-q':>9}")
@@ -298,7 +310,7 @@ def print_table(rows, copy_bw):
         print(f"{r['shape']:<12} {r['out']:>5}x{r['in']:<6} {r['batch']:>3} {fmt_us(r['fp16_s'])} "
               f"{fmt_us(r.get('gemv_s'))} {fmt_us(r.get('gemv_xc_s'))} {fmt_us(r.get('gemv_seg_s'))} "
               f"{fmt_us(r.get('gemv_pairs_s'))} "
-              f"{fmt_us(r.get('dot_s'))} "
+              f"{fmt_us(r.get('dot_s'))} {fmt_us(r.get('dot_pairs_s'))} "
               f"{fmt_us(r.get('dequantize_s'))} {fmt_us(auto)} "
               f"{r['auto_kernel']:>10} {speed:7.2f} {bw:8.1f} {fmt_us(theirs)} {vs}")
 

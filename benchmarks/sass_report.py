@@ -30,6 +30,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from spqrkit.kernels import dot_pairs as dp
 from spqrkit.kernels import gemv_pairs as gp
 from spqrkit.kernels import spqr_matmul as m
 from spqrkit.kernels.pair_schedule import pair_plan
@@ -41,7 +42,8 @@ POINTERS = {
     "z_ptr": "*i32", "zst_ptr": "*fp16", "rowptr_ptr": "*i32", "vals_ptr": "*fp16", "cols_ptr": "*i16",
     "perm_ptr": "*i16", "w_ptr": "*fp16", "xt_ptr": "*fp32", "xs_ptr": "*fp32",
     "ws_ptr": "*fp32", "cnt_ptr": "*i32", "sst32_ptr": "*i32", "zst32_ptr": "*i32", "xk_ptr": "*fp16",
-    "bases_ptr": "*fp32", "xp_ptr": "*i32", "sc_ptr": "*fp32", "xo_ptr": "*fp32",
+    "bases_ptr": "*fp32", "xp_ptr": "*i32", "sc_ptr": "*fp32", "xo_ptr": "*fp32", "inv_ptr": "*i32",
+    "order_ptr": "*i32",
 }
 SPQR_W3 = {"WB": 3, "GROUP": 16, "SB": 3, "ZB": 3, "HAS_BIAS": False, "KO": 64}
 
@@ -64,8 +66,13 @@ def kernels():
         ("dot 16 rows", m._dot_kernel,
          {k: v for k, v in dict(SPQR_W3, BM=16, BN=64, NCH=8, SEG=16, SHARED2=False, SPLIT=True, IEEE=False,
                                 PDL=True).items() if k not in ("HAS_BIAS", "KO")}, 4, 64 * 8 * 32 // 128),
+        ("dot_pairs 16 rows", dp._dot_pairs_kernel,
+         {k: v for k, v in dict(SPQR_W3, PLAN=plan, TYPES=types, BM=16, BN=64, NCH=m.DOT_PAIRS_CHUNKS, SEG=16,
+                                SHARED2=False, SPLIT=True, ASM=True, PDL=True).items() if k not in ("HAS_BIAS", "KO")},
+         4, 64 * m.DOT_PAIRS_CHUNKS * 32 // 128),
         ("dot outliers 8", m._dot_outliers_kernel,  # per step: 32 outliers of 4 rows, 8 rows of x each
-         {k: v for k, v in dict(SPQR_W3, BR=4, KOR=32, BM=8, NCH=8, SEG=16, HAS_BASE=True, PDL=True).items()
+         {k: v for k, v in dict(SPQR_W3, BR=4, KOR=32, BM=8, NCH=8, SEG=16, HAS_BASE=True, ORDERED=False,
+                                PDL=True).items()
           if k != "KO"}, 2, 4 * 32 * 8 // 64),
         ("dequantize", m._dequantize_kernel,
          {k: v for k, v in dict(SPQR_W3, BR=8, NCH=32).items() if k not in ("HAS_BIAS", "KO")}, 4, None),
@@ -74,7 +81,7 @@ def kernels():
 
 # software-pipelining stages as the launchers pass them (spqr_matmul: gemv_seg and dot's dense kernel 1, gemv_pairs 1;
 # gemv 3; the others Triton's default, 3)
-NUM_STAGES = {"gemv_seg 1 row": 1, "gemv_pairs 1 row": 1, "dot 16 rows": 1}
+NUM_STAGES = {"gemv_seg 1 row": 1, "gemv_pairs 1 row": 1, "dot 16 rows": 1, "dot_pairs 16 rows": 1}
 MAX_REGISTERS = {"gemv_pairs 1 row": gp.MAX_REGISTERS}  # (ptxas' cap, as launched)
 
 

@@ -329,7 +329,7 @@ def test_selector(monkeypatch):
     x = torch.randn(1, 64)
     monkeypatch.delenv(linear_mod.MATMUL_ENV, raising=False)
     assert choose_kernel(layer, x) == "reference"  # CPU: the reference
-    for forced in ("gemv", "gemv_xc", "gemv_pairs", "dot", "dequantize", "reference"):
+    for forced in ("gemv", "gemv_xc", "gemv_pairs", "dot", "dot_pairs", "dequantize", "reference"):
         monkeypatch.setenv(linear_mod.MATMUL_ENV, forced)
         assert choose_kernel(layer, x) == forced
     monkeypatch.setenv(linear_mod.MATMUL_ENV, "fastest")
@@ -355,19 +355,22 @@ def test_selector_on_cuda_by_batch(monkeypatch):
     def policy(rows):
         if rows == 1:
             return "gemv_pairs"
-        for kernel, limit in (("gemv_seg", linear_mod.GEMV_SEG_MAX_ROWS), ("dot", linear_mod.DOT_MAX_ROWS)):
+        for kernel, limit in (("gemv_seg", linear_mod.GEMV_SEG_MAX_ROWS), ("dot_pairs", linear_mod.DOT_PAIRS_MAX_ROWS),
+                              ("dot", linear_mod.DOT_MAX_ROWS)):
             if rows <= limit:
                 return kernel
         return "dequantize"
 
     assert pick == {rows: policy(rows) for rows in x16}
-    assert pick[1] == "gemv_pairs" and pick[2] == "gemv_seg" and pick[8] == "dot" and pick[65] == "dequantize"
-    bf16 = {rows: torch.randn(rows, 128, device="cuda", dtype=torch.bfloat16) for rows in (1, 2)}
-    assert [choose_kernel(layer, bf16[r]) for r in (1, 2)] == ["gemv_pairs", "gemv_seg"]
+    assert pick[1] == "gemv_pairs" and pick[2] == "gemv_seg" and pick[8] == "dot_pairs" and pick[64] == "dot"
+    assert pick[65] == "dequantize"
+    bf16 = {rows: torch.randn(rows, 128, device="cuda", dtype=torch.bfloat16) for rows in (1, 2, 8)}
+    assert [choose_kernel(layer, bf16[r]) for r in (1, 2, 8)] == ["gemv_pairs", "gemv_seg", "dot"]
     six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))
     assert choose_kernel(six, x16[1]) == "gemv_seg"
     g4 = _layer(64, 128, QuantConfig(wbits=3, beta1=4, beta2=16))  # groups of 4: not dot's; gemv_seg up to 8 rows
     assert [choose_kernel(g4, x16[r]) for r in (1, 8, 9)] == ["gemv_seg", "gemv_seg", "dequantize"]
+    assert choose_kernel(six, x16[8]) == "dot"  # 6-bit codes: no pair schedule
     x32 = {rows: torch.randn(rows, 128, device="cuda") for rows in (1, 8, 16)}  # fp32: no dot (no tensor cores)
     assert [choose_kernel(layer, x32[r]) for r in (1, 8, 16)] == ["gemv_seg", "gemv_seg", "dequantize"]
     odd = _layer(64, 96, QuantConfig(wbits=3, beta1=48, beta2=16))
@@ -378,7 +381,7 @@ def test_selector_on_cuda_by_batch(monkeypatch):
 def test_cuda_graph_capture_of_the_fused_kernels(monkeypatch):
     layer = _layer(256, 512, get_preset("spqr-w3"))
     x = torch.randn(1, 512, device="cuda", dtype=torch.float16)
-    for kernel in ("gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot", "dequantize"):
+    for kernel in ("gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot", "dot_pairs", "dequantize"):
         monkeypatch.setenv(linear_mod.MATMUL_ENV, kernel)
         y = layer(x)  # compile before capture
         graph = torch.cuda.CUDAGraph()
@@ -398,7 +401,7 @@ def test_interpreter_fix_is_only_installed_under_the_interpreter():
     assert fixed == (os.environ.get("TRITON_INTERPRET") == "1")
 
 
-@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot"])
+@pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot", "dot_pairs"])
 def test_fused_kernels_forced_on_an_empty_input(kernel):
     """No rows of x: an empty [..., out] result, no launch (the selector's auto mode takes the reference there)."""
     layer = _layer(32, 64, get_preset("spqr-w3"))

@@ -15,7 +15,7 @@ import functools
 import torch
 from torch import Tensor
 
-from . import gemv_pairs, spqr_matmul
+from . import dot_pairs, gemv_pairs, spqr_matmul
 
 
 @torch.library.custom_op("spqrkit::fused_matmul", mutates_args=())
@@ -27,13 +27,15 @@ def fused_matmul(
 ) -> Tensor:
     """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
     gathering x into the kernel's tile order), "gemv_seg" (x also pre-scaled per code position, statistics applied
-    per segment), "gemv_pairs" (one row of fp16 / bf16 x at a time, packed fp16 pairs) or "dot" (tensor cores, any
-    number of rows in one call). `bases`: the outliers' base weights (`spqr_matmul.outlier_bases`), taken by
-    gemv_seg, gemv_pairs and dot (None: they decode them again)."""
+    per segment), "gemv_pairs" (one row of fp16 / bf16 x at a time, packed fp16 pairs), "dot" (tensor cores, any
+    number of rows in one call) or "dot_pairs" (dot with its operand decoded in fp16 pairs, fp16 x). `bases`: the
+    outliers' base weights (`spqr_matmul.outlier_bases`), taken by gemv_seg, gemv_pairs, dot and dot_pairs (None:
+    they decode them again)."""
     fn = {"gemv": spqr_matmul.gemv, "gemv_xc": functools.partial(spqr_matmul.gemv, x_chunked=True),
           "gemv_seg": functools.partial(spqr_matmul.gemv, segments=True, bases=bases),
           "gemv_pairs": functools.partial(gemv_pairs.gemv_pairs, bases=bases),
-          "dot": functools.partial(spqr_matmul.dot, bases=bases)}[kernel]
+          "dot": functools.partial(spqr_matmul.dot, bases=bases),
+          "dot_pairs": functools.partial(dot_pairs.dot_pairs, bases=bases)}[kernel]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] == 0:  # no rows: nothing to launch
         return x.new_empty((*x.shape[:-1], out_features))

@@ -39,6 +39,9 @@ of dequantize + cuBLAS (16-64 rows).
   8 rows of x): the dense part takes 11.4 us at 4096^2 and 127.2 at 28672x8192 against 13.4 and 133.8 for fp16
   cuBLAS, the whole call 16.2 and 151.8: the outlier kernel (4.5-27.6 us) and the x gather (2.0-4.6) make the
   difference. (The first version, one tl.dot per code through shared memory with 64 programs, took 348 us.)
+- `dot_pairs` (`dot_pairs.py`, 3-32 rows of fp16 x): `dot_stages` with another dense kernel, its operand decoded
+  two weights per instruction in packed fp16 pairs (as gemv_pairs' codes), x in the pair order: 1.03x-1.10x
+  faster than `dot` at 3-16 rows.
 - `dequantize`: large batches (prefill). Writes the weight once in the activation dtype, decoding whole chunks like
   `gemv`, in a chunk-major column order (code i of chunk j at column i * n_chunks + j, so the stores are contiguous);
   the caller gathers x's columns in the same order and multiplies with cuBLAS.
@@ -399,15 +402,16 @@ def _zero_share(zero_ptr, N_ZERO, pid, n_programs):
 
 
 @triton.jit
-def _gather_x_cols_kernel(x_ptr, stride_xb, xk_ptr, perm_ptr, zero_ptr, M, IN, ROWS, N_COLS, N_ZERO,
+def _gather_x_cols_kernel(x_ptr, stride_xb, xk_ptr, perm_ptr, zero_ptr, order_ptr, M, IN, ROWS, N_COLS, N_ZERO,
                           NCH: tl.constexpr, KSEG: tl.constexpr, CB: tl.constexpr, RB: tl.constexpr,
-                          PDL: tl.constexpr):
+                          ORDERED: tl.constexpr, PDL: tl.constexpr):
     """x for the dot kernel, one program per (CB columns, RB rows of x): xk [N_COLS, ROWS] in xk's dtype,
     TRANSPOSED (the rows of x of one column contiguous: the dot kernel's operand slice is one block and an outlier's
     x values one vector); the columns in tiles of NCH chunks, each segment-major, [t, i // KSEG, j, i % KSEG] =
     x[b, perm[32 (t NCH + j) + i]] (zero past IN and for rows b >= M), so that a segment of KSEG codes of the
-    tile's chunks is one contiguous slice (column j KSEG + i % KSEG of it). Also zeroes the N_ZERO int32 words at
-    zero_ptr (the dot kernel's split-K sums). PDL: let the dependent dot kernel launch at once."""
+    tile's chunks is one contiguous slice (column j KSEG + i % KSEG of it); ORDERED: code i of a chunk is code
+    order[i] (order_ptr) instead: x in the pair order of dot_pairs. Also zeroes the N_ZERO int32 words at zero_ptr
+    (the dot kernel's split-K sums). PDL: let the dependent dot kernel launch at once."""
     if PDL:
         gdc_launch_dependents()
     _zero_share(zero_ptr, N_ZERO, tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
@@ -415,6 +419,8 @@ def _gather_x_cols_kernel(x_ptr, stride_xb, xk_ptr, perm_ptr, zero_ptr, M, IN, R
     k = tl.program_id(0) * CB + tl.arange(0, CB)  # column of xk
     r = k % (32 * NCH)  # place in its tile
     i = (r // (NCH * KSEG)) * KSEG + r % KSEG
+    if ORDERED:
+        i = tl.load(order_ptr + i)
     c = ((k // (32 * NCH)) * NCH + (r % (NCH * KSEG)) // KSEG) * 32 + i  # permuted column
     cm = (c < IN) & (k < N_COLS)
     b = tl.program_id(1) * RB + tl.arange(0, RB)
@@ -929,19 +935,11 @@ def _dot_kernel(
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-    rows0 = tl.program_id(0) * BN
-    rows = rows0 + tl.arange(0, BN)
-    rmask = rows < OUT
-    bb = tl.program_id(2) * BM + tl.arange(0, BM)
+    rows, bb, blk, R, RM, c_begin, c_end = _dot_tile(OUT, N_CHUNKS, BETA2, CPS, BN, BM)
     jj = tl.arange(0, NCH)
     kk = tl.arange(0, NCH * SEG)
     n_words = N_CHUNKS * WB
     NSEG: tl.constexpr = 32 // SEG
-    blk = rows0 // BETA2
-    R = rows[None, :]
-    RM = rmask[None, :]
-    c_begin = tl.program_id(1) * CPS
-    c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     one = ONE.to(tl.uint32, bitcast=True)  # the bits of 1.0, a runtime value (`_chunk_code_top`)
     mask = CODE_MASK.to(tl.uint32, bitcast=True)  # (2**WB - 1) << (23 - WB), a runtime value too
@@ -964,9 +962,27 @@ def _dot_kernel(
                 acc = tl.dot(a, xb, acc, input_precision="ieee")
             else:
                 acc = tl.dot(a, xb, acc)
+    _dot_store(acc, ws_ptr, rows, bb, M, OUT, SPLIT)
+
+
+@triton.jit
+def _dot_tile(OUT, N_CHUNKS, BETA2, CPS, BN: tl.constexpr, BM: tl.constexpr):
+    """The dense dot kernels' program: (rows [BN], rows of x bb [BM], the rows' beta2 block, rows as a row R and its
+    mask RM of a [chunks, rows] tile, first and end chunk of its share (program_id 1; split K))."""
+    rows0 = tl.program_id(0) * BN
+    rows = rows0 + tl.arange(0, BN)
+    bb = tl.program_id(2) * BM + tl.arange(0, BM)
+    c_begin = tl.program_id(1) * CPS
+    c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
+    return rows, bb, rows0 // BETA2, rows[None, :], (rows < OUT)[None, :], c_begin, c_end
+
+
+@triton.jit
+def _dot_store(acc, ws_ptr, rows, bb, M, OUT, SPLIT: tl.constexpr):
+    """ws[b, rows] (+)= acc [BN, BM] transposed (SPLIT: fp32 atomics; the x kernel zeroed ws)."""
     out = tl.trans(acc)  # [BM, BN]
     yp = ws_ptr + bb[:, None] * OUT + rows[None, :]
-    wm = (bb < M)[:, None] & rmask[None, :]
+    wm = (bb < M)[:, None] & (rows < OUT)[None, :]
     if SPLIT:
         tl.atomic_add(yp, out, mask=wm, sem="relaxed")
     else:
@@ -976,17 +992,18 @@ def _dot_kernel(
 @triton.jit
 def _dot_outliers_kernel(
     ws_ptr, y_ptr, stride_yb, bias_ptr, xk_ptr, stride_xk,
-    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, bases_ptr,
+    codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, rowptr_ptr, cols_ptr, vals_ptr, bases_ptr, inv_ptr,
     M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
     BR: tl.constexpr, KOR: tl.constexpr, BM: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr,
-    HAS_BASE: tl.constexpr, PDL: tl.constexpr,
+    HAS_BASE: tl.constexpr, ORDERED: tl.constexpr, PDL: tl.constexpr,
 ):
     """The `dot` kernel's epilogue, one program per BR rows: y[b, rows] = ws[b, rows] + sum over the row's outliers
     of (value - base) x[b, col] (+ bias), in y's dtype. The rows' outliers are walked KOR at a time per row, all BR
     rows at once ([BR, KOR] tiles); the base weight (HAS_BASE: `outlier_bases`, else decoded again from the packed
     tensors) is rounded like the dense operand's (`_dot_w`), x is read from the `dot` kernel's x (`gather_x_cols`'
-    order). PDL: launched as a programmatic dependent of `_dot_kernel`, it sums the outliers while that kernel
+    order; ORDERED: in the pair order, inv_ptr the index of each code position in it). PDL: launched as a
+    programmatic dependent of `_dot_kernel`, it sums the outliers while that kernel
     finishes and waits for it only to read ws."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = rows < OUT
@@ -1006,6 +1023,8 @@ def _dot_outliers_kernel(
         dv = v - base.to(xk_ptr.dtype.element_ty).to(tl.float32)  # rounded like the dense operand (`_dot_w`)
         ch = col // 32
         i = col % 32
+        if ORDERED:  # the code's index in the pair order (`_gather_x_cols_kernel`)
+            i = tl.load(inv_ptr + i, mask=km, other=0)
         p = (ch // NCH) * (32 * NCH) + (i // SEG) * (NCH * SEG) + (ch % NCH) * SEG + i % SEG  # col's place in xk
         # [BR, KOR, BM]; no mask along the rows of x (xk holds >= BM columns from here, zero past M), so that an
         # outlier's BM values are one vector load
@@ -1104,7 +1123,7 @@ def _layout_args(in_features: int, out_features: int, wbits: int, group: int, sc
 
 def unsupported_reason(in_features: int, wbits: int, group: int, kernel: str) -> str | None:
     """Why `kernel` cannot run this layout, or None. Groups must be a power of two (or one per row)."""
-    if kernel not in ("gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot", "dequantize"):
+    if kernel not in ("gemv", "gemv_xc", "gemv_seg", "gemv_pairs", "dot", "dot_pairs", "dequantize"):
         return f"unknown kernel {kernel!r}"
     if group and group & (group - 1):
         return f"group size {group} is not a power of two"
@@ -1112,11 +1131,11 @@ def unsupported_reason(in_features: int, wbits: int, group: int, kernel: str) ->
         return f"wbits {wbits} outside 1..8"
     if kernel == "dot" and 0 < group < 8:
         return f"group size {group} < 8 (the dot kernel's operand holds one group of 8, 16 or 32 codes per chunk)"
-    if kernel == "gemv_pairs":
+    if kernel in ("gemv_pairs", "dot_pairs"):
         from .pair_schedule import pair_plan
 
         if pair_plan(wbits, group) is None:
-            return (f"no fp16-pair schedule for {wbits}-bit codes in groups of {group} (gemv_pairs: 2..4 bits, "
+            return (f"no fp16-pair schedule for {wbits}-bit codes in groups of {group} ({kernel}: 2..4 bits, "
                     "groups of 8, 16, >= 32 or one per row)")
     return None
 
@@ -1129,6 +1148,7 @@ FLOAT_2_23_BITS = 0x4B000000  # the MAGIC argument of the decode kernels (`_code
 FLOAT_ONE_BITS = 0x3F800000  # the ONE argument of the dot kernel (`_chunk_code_top`)
 GEMV_MAX_BATCH = 4  # rows of x the gemv / gemv_xc kernels accumulate (one register tile each)
 GEMV_SEG_MAX_BATCH = 8  # and gemv_seg
+DOT_PAIRS_CHUNKS = 8  # chunks per tile of dot_pairs (`dot_stages` with pairs)
 
 
 def rows_per_launch(kernel: str) -> int | None:
@@ -1268,7 +1288,7 @@ def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, per
 def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, chunks=None,
                split=None, num_warps=None, num_stages=None, outlier_rows=4, outliers_per_step=None, pdl=None,
-               bases=None, programs_per_sm=None):
+               bases=None, programs_per_sm=None, pairs=False, max_registers=None):
     """The `dot` kernel's launches, ([(name, launch)], y): y is filled when they run in order (benchmarks/dot_parts.py
     times each alone). "gather x": x gathered once, transposed, into segment-major tiles in its own dtype
     (`gather_x_cols`, which also zeroes the fp32 output when split); "dense": `_dot_kernel`, [block_n rows x block_m
@@ -1278,7 +1298,10 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     enough shares for about `programs_per_sm` programs per SM (None: 4 below 128 tiles of rows, else 8: a large
     grid runs several waves of programs, and finer shares even out its last one). `pdl` (None: where supported,
     `_has_pdl`): the dense and outlier kernels launched as programmatic dependents of the kernel before them.
-    `bases`: the outliers' base weights (`outlier_bases`; None: decoded again per outlier).
+    `bases`: the outliers' base weights (`outlier_bases`; None: decoded again per outlier). `pairs`: the dense
+    kernel is `dot_pairs._dot_pairs_kernel` (fp16 x; its operand decoded in fp16 pairs, x chunk-major in the pair
+    order); `chunks` then defaults to DOT_PAIRS_CHUNKS. `max_registers`: a cap on the dense kernel's registers per
+    thread (ptxas).
 
     Defaults from H200 sweeps (2026-11-26, spqr-w3, the whole call, `kernel_speed.py --tune`; JSON in
     benchmarks/results): 8 chunks, 128 registers and four programs per SM (16 chunks: 255 registers, two per SM;
@@ -1302,8 +1325,8 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BM = block_m or min(64, max(16, triton.next_power_of_2(M)))
     BN = block_n or 64
-    NCH = chunks or 8
-    SEG = _segment(group)
+    NCH = chunks or (DOT_PAIRS_CHUNKS if pairs else 8)
+    SEG = 16 if pairs else _segment(group)  # (dot_pairs: two segments of 8 pairs per chunk, any group)
     n_tiles = triton.cdiv(n_chunks, NCH)
     row_blocks, m_blocks = triton.cdiv(out_features, BN), triton.cdiv(M, BM)
     if split is None:  # (programs_per_sm None: 4 for fewer than 128 tiles, else 8)
@@ -1320,8 +1343,27 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     sp, ssp = _stat_ptrs(scale, scale_stats)
     zp, zsp = _stat_ptrs(zero, zero_stats)
 
+    order = inv = None
+    if pairs:
+        from . import dot_pairs
+        from .pair_schedule import pair_plan
+
+        order, inv = dot_pairs.pair_column_orders(wbits, group, x.device)
+        plan, types = pair_plan(wbits, group)
+
     def gather():
-        gather_x_cols(x, perm, NCH, SEG, m_blocks * BM, out=xk, zero=zero_ws, pdl=pdl)
+        gather_x_cols(x, perm, NCH, SEG, m_blocks * BM, out=xk, zero=zero_ws, pdl=pdl, order=order)
+
+    def dense_pairs():
+        dot_pairs._dot_pairs_kernel[(row_blocks, split, m_blocks)](
+            xk, xk.stride(0), ws, codes, sp, zp, _int32_pairs(ssp, scale_bits), _int32_pairs(zsp, zero_bits),
+            M, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, 0, FLOAT_ONE_BITS,
+            WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, PLAN=plan, TYPES=types, BM=BM, BN=BN, NCH=NCH,
+            SEG=_segment(group), SHARED2=beta2 > 0 and beta2 % BN == 0, SPLIT=split > 1,
+            ASM=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl,
+            num_warps=num_warps or 4, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
+            **({"maxnreg": max_registers} if max_registers else {}),
+        )
 
     def dense():
         _dot_kernel[(row_blocks, split, m_blocks)](
@@ -1342,14 +1384,14 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
                 ws[b0 * out_features:], y[b0:], y.stride(0), bias if bias is not None else x, xk[:, b0:],
                 xk.stride(0),
                 codes, sp, ssp, zp, zsp, row_ptr, cols, vals, bases if bases is not None else vals,
-                mb, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
+                inv if pairs else perm, mb, out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1),
                 WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None,
                 BR=br, KOR=kor, BM=triton.next_power_of_2(mb), NCH=NCH, SEG=SEG, HAS_BASE=bases is not None,
-                PDL=first,
+                ORDERED=pairs, PDL=first,
                 num_warps=2 if br * kor <= 128 else 4, **({"launch_pdl": True} if first else {}),
             )
 
-    return [("gather x", gather), ("dense", dense), ("outliers", outliers)], y
+    return [("gather x", gather), ("dense", dense_pairs if pairs else dense), ("outliers", outliers)], y
 
 
 def outlier_bases(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features, out_features, wbits,
@@ -1428,10 +1470,11 @@ def gather_x_tiles(x, perm, nch: int, rows: int, *, dtype=None, scale_wbits: int
     return xt, xs
 
 
-def gather_x_cols(x, perm, nch: int, kseg: int, rows: int, *, out=None, zero=None, pdl: bool = False):
+def gather_x_cols(x, perm, nch: int, kseg: int, rows: int, *, out=None, zero=None, pdl: bool = False, order=None):
     """x [M, in] -> xk [n_tiles * 32 * nch, rows] in x's dtype, one kernel (`_gather_x_cols_kernel`): the dot
     kernel's x, transposed, tiles of nch chunks segment-major (rows past M zero). Reference: `tiled_x_reference`
-    with `kseg`, transposed. `zero`: an int32 tensor the same kernel fills with zeros; `out`: xk given."""
+    with `kseg`, transposed. `zero`: an int32 tensor the same kernel fills with zeros; `out`: xk given; `order`
+    (int32 [32]): code i of each chunk is code order[i] (dot_pairs' pair order)."""
     import torch
 
     M, n_in = x.shape
@@ -1440,8 +1483,9 @@ def gather_x_cols(x, perm, nch: int, kseg: int, rows: int, *, out=None, zero=Non
     rb = min(16, triton.next_power_of_2(rows))
     cb = 1024 // rb  # (a [cb, rb] block per program)
     _gather_x_cols_kernel[(triton.cdiv(xk.shape[0], cb), triton.cdiv(rows, rb))](
-        x, x.stride(0), xk, perm, zero if zero is not None else perm, M, n_in, rows, xk.shape[0],
-        0 if zero is None else zero.numel(), NCH=nch, KSEG=kseg, CB=cb, RB=rb, PDL=pdl, num_warps=4)
+        x, x.stride(0), xk, perm, zero if zero is not None else perm, order if order is not None else perm, M, n_in,
+        rows, xk.shape[0], 0 if zero is None else zero.numel(), NCH=nch, KSEG=kseg, CB=cb, RB=rb,
+        ORDERED=order is not None, PDL=pdl, num_warps=4)
     return xk
 
 

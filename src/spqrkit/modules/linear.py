@@ -194,7 +194,7 @@ def reference_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
     from ..kernels import ops  # noqa: F401  (registers torch.ops.spqrkit.*)
 
-    bases = layer.outlier_bases() if kernel in ("gemv_seg", "gemv_pairs", "dot") else None
+    bases = layer.outlier_bases() if kernel in ("gemv_seg", "gemv_pairs", "dot", "dot_pairs") else None
     return torch.ops.spqrkit.fused_matmul(
         x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(), kernel, bases
     )
@@ -225,6 +225,11 @@ def dot_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     return _fused(layer, x, "dot")
 
 
+def dot_pairs_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
+    """dot with its weight operand decoded in packed fp16 pairs (fp16 x)."""
+    return _fused(layer, x, "dot_pairs")
+
+
 def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     """Large batches: the weight dequantized once to x's dtype by a kernel (columns in chunk-major order), then
     cuBLAS on x's columns gathered in the same order."""
@@ -239,7 +244,7 @@ def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 
 MATMULS: dict[str, Matmul] = {
     "reference": reference_matmul, "gemv": gemv_matmul, "gemv_xc": gemv_xc_matmul, "gemv_seg": gemv_seg_matmul,
-    "gemv_pairs": gemv_pairs_matmul, "dot": dot_matmul,
+    "gemv_pairs": gemv_pairs_matmul, "dot": dot_matmul, "dot_pairs": dot_pairs_matmul,
     "dequantize": dequantize_matmul,
 }
 # Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H200
@@ -255,8 +260,14 @@ MATMULS: dict[str, Matmul] = {
 # 4096^2, 278.4 against 584.3 at 8192x28672). Past 64 rows (prefill; not measured beyond) dequantize + cuBLAS, which
 # costs the same at any batch. At one row of fp16 or bf16 x gemv_pairs (packed fp16 pairs, kernels/gemv_pairs.py) is
 # faster still: 8.7 / 17.0 / 17.4 / 22.2 / 59.0 / 64.5 us on the six shapes against 10.1 / 20.6 / 20.8 / 29.1 / 75.7 /
-# 83.5 for gemv_seg in the same run (fp16 x, kernel_speed_pairs_final_h200.json; bf16: 1.18x-1.31x too).
+# 83.5 for gemv_seg in the same run (fp16 x, kernel_speed_pairs_final_h200.json; bf16: 1.18x-1.31x too). From 3 rows of
+# fp16 x dot_pairs (dot with its operand decoded in fp16 pairs, kernels/dot_pairs.py) replaces dot up to 32 rows:
+# 1.03x-1.10x faster on all six shapes at 3, 4, 8 and 16 rows (15.5 against 16.6 us at 4096^2 and 8 rows, 144.4
+# against 154.3 at 28672x8192; kernel_speed_dot_pairs_h200.json, kernel_speed_dot_pairs_b3_64_h200.json), still
+# 0.74x-0.96x of fp16 cuBLAS there; at 32 rows faster on five shapes (21.2 against 22.0 us at 4096^2, 200.5 against
+# 199.5 at 8192x28672), at 64 rows within 1% of dot either way (dot kept there).
 GEMV_SEG_MAX_ROWS = 2
+DOT_PAIRS_MAX_ROWS = 32
 DOT_MAX_ROWS = 64
 MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
 
@@ -275,10 +286,10 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
     SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
     do not cover; on CUDA `gemv_pairs` for one row of fp16 / bf16 x, `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x,
-    `dot` up to DOT_MAX_ROWS, `dequantize` beyond; a layout the chosen kernel does not cover (gemv_pairs: 2..4-bit codes
-    in groups of 8, 16, >= 32 or one per row; dot: groups under 8) falls back to the next of gemv_seg (up to its 8
-    rows per launch), dot, dequantize; dot only for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only
-    baselines."""
+    `dot_pairs` up to DOT_PAIRS_MAX_ROWS rows of fp16 x, `dot` up to DOT_MAX_ROWS, `dequantize` beyond; a layout the
+    chosen kernel does not cover (gemv_pairs and dot_pairs: 2..4-bit codes in groups of 8, 16, >= 32 or one per row;
+    dot: groups under 8) falls back to the next of dot, gemv_seg (up to its 8 rows per launch), dequantize; dot only
+    for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only baselines."""
     wbits, group = layer.config.wbits, layer.config.beta1 or 0
     forced = os.environ.get(MATMUL_ENV, "auto")
     if forced != "auto":
@@ -307,6 +318,8 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
         wanted = ["gemv_seg", "dot", "dequantize"]
     elif rows <= DOT_MAX_ROWS:  # (gemv_seg as the fallback only within one launch)
         wanted = ["dot", "gemv_seg", "dequantize"] if rows <= rows_per_launch("gemv_seg") else ["dot", "dequantize"]
+        if x.dtype == torch.float16 and rows <= DOT_PAIRS_MAX_ROWS:
+            wanted.insert(0, "dot_pairs")
     else:
         wanted = ["dequantize"]
     if x.dtype == torch.float32:  # (dot would multiply fp32 without the tensor cores: tl.dot's "ieee" precision)
