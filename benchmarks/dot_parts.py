@@ -1,4 +1,4 @@
-"""Where the time of the tensor-core `dot` kernel goes: each of its three launches (`spqr_matmul.dot_stages`: the x
+"""Where the time of the tensor-core `dot` kernel (or `dot_pairs`, `--kernel`) goes: each of its three launches (`spqr_matmul.dot_stages`: the x
 gather, the dense part on the tensor cores, the outlier kernel) timed alone, against the whole call and fp16 cuBLAS,
 on the LLaMA-2 shapes, with 1% outliers and with none.
 
@@ -28,9 +28,9 @@ from spqrkit.kernels import spqr_matmul
 from spqrkit.modules.linear import MATMULS
 
 
-def stages(layer, x):
+def stages(layer, x, kernel="dot"):
     return spqr_matmul.dot_stages(x, *layer.kernel_tensors(), None, layer.out_features, *layer.kernel_layout(),
-                                  bases=layer.outlier_bases())[0]
+                                  bases=layer.outlier_bases(), pairs=kernel == "dot_pairs")[0]
 
 
 def main(argv=None) -> int:
@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,8,16")
     p.add_argument("--outlier-shares", default="0.01,0")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--kernel", choices=("dot", "dot_pairs"), default="dot",
+                   help="dot, or dot_pairs (the same launches with its fp16-pair dense kernel)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -46,7 +48,8 @@ def main(argv=None) -> int:
         return 2
     config = get_preset("spqr-w3")
     rows = []
-    print(f"{'shape':<12} {'outliers':>8} {'b':>3} {'fp16':>7} {'dot':>7} {'gather':>7} {'dense':>7} "
+    kern = args.kernel
+    print(f"{'shape':<12} {'outliers':>8} {'b':>3} {'fp16':>7} {kern:>9} {'gather':>7} {'dense':>7} "
           f"{'outlier':>7}  (us)")
     for name in args.shapes.split(","):
         out, n_in = ks.SHAPES[name]
@@ -58,16 +61,17 @@ def main(argv=None) -> int:
             for batch in (int(b) for b in args.batches.split(",")):
                 x = torch.randn(batch, n_in, device="cuda", dtype=torch.float16)
                 row = {"shape": name, "out": out, "in": n_in, "batch": batch, "outlier_share": share,
-                       "err": ks.check(layers[0], x, "dot"),
+                       "kernel": kern, "err": ks.check(layers[0], x, kern),
                        "fp16_s": ks.time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense_w], args.repeats),
-                       "dot_s": ks.time_graph([lambda lay=lay, x=x: MATMULS["dot"](lay, x) for lay in layers],
-                                              args.repeats)}
-                per_layer = [stages(lay, x) for lay in layers]
+                       "dot_s": ks.time_graph([lambda lay=lay, x=x: MATMULS[kern](lay, x) for lay in layers],
+                                              args.repeats)}  # ("dot_s": the whole call of `kernel`)
+                per_layer = [stages(lay, x, kern) for lay in layers]
                 for i, (stage, _) in enumerate(per_layer[0]):
                     row[f"{stage}_s"] = ks.time_graph([st[i][1] for st in per_layer], args.repeats)
                 rows.append(row)
                 print(f"{name:<12} {share:>8.2%} {batch:>3} " + " ".join(
-                    f"{row[k] * 1e6:7.1f}" for k in ("fp16_s", "dot_s", "gather x_s", "dense_s", "outliers_s")),
+                    f"{row[k] * 1e6:{9 if k == 'dot_s' else 7}.1f}"
+                    for k in ("fp16_s", "dot_s", "gather x_s", "dense_s", "outliers_s")),
                     flush=True)
             del layers
             torch.cuda.empty_cache()
