@@ -30,7 +30,8 @@ the JSON say so (`--strict-graph` fails instead).
 
 `--compile` runs the decode step's forward through torch.compile (inductor, static shapes; prefill stays eager) before
 the capture, for both models: the norms, rotary embedding, cache update and activations become a few fused kernels
-(eager, they are about 2.4 ms of the 6.9 ms fp16 token at batch 1 on an H200: a floor under any linear's speed-up);
+(eager, about 2.4 ms of the 6.9 ms fp16 token at batch 1 on an H200, the token less its linears' kernel times in
+benchmarks/kernel_speed.py: a floor under any linear's speed-up);
 the SpQR kernels are custom ops, opaque to it. The outlier bases are computed once per layer before compiling.
 
 The SpQR kernels in use (`select_matmul`'s choice for the decode and the prefill input) are printed per row.

@@ -222,7 +222,9 @@ DOT_FLAGS = ({"programs_per_sm": 3}, {"programs_per_sm": 4}, {"programs_per_sm":
 DOT_PAIRS_FLAGS = ({}, {"chunks": 4}, {"chunks": 16}, {"programs_per_sm": 6}, {"max_registers": 128},
                    {"chunks": 4, "programs_per_sm": 8}, {"max_registers": 128, "programs_per_sm": 8},
                    {"chunks": 4, "max_registers": 96, "programs_per_sm": 8}, {"block_n": 32, "num_warps": 2},
-                   {"chunks": 16, "max_registers": 128})
+                   {"chunks": 16, "max_registers": 128}, {"outlier_rows": 8, "outliers_per_step": 16},
+                   {"outlier_rows": 2, "outliers_per_step": 32}, {"outlier_rows": 4, "outliers_per_step": 16},
+                   {"outlier_rows": 1, "outliers_per_step": 64}, {"outlier_rows": 8, "outliers_per_step": 32})
 
 
 # (block_rows, chunks, warps) tried for gemv_pairs (a thread holds one chunk of every row of the block, like gemv_seg)

@@ -57,10 +57,11 @@ def kernels():
     return [
         ("gemv_pairs 1 row", gp._gemv_pairs_kernel,
          {k: v for k, v in dict(SPQR_W3, HAS_BASE=True, PLAN=plan, TYPES=types, BR=4, NCH=32, SEG=16, SPLIT=False,
-                                SHARED2=True, ASM=True, PDL=True).items() if k != "KO"}, 1, 4 * 32 * 32 // 32),
+                                SHARED2=True, ASM=True, PDL=True, RT=m.chunk_major_tile()).items()
+          if k != "KO"}, 1, 4 * 32 * 32 // 32),
         ("gemv_seg 1 row", m._gemv_seg_kernel,
-         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=True, PREFETCH=False, PDL=True,
-              HAS_BASE=True), 2, 4 * 32 * 32 // 64),
+         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=m.chunk_major_tile(), PREFETCH=False,
+              PDL=True, HAS_BASE=True), 2, 4 * 32 * 32 // 64),
         ("gemv_xc 4 rows", m._gemv_kernel, dict(SPQR_W3, BB=4, BR=8, NCH=16, XC=16), 4, 8 * 16 * 32 // 128),
         ("gemv 1 row", m._gemv_kernel, dict(SPQR_W3, BB=1, BR=4, NCH=32, XC=0), 2, 4 * 32 * 32 // 64),
         ("dot 16 rows", m._dot_kernel,

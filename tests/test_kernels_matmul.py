@@ -407,3 +407,10 @@ def test_fused_kernels_forced_on_an_empty_input(kernel):
     layer = _layer(32, 64, get_preset("spqr-w3"))
     y = MATMULS[kernel](layer, torch.randn(2, 0, 64, device=DEVICE).half())
     assert y.shape == (2, 0, 32) and y.dtype == torch.float16
+
+
+def test_chunk_major_tile_follows_the_triton_version():
+    """gemv_seg's and gemv_pairs' default tile orientation: [chunks, rows] up to Triton 3.6, [rows, chunks] after
+    (the one each version lays out with a chunk of every row in one thread: tests/test_sass_report.py)."""
+    major, minor = (int(v) for v in triton.__version__.split(".")[:2])
+    assert spqr_matmul.chunk_major_tile() == ((major, minor) <= (3, 6))

@@ -57,12 +57,10 @@ def test_sass_report(tmp_path):
     pairs = report["gemv_pairs 1 row"]
     loop, w = pairs["loops"][0], pairs["weights_per_iteration"]
     assert loop["mix"].get("HFMA2", 0) >= 0.5 * w and loop["mix"]["LOP3"] <= 0.75 * w and pairs["registers"] <= 64
-    if tuple(int(v) for v in triton.__version__.split(".")[:2]) <= (3, 6):
-        # the structure measured on the H200 (its Triton is 3.6): no barrier, <= 5.5 instructions per weight. Triton
-        # 3.9 (what a fresh install gets here) lays the words and the x pairs out differently and converts between
-        # the two layouts through shared memory: 23 barriers and 6.2 instructions per weight in the main loop (a
-        # known issue, not measured on a GPU; README)
-        assert loop["barriers"] == 0 and loop["instructions"] <= 5.5 * w
+    # no barrier, <= 5.5 instructions per weight: the words and the x pairs in one layout, under Triton 3.6 (the GPU
+    # machine's) and 3.9 (a fresh install's here) alike, each in its tile orientation (`chunk_major_tile`; in the
+    # other one, 23 barriers and 6.2-6.4 instructions per weight)
+    assert loop["barriers"] == 0 and loop["instructions"] <= 5.5 * w
     # dot_pairs (3-32 rows of fp16 x): dot's tile with its operand decoded in fp16 pairs: one HFMA2 per two weights,
     # wgmma, and fewer instructions per tile than dot (offline 686 against 920 under Triton 3.6, 841 against 1011
     # under 3.9)

@@ -30,9 +30,10 @@ SASS 4.7 instructions per weight (benchmarks/sass_report.py), Nsight Compute at 
 47% of DRAM bandwidth, waiting on global loads (long scoreboard 2.96 cycles per issue) at 27% occupancy (96
 registers); hence the cap of MAX_REGISTERS = 64 (5.2 instructions per weight, but more programs per SM: 2-5%
 faster). Under Triton's interpreter (no inline PTX) the two fp16-pair instructions are emulated with the same
-roundings (`ASM` off); compiled, they are inline PTX. Triton 3.6 (the GPU machine's) gives the words and the x pairs
-the same layout (a thread: one chunk of BR rows); Triton 3.9 gives them two and converts through shared memory (23
-barriers per loop offline, not measured on a GPU): a known issue.
+roundings (`ASM` off); compiled, they are inline PTX. The tile is [NCH, BR] under Triton <= 3.6 and [BR, NCH] from
+3.7 on (`spqr_matmul.chunk_major_tile`): each version gives the words and the x pairs ONE layout (a thread: one chunk
+of BR rows) in that orientation only, and converts between two through shared memory in the other (23 barriers per
+loop offline under either); timed on the GPU with 3.6 only.
 """
 from __future__ import annotations
 
@@ -159,12 +160,12 @@ def _pair_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS
 def _row_outliers(acc, step, lo, hi, R, RM, jj, xo_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr,
                   N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH: tl.constexpr,
                   WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-                  HAS_BASE: tl.constexpr):
-    """acc [NCH, BR] + the terms (value - base) x of outliers lo[r] + step NCH + j (< hi[r]) of the tile's rows r,
-    one per element (j, r): every outlier costs one slot of its own row, so a step covers NCH outliers of each
+                  HAS_BASE: tl.constexpr, RT: tl.constexpr):
+    """acc (the tile: [NCH, BR] when RT, else [BR, NCH]) + the terms (value - base) x of outliers lo[r] + step NCH +
+    j (< hi[r]) of the tile's rows r, one per element (j, r): every outlier costs one slot of its own row, so a step covers NCH outliers of each
     row, with no row lookup and no cross-row mask ([rows, outliers] tiles cost BR times that); x is read at the
     outlier's permuted column (xo)."""
-    k = lo + step * NCH + jj[:, None]
+    k = lo + step * NCH + sm._cv(jj, RT)
     km = RM & (k < hi)
     col, v, base = sm._outlier_base_at(k, km, R, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
                                        N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, WB, GROUP, SB, ZB,
@@ -221,7 +222,7 @@ def _gemv_pairs_kernel(
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_BASE: tl.constexpr, PLAN: tl.constexpr, TYPES: tl.constexpr,
     BR: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, SPLIT: tl.constexpr,
-    SHARED2: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
+    SHARED2: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr, RT: tl.constexpr,
 ):
     """gemv_pairs: see the module docstring. xp_ptr: the int32 view of the x kernel's fp16 pairs (16 per chunk);
     xo_ptr: x in the permuted order (the outliers' x at their column, `_row_outliers`); PLAN / TYPES:
@@ -236,9 +237,12 @@ def _gemv_pairs_kernel(
     n_words = N_CHUNKS * WB
     NSEG: tl.constexpr = 32 // SEG
     blk = rows0 // BETA2
-    acc = tl.zeros([NCH, BR], dtype=tl.float32)
-    R = rows[None, :]
-    RM = rmask[None, :]
+    if RT:
+        acc = tl.zeros([NCH, BR], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BR, NCH], dtype=tl.float32)
+    R = sm._rv(rows, RT)
+    RM = sm._rv(rmask, RT)
     lo = tl.load(rowptr_ptr + R, mask=RM, other=0)  # each row's outliers: lo .. hi - 1
     hi = tl.load(rowptr_ptr + R + 1, mask=RM, other=0)
     s_end = tl.cdiv(tl.max(hi - lo), NCH)  # outlier steps (NCH of each row per step)
@@ -252,18 +256,18 @@ def _gemv_pairs_kernel(
         share = tl.cdiv(s_end, tl.num_programs(1))
         s0 = sp * share
         s_end = tl.minimum(s0 + share, s_end)
-    zero2 = tl.zeros([NCH, BR], dtype=tl.int32)
+    zero2 = tl.zeros(acc.shape, dtype=tl.int32)
     one = ONE.to(tl.uint32, bitcast=True)
-    wp = codes_ptr + R * n_words + jj[:, None] * WB
+    wp = codes_ptr + R * n_words + sm._cv(jj, RT) * WB
     for t in range(c_begin, c_end, NCH):
         ch, C, _m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = sm._tile_words(
-            t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB, GROUP, NSEG, SB, ZB)
+            t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB, GROUP, NSEG, SB, ZB, not RT)
         if PDL:  # (the weight's loads above need nothing from the x kernel: in flight while it finishes)
             gdc_wait()
         if s0 < s_end:  # one step of outliers per tile, while any are left
             acc = _row_outliers(acc, s0, lo, hi, R, RM, jj, xo_ptr, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr,
                                 zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH, WB,
-                                GROUP, SB, ZB, HAS_BASE)
+                                GROUP, SB, ZB, HAS_BASE, RT)
             s0 += 1
         a0 = zero2
         a1 = zero2
@@ -273,15 +277,15 @@ def _gemv_pairs_kernel(
         a5 = zero2
         # this tile's x pairs (pair n of its chunks at xq + n NCH) and group sums (group g at xsq + g NCH), as
         # columns of the tile: loaded in its layout (a [NCH] load made a layout conversion per pair in Triton 3.9)
-        xq = xp_ptr + t * 16 + jj[:, None]
-        xsq = xs_ptr + t * NSEG + jj[:, None]
+        xq = xp_ptr + t * 16 + sm._cv(jj, RT)
+        xsq = xs_ptr + t * NSEG + sm._cv(jj, RT)
         for n in tl.static_range(16):
             E = PLAN[n]
             v = (_window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]) | (ZERO + E[4])
             a = _pair_fma(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), v, zero2 + E[4], tl.load(xq + n * NCH) + zero2,
                           ASM)
             a0, a1, a2, a3, a4, a5 = _put(E[5], a, a0, a1, a2, a3, a4, a5)
-        p0 = tl.full([NCH, BR], -0.0, dtype=tl.float32)  # (-0 + v = v: the first add folds away)
+        p0 = tl.full(acc.shape, -0.0, dtype=tl.float32)  # (-0 + v = v: the first add folds away)
         p1 = p0
         p2 = p0
         p3 = p0
@@ -292,8 +296,8 @@ def _gemv_pairs_kernel(
         sc = tl.load(sc_ptr + C)
         for g in tl.static_range(NSEG):
             grp, gm1 = _seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
-            G = grp[:, None]
-            GM1 = gm1[:, None]
+            G = sm._cv(grp, RT)
+            GM1 = sm._cv(gm1, RT)
             s = _pair_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, SB, SHARED2, one)
             z = _pair_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, ZB, SHARED2, one)
             pg = _pick(g, p0, p1, p2, p3, p3, p3, p3, p3)
@@ -301,9 +305,9 @@ def _gemv_pairs_kernel(
     while s0 < s_end:
         acc = _row_outliers(acc, s0, lo, hi, R, RM, jj, xo_ptr, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr,
                             N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH, WB, GROUP, SB,
-                            ZB, HAS_BASE)
+                            ZB, HAS_BASE, RT)
         s0 += 1
-    acc = tl.sum(acc, axis=0)[:, None]
+    acc = tl.sum(acc, axis=0 if RT else 1)[:, None]
     if SPLIT:
         _split_add(acc, tl.zeros_like(acc), ws_ptr, rows, rmask, OUT, 0, 1)
         sm._split_last_store(ws_ptr, cnt_ptr, rb, rows, rmask, OUT, y_ptr, 0, bias_ptr, 1, HAS_BIAS, 1)
@@ -361,11 +365,13 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
 
 def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None,
-               num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None):
+               num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None, rows_in_thread=None):
     """y [1, out] = x [1, in] W^T (+ bias) for one row of fp16 or bf16 x (`supports`), two kernels (module
     docstring); y in x's dtype.
     Options as `spqr_matmul.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
-    chunks; pdl: None = where supported); `max_registers`: a cap on registers per thread (ptxas; None: none)."""
+    chunks; pdl: None = where supported); `max_registers`: a cap on registers per thread (ptxas; None: none);
+    `rows_in_thread`: the tile orientation, [NCH, BR] (True) or [BR, NCH] (None: `spqr_matmul.chunk_major_tile`,
+    the one in which the installed Triton gives each thread one chunk of every row of its block)."""
     import torch
 
     M, n_in = x.shape
@@ -399,6 +405,7 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None, HAS_BASE=bases is not None,
         PLAN=plan, TYPES=types, BR=BR, NCH=NCH, SEG=sm._segment(group), SPLIT=split > 1,
         SHARED2=beta2 > 0 and beta2 % BR == 0, ASM=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl,
+        RT=sm.chunk_major_tile() if rows_in_thread is None else rows_in_thread,
         num_warps=num_warps, num_stages=1, **({"launch_pdl": True} if pdl else {}),
         **({"maxnreg": max_registers} if max_registers else {}),
     )

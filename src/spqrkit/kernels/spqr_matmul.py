@@ -513,12 +513,15 @@ def _stat_windows(s_ptr, z_ptr, R, C, m2, N_SWORDS, N_ZWORDS, GROUP: tl.constexp
 
 @triton.jit
 def _tile_words(t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB: tl.constexpr, GROUP: tl.constexpr,
-                NSEG: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr):
-    """One tile of a [chunks, rows] loop (dot, gemv_pairs): its chunks ch = t + jj, as a column C, the mask m2 of
-    (row, chunk) that exist, the WB words of each chunk (wp: word 0 of chunk jj of each row) and the statistic
-    windows (`_stat_windows`)."""
+                NSEG: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, RC: tl.constexpr = False):
+    """One tile of a [chunks, rows] loop (dot; RC: a [rows, chunks] loop, gemv_pairs): its chunks ch = t + jj, as a
+    column C (RC: a row), the mask m2 of (row, chunk) that exist, the WB words of each chunk (wp: word 0 of chunk jj
+    of each row) and the statistic windows (`_stat_windows`)."""
     ch = t + jj
-    C = ch[:, None]
+    if RC:
+        C = ch[None, :]
+    else:
+        C = ch[:, None]
     m2 = RM & (C < N_CHUNKS)
     w0, w1, w2, w3, w4, w5, w6, w7 = _chunk_words(wp + t * WB, m2, WB)
     swin, zwin = _stat_windows(s_ptr, z_ptr, R, C, m2, N_SWORDS, N_ZWORDS, GROUP, NSEG, SB, ZB)
@@ -1151,6 +1154,18 @@ GEMV_SEG_MAX_BATCH = 8  # and gemv_seg
 DOT_PAIRS_CHUNKS = 8  # chunks per tile of dot_pairs (`dot_stages` with pairs)
 
 
+@functools.cache
+def chunk_major_tile() -> bool:
+    """The tile orientation of gemv_seg and gemv_pairs (their RT) in which the installed Triton gives each thread one
+    chunk of every row of its block, the packed words and x in ONE layout: [chunks, rows] (True) up to Triton 3.6,
+    [rows, chunks] (False) from 3.7 on. Offline sm_90a SASS of the main loops (benchmarks/sass_report.py, spqr-w3):
+    Triton 3.6 gemv_pairs 671 instructions and no barrier as [chunks, rows], 824 and 23 barriers as [rows, chunks];
+    Triton 3.9 790 and 23 barriers against 651 and none; gemv_seg 445 against 530 under 3.6, 522 against 457 under
+    3.9. Timed on the GPU with Triton 3.6 (the GPU machine's) only."""
+    major, minor = (int(v) for v in triton.__version__.split(".")[:2])
+    return (major, minor) <= (3, 6)
+
+
 def rows_per_launch(kernel: str) -> int | None:
     """The most rows of x one launch of `kernel` takes (None: any number)."""
     return {"gemv": GEMV_MAX_BATCH, "gemv_xc": GEMV_MAX_BATCH, "gemv_seg": GEMV_SEG_MAX_BATCH,
@@ -1199,7 +1214,7 @@ def _int32_pairs(stats, bits: int):
 def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
          out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
          num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=None, outliers_per_step=64,
-         split=None, rows_in_thread=True, bases=None):
+         split=None, rows_in_thread=None, bases=None):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
     into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
     it contiguously, unmasked, at compile-time offsets. `segments` ("gemv_seg"): x also pre-scaled per code
@@ -1211,8 +1226,9 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     reduction (benchmarks/sass_report.py counts the barriers).
     `split` (gemv_seg): programs per row block, each over its share of the tiles (split K, fp32 partial sums added
     atomically; so the summation order, not the result beyond fp32 rounding, varies from run to run); None: one
-    per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg, default): the tile is [chunks,
-    rows], so that each thread holds one chunk of several rows and loads each x value once for them. `bases`
+    per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg): the tile is [chunks, rows] (True)
+    or [rows, chunks] (False); None: `chunk_major_tile()`, the orientation in which the installed Triton gives each
+    thread one chunk of several rows, so that it loads each x value once for them. `bases`
     (gemv_seg): the outliers' base weights (`outlier_bases`), so that an outlier costs its column, value and base
     instead of decoding its code and statistics again."""
     import torch
@@ -1258,7 +1274,7 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
             M, out_features, n_in, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, FLOAT_2_23_BITS,
             WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None, HAS_BASE=bases is not None,
             BB=BB, BR=BR, NCH=NCH, KO=outliers_per_step, SEG=_segment(group), SPLIT=split > 1, SHARED2=shared2,
-            RT=rows_in_thread, PREFETCH=prefetch, PDL=pdl,
+            RT=chunk_major_tile() if rows_in_thread is None else rows_in_thread, PREFETCH=prefetch, PDL=pdl,
             num_warps=num_warps, num_stages=num_stages or 1, **({"launch_pdl": True} if pdl else {}),
         )
         return y
