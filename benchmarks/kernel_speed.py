@@ -258,11 +258,12 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
                       {"block_rows": 4, "chunks": 64, "prefetch": True}):
             space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, **flags}))
         space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, "rows_in_thread": False}))  # stop 8's
-    if batch == 1 and "gemv_pairs" in kernels:
+    if batch <= gemv_pairs.PAIRS_MAX_ROWS and "gemv_pairs" in kernels:
         for br, nch, nw in PAIRS_TILES:
             space.append((gemv_pairs.gemv_pairs, "gemv_pairs", {"block_rows": br, "chunks": nch, "num_warps": nw}))
         for flags in ({"pdl": False}, {"split": 2}, {"max_registers": None}, {"max_registers": 80},
-                      {"max_registers": 56}, {"max_registers": 80, "block_rows": 4, "chunks": 64, "num_warps": 2}):
+                      {"max_registers": 56}, {"max_registers": 80, "block_rows": 4, "chunks": 64, "num_warps": 2},
+                      {"max_registers": 96}, {"max_registers": None, "block_rows": 4, "chunks": 32, "num_warps": 1}):
             space.append((gemv_pairs.gemv_pairs, "gemv_pairs", flags))
     if "dot" in kernels:
         for bn, nch, split, warps in DOT_TILES:

@@ -73,8 +73,8 @@ def test_schedule_group_and_unsupported_layouts():
     assert gemv_pairs.supports(torch.float16, 3, 16)
     layer = _layer(32, 64, get_preset("spqr-w3"))
     assert gemv_pairs.supports(torch.bfloat16, 3, 16) and not gemv_pairs.supports(torch.float32, 3, 16)
-    with pytest.raises(ValueError, match="one row of fp16 / bf16 x"):
-        gemv_pairs.gemv_pairs(torch.randn(2, 64, device=DEVICE).half(), *layer.kernel_tensors(), None, 32,
+    with pytest.raises(ValueError, match="1..2 rows of fp16 / bf16 x"):
+        gemv_pairs.gemv_pairs(torch.randn(3, 64, device=DEVICE).half(), *layer.kernel_tensors(), None, 32,
                               *layer.kernel_layout())
 
 
@@ -82,9 +82,9 @@ def test_schedule_group_and_unsupported_layouts():
 def test_gather_x_pairs_is_the_reference(wbits, group, nch):
     n_in = 200
     perm = torch.randperm(n_in, device=DEVICE).to(torch.int16)
-    x = (torch.randn(1, n_in, device=DEVICE) * 3).half()
+    x = (torch.randn(2, n_in, device=DEVICE) * 3).half()  # (two rows: each output's rows, one per row of x)
     x[0, 5] = 3000.0  # a chunk scaled by 2**-4
-    x[0, 40] = -70000 / 1.1  # the largest fp16 range
+    x[1, 40] = -70000 / 1.1  # the largest fp16 range
     xp, sc, xs, xo = gemv_pairs.gather_x_pairs(x, perm, wbits, group, nch, 8)
     rp, rsc, rxs, rxo = gemv_pairs.pairs_x_reference(x, perm, wbits, group, nch, 8)
     assert torch.equal(xp, rp) and torch.equal(sc, rsc) and torch.equal(xo, rxo)
@@ -97,23 +97,25 @@ def test_gemv_pairs_every_layout(wbits, beta1, beta2):
     cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
     out, n_in = (beta2 * 2, 200) if not on_cuda else (beta2 * 40, 1000)
     layer = _layer(out, n_in, cfg, seed=wbits * 100 + beta1, dense_rows=3, empty_rows=5)
-    x = torch.randn(1, n_in, device=DEVICE).half()
-    _check(layer, x, MATMULS["gemv_pairs"](layer, x))
+    for rows in (1, 2):  # (two rows of x: one launch, each code pair decoded once for both)
+        x = torch.randn(rows, n_in, device=DEVICE).half()
+        _check(layer, x, MATMULS["gemv_pairs"](layer, x))
 
 
 @pytest.mark.parametrize("config", STAT_VARIANTS, ids=STAT_VARIANT_IDS)
 def test_gemv_pairs_statistics_variants(config):
     out, n_in = (64, 136) if not on_cuda else (512, 1064)  # in not a multiple of 32: padded last chunk
     layer = _layer(out, n_in, config, seed=7, dense_rows=2, empty_rows=2)
-    x = torch.randn(1, n_in, device=DEVICE).half()
-    _check(layer, x, MATMULS["gemv_pairs"](layer, x))
+    for rows in (1, 2):
+        x = torch.randn(rows, n_in, device=DEVICE).half()
+        _check(layer, x, MATMULS["gemv_pairs"](layer, x))
 
 
 @pytest.mark.parametrize("outlier_share,dense_rows,empty_rows", [(0.0, 0, 0), (0.3, 8, 0), (0.01, 0, 30)])
 def test_gemv_pairs_outlier_extremes(outlier_share, dense_rows, empty_rows):
     layer = _layer(48, 128, get_preset("spqr-w3"), outlier_share=outlier_share, dense_rows=dense_rows,
                    empty_rows=empty_rows, bias=False)
-    x = torch.randn(1, 128, device=DEVICE).half()
+    x = torch.randn(2, 128, device=DEVICE).half()
     _check(layer, x, MATMULS["gemv_pairs"](layer, x))
 
 
@@ -123,11 +125,13 @@ def test_gemv_pairs_large_activations_do_not_overflow_the_fp16_sums(wbits):
     2**-k scaling), and one with tiny values next to it."""
     cfg = QuantConfig(wbits=wbits, beta1=32, beta2=16, scale_bits=3, zero_bits=3)
     layer = _layer(32, 256, cfg, seed=3)
-    x = torch.randn(1, 256, device=DEVICE)
+    x = torch.randn(2, 256, device=DEVICE)
     x[0, :40] *= 8000.0
     x[0, 40:80] *= 1e-3
+    x[1, 100:140] *= 5000.0  # (the second row of x scaled by its own chunk scales)
     x = x.half()
     _check(layer, x, MATMULS["gemv_pairs"](layer, x))
+    _check(layer, x[:1], MATMULS["gemv_pairs"](layer, x[:1]))
 
 
 @pytest.mark.parametrize("wbits,beta1,beta2", GRID[::3])
@@ -142,13 +146,18 @@ def test_gemv_pairs_tiles_and_split(wbits, beta1, beta2):
                  {"chunks": 4, "pdl": True}, {"chunks": 4, "split": 2, "rows_in_thread": True},
                  {"chunks": 4, "split": 2, "rows_in_thread": False}):  # both tile orientations (`chunk_major_tile`)
         _check(layer, x, gemv_pairs.gemv_pairs(*args, **opts))
+    x2 = torch.randn(2, layer.in_features, device=DEVICE).half()  # two rows of x
+    for opts in ({"chunks": 4, "split": 1}, {"chunks": 4, "split": 3, "bases": layer.outlier_bases()},
+                 {"block_rows": 2, "chunks": 8, "num_warps": 2, "rows_in_thread": True},
+                 {"chunks": 4, "split": 2, "rows_in_thread": False, "max_registers": None}):
+        _check(layer, x2, gemv_pairs.gemv_pairs(x2, *args[1:], **opts))
 
 
 def test_gemv_pairs_custom_op_and_torch_compile(monkeypatch):
-    """The op's schema and fake implementation, and a fullgraph torch.compile through it (two rows of x: two
-    launches of one row)."""
+    """The op's schema and fake implementation, and a fullgraph torch.compile through it (three rows of x: a launch
+    of two rows and one of one)."""
     layer = _layer(32, 64, get_preset("spqr-w3"))
-    x = torch.randn(2, 64, device=DEVICE).half()
+    x = torch.randn(3, 64, device=DEVICE).half()
     bases = layer.outlier_bases()
     torch.library.opcheck(ops.fused_matmul, (x, *layer.kernel_tensors(), layer.bias, 32, *layer.kernel_layout(),
                                              "gemv_pairs", bases), test_utils=("test_schema", "test_faketensor"))
@@ -164,7 +173,8 @@ def test_gemv_pairs_bf16_activations(wbits, beta1, beta2):
     range), y in bf16."""
     cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
     layer = _layer(beta2 * 2, 200, cfg, seed=wbits + beta1)
-    x = torch.randn(1, 200, device=DEVICE)
+    x = torch.randn(2, 200, device=DEVICE)
     x[0, :20] *= 1e6  # beyond fp16's 65504
+    x[1, 150:170] *= 1e5
     x = x.to(torch.bfloat16)
     _check(layer, x, MATMULS["gemv_pairs"](layer, x))

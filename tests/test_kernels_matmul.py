@@ -353,7 +353,7 @@ def test_selector_on_cuda_by_batch(monkeypatch):
     pick = {rows: choose_kernel(layer, x) for rows, x in x16.items()}
 
     def policy(rows):
-        if rows == 1:
+        if rows <= linear_mod.GEMV_PAIRS_MAX_ROWS:
             return "gemv_pairs"
         for kernel, limit in (("gemv_seg", linear_mod.GEMV_SEG_MAX_ROWS), ("dot_pairs", linear_mod.DOT_PAIRS_MAX_ROWS),
                               ("dot", linear_mod.DOT_MAX_ROWS)):
@@ -362,10 +362,10 @@ def test_selector_on_cuda_by_batch(monkeypatch):
         return "dequantize"
 
     assert pick == {rows: policy(rows) for rows in x16}
-    assert pick[1] == "gemv_pairs" and pick[2] == "gemv_seg" and pick[8] == "dot_pairs" and pick[64] == "dot"
+    assert pick[1] == "gemv_pairs" and pick[2] == "gemv_pairs" and pick[8] == "dot_pairs" and pick[64] == "dot"
     assert pick[65] == "dequantize"
     bf16 = {rows: torch.randn(rows, 128, device="cuda", dtype=torch.bfloat16) for rows in (1, 2, 8)}
-    assert [choose_kernel(layer, bf16[r]) for r in (1, 2, 8)] == ["gemv_pairs", "gemv_seg", "dot"]
+    assert [choose_kernel(layer, bf16[r]) for r in (1, 2, 8)] == ["gemv_pairs", "gemv_pairs", "dot"]
     six = _layer(64, 128, QuantConfig(wbits=6, beta1=16, beta2=16))
     assert choose_kernel(six, x16[1]) == "gemv_seg"
     g4 = _layer(64, 128, QuantConfig(wbits=3, beta1=4, beta2=16))  # groups of 4: not dot's; gemv_seg up to 8 rows

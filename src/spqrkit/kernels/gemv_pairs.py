@@ -1,4 +1,4 @@
-"""The batch-1 decode kernel "gemv_pairs": y = x W^T (+ b) for ONE row of x (fp16 or bf16), in packed fp16 pairs.
+"""The decode kernel "gemv_pairs": y = x W^T (+ b) for one or two rows of x (fp16 or bf16), in packed fp16 pairs.
 
 gemv_seg (spqr_matmul) spends 7.0 instructions per weight in fp32 (mask + or, a subtraction, an FFMA, plus its
 share of loads and statistics) and is issue-bound. Here two weights share each instruction (`pair_schedule`): a
@@ -59,7 +59,12 @@ from .spqr_matmul import (
 # SM to hide the loads' latency: 27% occupancy at 96). A later run (tune_pairs6_b1_h200.json) kept the gain at 4096^2
 # (8.6 against 9.1) and 4096x11008 (17.7 against 18.4) but not at 28672x8192 (59.8 against 57.1 without the cap):
 # runs differ by up to 4% there.
+# The same cap with two rows of x: a cap of 96 was 5-7% faster at 28672x8192 (73.5 / 75.1 against 78.9 us) but
+# 1.14x-1.24x slower on the other five shapes (13.1 / 25.6 / 26.6 / 34.1 / 107.5 against 11.4 / 21.8 / 23.4 / 28.9 /
+# 86.5 us; H200, 2026-11-26, tune_pairs_b2_h200.json, kernel_speed_pairs_b2_cap96_h200.json against
+# kernel_speed_pairs_b1_b2_h200.json).
 MAX_REGISTERS = 64
+PAIRS_MAX_ROWS = 2  # rows of x one launch takes (BB: one set of pair accumulators each)
 SCALE_LIMIT_LOG2 = 7  # the x kernel scales a chunk by 2**-k so that max |x'| < 2**(7 + 1): 16 x 15 x 256 < 65504
 
 
@@ -85,6 +90,28 @@ def _pair_fma(acc, v, magic, x, ASM: tl.constexpr):
         lo = sm._fp16_half(acc, 0) + (sm._fp16_half(v, 0) - sm._fp16_half(magic, 0)) * sm._fp16_half(x, 0)
         hi = sm._fp16_half(acc, 1) + (sm._fp16_half(v, 1) - sm._fp16_half(magic, 1)) * sm._fp16_half(x, 1)
         return _halves_bits(lo, hi)
+
+
+@triton.jit
+def _pair_sub(v, magic, ASM: tl.constexpr):
+    """(v - magic) on fp16 pairs held in int32: `sub.f16x2`, exact here (v = magic + q): the codes (q_a, q_b)."""
+    if ASM:
+        return tl.inline_asm_elementwise("sub.f16x2 $0, $1, $2;", "=r,r,r", [v, magic], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        return _halves_bits(sm._fp16_half(v, 0) - sm._fp16_half(magic, 0), sm._fp16_half(v, 1) - sm._fp16_half(magic, 1))
+
+
+@triton.jit
+def _pair_mac(acc, q, x, ASM: tl.constexpr):
+    """acc + q x on fp16 pairs held in int32: `fma.rn.f16x2` (one rounding per half; without ASM in fp32 per half,
+    rounded to fp16, as `_pair_fma`)."""
+    if ASM:
+        return tl.inline_asm_elementwise("fma.rn.f16x2 $0, $2, $3, $1;", "=r,r,r,r", [acc, q, x], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        return _halves_bits(sm._fp16_half(acc, 0) + sm._fp16_half(q, 0) * sm._fp16_half(x, 0),
+                            sm._fp16_half(acc, 1) + sm._fp16_half(q, 1) * sm._fp16_half(x, 1))
 
 
 @triton.jit
@@ -135,6 +162,21 @@ def _group_add(G: tl.constexpr, v, p0, p1, p2, p3):
 
 
 @triton.jit
+def _type_sums(TYPES: tl.constexpr, a0, a1, a2, a3, a4, a5, like, ASM: tl.constexpr):
+    """The fp32 sums (p0..p3, `like`'s shape) of the chunk's groups 0..3 from its pair accumulators a0..a5 of TYPES
+    (each half converted once, `_pair_halves`)."""
+    p0 = tl.full(like.shape, -0.0, dtype=tl.float32)  # (-0 + v = v: the first add folds away)
+    p1 = p0
+    p2 = p0
+    p3 = p0
+    for n in tl.static_range(len(TYPES)):
+        hl, hh = _pair_halves(_pick(n, a0, a1, a2, a3, a4, a5, a5, a5), ASM)
+        p0, p1, p2, p3 = _group_add(TYPES[n][0], hl, p0, p1, p2, p3)
+        p0, p1, p2, p3 = _group_add(TYPES[n][1], hh, p0, p1, p2, p3)
+    return p0, p1, p2, p3
+
+
+@triton.jit
 def _pair_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS, BETA2, BITS: tl.constexpr,
                SHARED2: tl.constexpr, one):
     """First-level statistic (fp32, the tile's shape) of groups G of rows R, as `spqr_matmul._seg_stat` computes
@@ -157,25 +199,30 @@ def _pair_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS
 
 
 @triton.jit
-def _row_outliers(acc, step, lo, hi, R, RM, jj, xo_ptr, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr,
-                  N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH: tl.constexpr,
+def _row_outliers(acc, acc1, step, lo, hi, R, RM, jj, xo_ptr, XO_ROW, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr,
+                  zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH: tl.constexpr,
                   WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
-                  HAS_BASE: tl.constexpr, RT: tl.constexpr):
-    """acc (the tile: [NCH, BR] when RT, else [BR, NCH]) + the terms (value - base) x of outliers lo[r] + step NCH +
-    j (< hi[r]) of the tile's rows r, one per element (j, r): every outlier costs one slot of its own row, so a step covers NCH outliers of each
-    row, with no row lookup and no cross-row mask ([rows, outliers] tiles cost BR times that); x is read at the
-    outlier's permuted column (xo)."""
+                  HAS_BASE: tl.constexpr, RT: tl.constexpr, BB: tl.constexpr):
+    """(acc, acc1) (the tile: [NCH, BR] when RT, else [BR, NCH]; one per row of x, acc1 only when BB == 2) + the
+    terms (value - base) x of outliers lo[r] + step NCH + j (< hi[r]) of the tile's rows r, one per element (j, r):
+    every outlier costs one slot of its own row, so a step covers NCH outliers of each row, with no row lookup and
+    no cross-row mask ([rows, outliers] tiles cost BR times that); x is read at the outlier's permuted column (xo;
+    row 1 of x XO_ROW further)."""
     k = lo + step * NCH + sm._cv(jj, RT)
     km = RM & (k < hi)
     col, v, base = sm._outlier_base_at(k, km, R, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
                                        N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, WB, GROUP, SB, ZB,
                                        HAS_BASE)
-    return acc + (v - base) * tl.load(xo_ptr + col, mask=km, other=0.0)
+    dv = v - base
+    acc += dv * tl.load(xo_ptr + col, mask=km, other=0.0)
+    if BB == 2:
+        acc1 += dv * tl.load(xo_ptr + XO_ROW + col, mask=km, other=0.0)
+    return acc, acc1
 
 
 # ---------------------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _gather_x_pairs_kernel(x_ptr, xp_ptr, sc_ptr, xs_ptr, xo_ptr, perm_ptr, zero_ptr, IN, N_ZERO,
+def _gather_x_pairs_kernel(x_ptr, stride_xb, xp_ptr, sc_ptr, xs_ptr, xo_ptr, perm_ptr, zero_ptr, IN, N_ZERO, N_PAD,
                            ORDER: tl.constexpr, SEG: tl.constexpr, NCH: tl.constexpr, CB: tl.constexpr,
                            LIMIT: tl.constexpr, PDL: tl.constexpr):
     """One program per CB chunks, x in the main kernel's tiles of NCH chunks, pair-major inside a tile (pair p of
@@ -184,11 +231,18 @@ def _gather_x_pairs_kernel(x_ptr, xp_ptr, sc_ptr, xs_ptr, xo_ptr, perm_ptr, zero
     past IN), sc[c] = 2**k (fp32) with k = max(0, floor(log2 max |x|) - LIMIT) over the chunk, xs[(t NSEG + g)
     NCH + j] = the sum of x (fp32, unscaled) over codes g SEG .. g SEG + SEG - 1 of the chunk, and xo[32 c + i] =
     x[perm[32 c + i]] (fp32: the outliers' x at their column, without a lookup of perm). Also zeroes the N_ZERO
-    int32 words at zero_ptr (split K's sums and counters). PDL: let the main kernel launch at once."""
+    int32 words at zero_ptr (split K's sums and counters). Row b = program_id(1) of x goes to each output's b-th row
+    of N_PAD chunks. PDL: let the main kernel launch at once."""
     if PDL:
         gdc_launch_dependents()
     pid = tl.program_id(0)
-    _zero_share(zero_ptr, N_ZERO, pid, tl.num_programs(0))
+    b = tl.program_id(1)
+    _zero_share(zero_ptr, N_ZERO, b * tl.num_programs(0) + pid, tl.num_programs(0) * tl.num_programs(1))
+    x_ptr += b * stride_xb
+    xp_ptr += b * N_PAD * 32
+    sc_ptr += b * N_PAD
+    xs_ptr += b * N_PAD * (32 // SEG)
+    xo_ptr += b * N_PAD * 32
     ch = pid * CB + tl.arange(0, CB)
     i = tl.arange(0, 32)
     c = ch[:, None] * 32 + i[None, :]  # natural code order: amax and group sums
@@ -218,20 +272,25 @@ def _gemv_pairs_kernel(
     xp_ptr, sc_ptr, xs_ptr, xo_ptr, y_ptr, ws_ptr, cnt_ptr,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, sst32_ptr, zst32_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
     bases_ptr, bias_ptr,
-    OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, ZERO, ONE,
+    OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, ZERO, ONE, N_PAD, stride_yb, M,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_BASE: tl.constexpr, PLAN: tl.constexpr, TYPES: tl.constexpr,
     BR: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, SPLIT: tl.constexpr,
-    SHARED2: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr, RT: tl.constexpr,
+    SHARED2: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr, RT: tl.constexpr, BB: tl.constexpr,
 ):
     """gemv_pairs: see the module docstring. xp_ptr: the int32 view of the x kernel's fp16 pairs (16 per chunk);
     xo_ptr: x in the permuted order (the outliers' x at their column, `_row_outliers`); PLAN / TYPES:
     `pair_plan(WB, GROUP)`; ZERO (0) and ONE (FLOAT_ONE_BITS) are runtime values, so that the compiler keeps the
     or-ed constants in registers and each mask-and-or is ONE LOP3; the rest as `spqr_matmul._gemv_seg_kernel` with
-    one row of x and rows in thread (the tile is [NCH, BR]). Outliers: one step of NCH per row (`_row_outliers`)
+    rows in thread (the tile [NCH, BR] or [BR, NCH]: RT, `spqr_matmul.chunk_major_tile`). Outliers: one step of NCH per row (`_row_outliers`)
     per tile while any are left, the rest after the loop; with SPLIT each program takes a share of the steps.
     (Loading each tile's words and statistic windows one tile ahead was slower on every shape measured: 128
-    registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008.)"""
+    registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008.)
+    BB = 2: two rows of x (M of them exist; each x kernel output holds row 1 N_PAD chunks after row 0): each pair of
+    codes is decoded once (`_pair_sub`) and multiplied into a pair accumulator per row (`_pair_mac`): 6.5 instead of
+    5.2 instructions per weight offline for twice the rows; H200, 2026-11-26 (kernel_speed_pairs_b1_b2_h200.json):
+    11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 us at two rows of fp16 x against 13.5 / 25.9 / 28.4 / 35.0 / 96.3 /
+    106.4 for gemv_seg (1.18x-1.23x) and 13.8 / 28.7 / 28.6 / 38.9 / 108.9 / 114.4 for fp16 cuBLAS (1.21x-1.38x)."""
     rb, rows0, rows, rmask = sm._row_block(OUT, BR)
     jj = tl.arange(0, NCH)
     n_words = N_CHUNKS * WB
@@ -241,6 +300,7 @@ def _gemv_pairs_kernel(
         acc = tl.zeros([NCH, BR], dtype=tl.float32)
     else:
         acc = tl.zeros([BR, NCH], dtype=tl.float32)
+    acc1 = acc  # (row 1 of x, BB == 2)
     R = sm._rv(rows, RT)
     RM = sm._rv(rmask, RT)
     lo = tl.load(rowptr_ptr + R, mask=RM, other=0)  # each row's outliers: lo .. hi - 1
@@ -265,9 +325,9 @@ def _gemv_pairs_kernel(
         if PDL:  # (the weight's loads above need nothing from the x kernel: in flight while it finishes)
             gdc_wait()
         if s0 < s_end:  # one step of outliers per tile, while any are left
-            acc = _row_outliers(acc, s0, lo, hi, R, RM, jj, xo_ptr, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr,
-                                zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH, WB,
-                                GROUP, SB, ZB, HAS_BASE, RT)
+            acc, acc1 = _row_outliers(acc, acc1, s0, lo, hi, R, RM, jj, xo_ptr, N_PAD * 32, codes_ptr, n_words, s_ptr,
+                                      sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr,
+                                      bases_ptr, NCH, WB, GROUP, SB, ZB, HAS_BASE, RT, BB)
             s0 += 1
         a0 = zero2
         a1 = zero2
@@ -275,6 +335,12 @@ def _gemv_pairs_kernel(
         a3 = zero2
         a4 = zero2
         a5 = zero2
+        e0 = zero2  # (row 1 of x)
+        e1 = zero2
+        e2 = zero2
+        e3 = zero2
+        e4 = zero2
+        e5 = zero2
         # this tile's x pairs (pair n of its chunks at xq + n NCH) and group sums (group g at xsq + g NCH), as
         # columns of the tile: loaded in its layout (a [NCH] load made a layout conversion per pair in Triton 3.9)
         xq = xp_ptr + t * 16 + sm._cv(jj, RT)
@@ -282,18 +348,21 @@ def _gemv_pairs_kernel(
         for n in tl.static_range(16):
             E = PLAN[n]
             v = (_window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]) | (ZERO + E[4])
-            a = _pair_fma(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), v, zero2 + E[4], tl.load(xq + n * NCH) + zero2,
-                          ASM)
+            if BB == 1:
+                a = _pair_fma(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), v, zero2 + E[4],
+                              tl.load(xq + n * NCH) + zero2, ASM)
+            else:
+                q = _pair_sub(v, zero2 + E[4], ASM)
+                a = _pair_mac(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), q, tl.load(xq + n * NCH) + zero2, ASM)
+                e = _pair_mac(_pick(E[5], e0, e1, e2, e3, e4, e5, e5, e5), q,
+                              tl.load(xq + N_PAD * 16 + n * NCH) + zero2, ASM)
+                e0, e1, e2, e3, e4, e5 = _put(E[5], e, e0, e1, e2, e3, e4, e5)
             a0, a1, a2, a3, a4, a5 = _put(E[5], a, a0, a1, a2, a3, a4, a5)
-        p0 = tl.full(acc.shape, -0.0, dtype=tl.float32)  # (-0 + v = v: the first add folds away)
-        p1 = p0
-        p2 = p0
-        p3 = p0
-        for n in tl.static_range(len(TYPES)):
-            hl, hh = _pair_halves(_pick(n, a0, a1, a2, a3, a4, a5, a5, a5), ASM)
-            p0, p1, p2, p3 = _group_add(TYPES[n][0], hl, p0, p1, p2, p3)
-            p0, p1, p2, p3 = _group_add(TYPES[n][1], hh, p0, p1, p2, p3)
+        p0, p1, p2, p3 = _type_sums(TYPES, a0, a1, a2, a3, a4, a5, acc, ASM)
         sc = tl.load(sc_ptr + C)
+        if BB == 2:
+            f0, f1, f2, f3 = _type_sums(TYPES, e0, e1, e2, e3, e4, e5, acc, ASM)
+            sc1 = tl.load(sc_ptr + N_PAD + C)
         for g in tl.static_range(NSEG):
             grp, gm1 = _seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
             G = sm._cv(grp, RT)
@@ -302,18 +371,25 @@ def _gemv_pairs_kernel(
             z = _pair_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, ZB, SHARED2, one)
             pg = _pick(g, p0, p1, p2, p3, p3, p3, p3, p3)
             acc += s * (sc * pg - z * tl.load(xsq + g * NCH))
+            if BB == 2:
+                fg = _pick(g, f0, f1, f2, f3, f3, f3, f3, f3)
+                acc1 += s * (sc1 * fg - z * tl.load(xsq + N_PAD * NSEG + g * NCH))
     while s0 < s_end:
-        acc = _row_outliers(acc, s0, lo, hi, R, RM, jj, xo_ptr, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr,
-                            N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH, WB, GROUP, SB,
-                            ZB, HAS_BASE, RT)
+        acc, acc1 = _row_outliers(acc, acc1, s0, lo, hi, R, RM, jj, xo_ptr, N_PAD * 32, codes_ptr, n_words, s_ptr,
+                                  sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr,
+                                  bases_ptr, NCH, WB, GROUP, SB, ZB, HAS_BASE, RT, BB)
         s0 += 1
     acc = tl.sum(acc, axis=0 if RT else 1)[:, None]
+    acc1 = tl.sum(acc1, axis=0 if RT else 1)[:, None]
+    zero = tl.zeros_like(acc)
     if SPLIT:
-        _split_add(acc, tl.zeros_like(acc), ws_ptr, rows, rmask, OUT, 0, 1)
-        sm._split_last_store(ws_ptr, cnt_ptr, rb, rows, rmask, OUT, y_ptr, 0, bias_ptr, 1, HAS_BIAS, 1)
+        _split_add(acc, zero, ws_ptr, rows, rmask, OUT, 0, M)
+        if BB == 2:
+            _split_add(acc1, zero, ws_ptr, rows, rmask, OUT, 1, M)
+        sm._split_last_store(ws_ptr, cnt_ptr, rb, rows, rmask, OUT, y_ptr, stride_yb, bias_ptr, M, HAS_BIAS, BB)
     else:
-        _gemv_store(acc, acc, acc, acc, tl.zeros_like(acc), acc, acc, acc, y_ptr, 0, bias_ptr, rows, rmask, 1,
-                    HAS_BIAS, 1)
+        _gemv_store(acc, acc1, acc, acc, zero, zero, zero, zero, y_ptr, stride_yb, bias_ptr, rows, rmask, M,
+                    HAS_BIAS, BB)
 
 
 # ---------------------------------------------------------------------------------------------------- launcher
@@ -327,28 +403,34 @@ def supports(x_dtype, wbits: int, group: int) -> bool:
 
 
 def gather_x_pairs(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int, *, zero=None, pdl: bool = False):
-    """x [1, in] fp16 / bf16 -> (xp, sc, xs, xo), one kernel (`_gather_x_pairs_kernel`): xp fp16 [n_chunks_pad *
-    32], x in the pair order in tiles of `nch` chunks, pair-major; sc fp32 [n_chunks_pad], each chunk's 2**k; xs fp32
-    [n_chunks_pad * 32 / segment], the group sums, group-major in each tile; xo fp32 [n_chunks_pad * 32], x in the
-    permuted order. n_chunks_pad: a multiple of nch, and of 32 or a power of two. Reference: `pairs_x_reference`."""
+    """x [M, in] fp16 / bf16 -> (xp, sc, xs, xo), one kernel (`_gather_x_pairs_kernel`), one row per row of x: xp
+    fp16 [M, n_chunks_pad * 32], x in the pair order in tiles of `nch` chunks, pair-major; sc fp32 [M,
+    n_chunks_pad], each chunk's 2**k; xs fp32 [M, n_chunks_pad * 32 / segment], the group sums, group-major in each
+    tile; xo fp32 [M, n_chunks_pad * 32], x in the permuted order. n_chunks_pad: a multiple of nch, and of 32 or a
+    power of two. Reference: `pairs_x_reference` (per row)."""
     import torch
 
     seg = sm._segment(group)
-    xp = torch.empty(n_chunks_pad * 32, dtype=torch.float16, device=x.device)
-    sc = torch.empty(n_chunks_pad, dtype=torch.float32, device=x.device)
-    xs = torch.empty(n_chunks_pad * (32 // seg), dtype=torch.float32, device=x.device)
-    xo = torch.empty(n_chunks_pad * 32, dtype=torch.float32, device=x.device)
+    M = x.shape[0]
+    xp = torch.empty(M, n_chunks_pad * 32, dtype=torch.float16, device=x.device)
+    sc = torch.empty(M, n_chunks_pad, dtype=torch.float32, device=x.device)
+    xs = torch.empty(M, n_chunks_pad * (32 // seg), dtype=torch.float32, device=x.device)
+    xo = torch.empty(M, n_chunks_pad * 32, dtype=torch.float32, device=x.device)
     cb = min(8, n_chunks_pad)  # (8 chunks a program: the x kernel is latency-bound, 3.9 us at 32 on the H200)
-    _gather_x_pairs_kernel[(n_chunks_pad // cb,)](
-        x, xp, sc, xs, xo, perm, zero if zero is not None else perm, x.shape[-1], 0 if zero is None else zero.numel(),
+    _gather_x_pairs_kernel[(n_chunks_pad // cb, M)](
+        x, x.stride(0), xp, sc, xs, xo, perm, zero if zero is not None else perm, x.shape[-1],
+        0 if zero is None else zero.numel(), n_chunks_pad,
         ORDER=pair_order(wbits, group), SEG=seg, NCH=nch, CB=cb, LIMIT=SCALE_LIMIT_LOG2, PDL=pdl, num_warps=2)
     return xp, sc, xs, xo
 
 
 def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int):
-    """Plain-torch reference of `gather_x_pairs` (xs up to summation order)."""
+    """Plain-torch reference of `gather_x_pairs` (xs up to summation order), row by row of x."""
     import torch
 
+    if x.shape[0] > 1:
+        return tuple(torch.cat(parts) for parts in zip(*(pairs_x_reference(x[b:b + 1], perm, wbits, group, nch,
+                                                                            n_chunks_pad) for b in range(x.shape[0]))))
     n_in = x.shape[-1]
     xv = torch.zeros(n_chunks_pad * 32, dtype=torch.float32, device=x.device)
     xv[:n_in] = x.reshape(-1).float()[perm.to(torch.int64) & 0xFFFF]
@@ -359,14 +441,14 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
     order = torch.tensor(pair_order(wbits, group), device=x.device)
     xp = torch.ldexp(xv[:, order], -k[:, None]).to(torch.float16)  # [chunks, 32]
     xp = xp.view(-1, nch, 16, 2).transpose(1, 2).reshape(-1)
-    xs = xv.view(-1, nch, 32 // seg, seg).sum(3).transpose(1, 2).reshape(-1)
-    return xp, torch.exp2(k), xs, xv.reshape(-1)
+    xs = xv.view(-1, nch, 32 // seg, seg).sum(3).transpose(1, 2).reshape(1, -1)
+    return xp.view(1, -1), torch.exp2(k).view(1, -1), xs, xv.reshape(1, -1)
 
 
 def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None,
                num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None, rows_in_thread=None):
-    """y [1, out] = x [1, in] W^T (+ bias) for one row of fp16 or bf16 x (`supports`), two kernels (module
+    """y [M, out] = x [M, in] W^T (+ bias) for one or two rows of fp16 or bf16 x (`supports`), two kernels (module
     docstring); y in x's dtype.
     Options as `spqr_matmul.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
     chunks; pdl: None = where supported); `max_registers`: a cap on registers per thread (ptxas; None: none);
@@ -375,9 +457,9 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     import torch
 
     M, n_in = x.shape
-    if M != 1 or not supports(x.dtype, wbits, group):
-        raise ValueError(f"gemv_pairs takes one row of fp16 / bf16 x and a layout with a pair schedule; got {M} "
-                         f"rows of {x.dtype}, wbits {wbits}, group {group}")
+    if not 1 <= M <= PAIRS_MAX_ROWS or not supports(x.dtype, wbits, group):
+        raise ValueError(f"gemv_pairs takes 1..{PAIRS_MAX_ROWS} rows of fp16 / bf16 x and a layout with a pair "
+                         f"schedule; got {M} rows of {x.dtype}, wbits {wbits}, group {group}")
     n_chunks, n_groups, n_sw, n_zw = sm._layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
     # Tiles (benchmarks/kernel_speed.py --tune, H200, 2026-11-26, spqr-w3, tune_pairs4/5_b1_h200.json, before the
     # register cap): 2 rows x 64 chunks, 2 warps below 2**27 weights (9.2 us at 4096^2, 4 x 64 / 2 warps 9.3, 4 x 32
@@ -387,10 +469,10 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     BR = block_rows or (4 if big else 2)
     NCH = chunks or (32 if big else 64)
     num_warps = num_warps or (1 if big else 2)
-    y = torch.empty(1, out_features, dtype=x.dtype, device=x.device)
+    y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     n_rb = triton.cdiv(out_features, BR)
     pdl = sm._has_pdl(x.device) if pdl is None else pdl and sm._has_pdl(x.device)
-    split, cps, ws, cnt, zero_buf = sm.split_plan(n_chunks, NCH, split, out_features, n_rb, x.device)
+    split, cps, ws, cnt, zero_buf = sm.split_plan(n_chunks, NCH, split, M * out_features, n_rb, x.device)
     n_pad = triton.cdiv(n_chunks, NCH) * NCH  # x's chunks, padded to whole programs of the x kernel
     n_pad = triton.cdiv(n_pad, 32) * 32 if n_pad > 32 else triton.next_power_of_2(n_pad)
     xp, sc, xs, xo = gather_x_pairs(x, perm, wbits, group, NCH, n_pad, zero=zero_buf, pdl=pdl)
@@ -401,11 +483,11 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
         xp.view(torch.int32), sc, xs, xo, y, ws if ws is not None else sc, cnt if cnt is not None else perm,
         codes, sp, ssp, zp, zsp, sm._int32_pairs(ssp, scale_bits), sm._int32_pairs(zsp, zero_bits), row_ptr, cols,
         vals, perm, bases if bases is not None else vals, bias if bias is not None else x,
-        out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, 0, sm.FLOAT_ONE_BITS,
+        out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, 0, sm.FLOAT_ONE_BITS, n_pad, y.stride(0), M,
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None, HAS_BASE=bases is not None,
         PLAN=plan, TYPES=types, BR=BR, NCH=NCH, SEG=sm._segment(group), SPLIT=split > 1,
         SHARED2=beta2 > 0 and beta2 % BR == 0, ASM=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl,
-        RT=sm.chunk_major_tile() if rows_in_thread is None else rows_in_thread,
+        RT=sm.chunk_major_tile() if rows_in_thread is None else rows_in_thread, BB=M,
         num_warps=num_warps, num_stages=1, **({"launch_pdl": True} if pdl else {}),
         **({"maxnreg": max_registers} if max_registers else {}),
     )

@@ -8,7 +8,7 @@ cuBLAS on the LLaMA-2 shapes and 1.20x-1.84x as fast as the authors' spqr-quant 
 reaches 0.71x-0.91x of fp16 (4-16 rows; its dense part alone is faster than fp16 at 8 rows) and 1.7x-4.9x the speed
 of dequantize + cuBLAS (16-64 rows).
 
-- `gemv` (decode: gemv_seg is chosen for 1-2 rows of x, but for one row of fp16 x where gemv_pairs covers the layout,
+- `gemv` (decode: gemv_seg is chosen for 1-2 rows of x where gemv_pairs (fp16 / bf16 x) does not cover the layout,
   and takes 8 per launch; the others take 4, forced only):
   one program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's
   `wbits` words once and decodes code i of every chunk with constant shifts (the offset of code i in a chunk is
@@ -1169,7 +1169,7 @@ def chunk_major_tile() -> bool:
 def rows_per_launch(kernel: str) -> int | None:
     """The most rows of x one launch of `kernel` takes (None: any number)."""
     return {"gemv": GEMV_MAX_BATCH, "gemv_xc": GEMV_MAX_BATCH, "gemv_seg": GEMV_SEG_MAX_BATCH,
-            "gemv_pairs": 1}.get(kernel)
+            "gemv_pairs": 2}.get(kernel)
 
 
 @functools.cache

@@ -260,12 +260,15 @@ MATMULS: dict[str, Matmul] = {
 # 4096^2, 278.4 against 584.3 at 8192x28672). Past 64 rows (prefill; not measured beyond) dequantize + cuBLAS, which
 # costs the same at any batch. At one row of fp16 or bf16 x gemv_pairs (packed fp16 pairs, kernels/gemv_pairs.py) is
 # faster still: 8.7 / 17.0 / 17.4 / 22.2 / 59.0 / 64.5 us on the six shapes against 10.1 / 20.6 / 20.8 / 29.1 / 75.7 /
-# 83.5 for gemv_seg in the same run (fp16 x, kernel_speed_pairs_final_h200.json; bf16: 1.18x-1.31x too). From 3 rows of
+# 83.5 for gemv_seg in the same run (fp16 x, kernel_speed_pairs_final_h200.json; bf16: 1.18x-1.31x too), and at two
+# rows (one launch: each code pair decoded once for both) 11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 against 13.5 / 25.9 /
+# 28.4 / 35.0 / 96.3 / 106.4 (kernel_speed_pairs_b1_b2_h200.json; bf16 at two rows tested, not timed). From 3 rows of
 # fp16 x dot_pairs (dot with its operand decoded in fp16 pairs, kernels/dot_pairs.py) replaces dot up to 32 rows:
 # 1.03x-1.10x faster on all six shapes at 3, 4, 8 and 16 rows (15.5 against 16.6 us at 4096^2 and 8 rows, 144.4
 # against 154.3 at 28672x8192; kernel_speed_dot_pairs_h200.json, kernel_speed_dot_pairs_b3_64_h200.json), still
 # 0.74x-0.96x of fp16 cuBLAS there; at 32 rows faster on five shapes (21.2 against 22.0 us at 4096^2, 200.5 against
 # 199.5 at 8192x28672), at 64 rows within 1% of dot either way (dot kept there).
+GEMV_PAIRS_MAX_ROWS = 2
 GEMV_SEG_MAX_ROWS = 2
 DOT_PAIRS_MAX_ROWS = 32
 DOT_MAX_ROWS = 64
@@ -285,9 +288,9 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
 
     SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv_pairs` for one row of fp16 / bf16 x, `gemv_seg` up to GEMV_SEG_MAX_ROWS rows of x,
-    `dot_pairs` up to DOT_PAIRS_MAX_ROWS rows of fp16 x, `dot` up to DOT_MAX_ROWS, `dequantize` beyond; a layout the
-    chosen kernel does not cover (gemv_pairs and dot_pairs: 2..4-bit codes in groups of 8, 16, >= 32 or one per row;
+    do not cover; on CUDA `gemv_pairs` up to GEMV_PAIRS_MAX_ROWS rows of fp16 / bf16 x, `gemv_seg` up to
+    GEMV_SEG_MAX_ROWS rows of x, `dot_pairs` up to DOT_PAIRS_MAX_ROWS rows of fp16 x, `dot` up to DOT_MAX_ROWS,
+    `dequantize` beyond; a layout the chosen kernel does not cover (gemv_pairs and dot_pairs: 2..4-bit codes in groups of 8, 16, >= 32 or one per row;
     dot: groups under 8) falls back to the next of dot, gemv_seg (up to its 8 rows per launch), dequantize; dot only
     for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only baselines."""
     wbits, group = layer.config.wbits, layer.config.beta1 or 0
@@ -312,7 +315,7 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
         return "reference"
     from ..kernels.spqr_matmul import rows_per_launch, unsupported_reason
 
-    if rows == 1 and x.dtype in (torch.float16, torch.bfloat16):
+    if rows <= GEMV_PAIRS_MAX_ROWS and x.dtype in (torch.float16, torch.bfloat16):
         wanted = ["gemv_pairs", "gemv_seg", "dot", "dequantize"]
     elif rows <= GEMV_SEG_MAX_ROWS:
         wanted = ["gemv_seg", "dot", "dequantize"]
