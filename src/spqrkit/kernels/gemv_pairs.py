@@ -282,8 +282,9 @@ def _gemv_pairs_kernel(
     xo_ptr: x in the permuted order (the outliers' x at their column, `_row_outliers`); PLAN / TYPES:
     `pair_plan(WB, GROUP)`; ZERO (0) and ONE (FLOAT_ONE_BITS) are runtime values, so that the compiler keeps the
     or-ed constants in registers and each mask-and-or is ONE LOP3; the rest as `spqr_matmul._gemv_seg_kernel` with
-    rows in thread (the tile [NCH, BR] or [BR, NCH]: RT, `spqr_matmul.chunk_major_tile`). Outliers: one step of NCH per row (`_row_outliers`)
-    per tile while any are left, the rest after the loop; with SPLIT each program takes a share of the steps.
+    rows in thread (the tile [NCH, BR] or [BR, NCH]: RT, `spqr_matmul.chunk_major_tile`). Outliers: one step of NCH
+    per row (`_row_outliers`) per tile while any are left, the rest after the loop; with SPLIT each program takes a
+    share of the steps.
     (Loading each tile's words and statistic windows one tile ahead was slower on every shape measured: 128
     registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008.)
     BB = 2: two rows of x (M of them exist; each x kernel output holds row 1 N_PAD chunks after row 0): each pair of

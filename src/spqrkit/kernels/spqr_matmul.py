@@ -761,8 +761,15 @@ def _split_last_store(ws_ptr, cnt_ptr, rb, rows, rmask, OUT, y_ptr, stride_yb, b
     if tl.atomic_add(cnt_ptr + rb, 1, sem="acq_rel") == tl.num_programs(1) - 1:  # the row block's last program
         zero = tl.zeros([rows.shape[0], 1], dtype=tl.float32)
         B4: tl.constexpr = min(4, BB)
-        _gemv_store(_split_sum(ws_ptr, rows, rmask, OUT, 0), _split_sum(ws_ptr, rows, rmask, OUT, 1),
-                    _split_sum(ws_ptr, rows, rmask, OUT, 2), _split_sum(ws_ptr, rows, rmask, OUT, 3),
+        s1 = zero  # (ws holds BB rows of x: no load past them)
+        s2 = zero
+        s3 = zero
+        if BB > 1:
+            s1 = _split_sum(ws_ptr, rows, rmask, OUT, 1)
+        if BB > 2:
+            s2 = _split_sum(ws_ptr, rows, rmask, OUT, 2)
+            s3 = _split_sum(ws_ptr, rows, rmask, OUT, 3)
+        _gemv_store(_split_sum(ws_ptr, rows, rmask, OUT, 0), s1, s2, s3,
                     zero, zero, zero, zero, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, B4)
         if BB > 4:  # rows 4.. of x (M > 4 whenever BB = 8)
             _gemv_store(_split_sum(ws_ptr, rows, rmask, OUT, 4), _split_sum(ws_ptr, rows, rmask, OUT, 5),
