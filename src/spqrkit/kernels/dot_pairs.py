@@ -151,9 +151,10 @@ def _dot_pairs_kernel(
     """Dense part: ws[b, rows] (+)= x W_base^T for a [BN rows, BM rows of x] tile over chunks [pid1 CPS, pid1 CPS +
     CPS), as `spqr_matmul._dot_kernel` (split K, PDL, tile words and statistic windows) but for its operand
     (`_pair_operand`): per tile the groups' (s, -s z) are packed into fp16 pairs per accumulator type of the schedule
-    (TYPES: the groups of the low and high halves), the 16 pairs of each chunk decoded with them, one tl.dot. x (xk)
-    in the pair order, chunk-major (`gather_x_cols` with the order). ZERO (0) and ONE (FLOAT_ONE_BITS): runtime
-    values, so each mask-and-or is one LOP3."""
+    (TYPES: the groups of the low and high halves), the 16 pairs of each chunk decoded with them, one tl.dot per
+    half-chunk operand. x (xk) in the pair order, pairs 0-7 of the tile's chunks then pairs 8-15 (`gather_x_cols`
+    with the order and segments of 16). ZERO (0) and ONE (FLOAT_ONE_BITS): runtime values, so each mask-and-or is one
+    LOP3."""
     if PDL:
         gdc_launch_dependents()
     rows, bb, blk, R, RM, c_begin, c_end = sm._dot_tile(OUT, N_CHUNKS, BETA2, CPS, BN, BM)

@@ -514,9 +514,9 @@ def _stat_windows(s_ptr, z_ptr, R, C, m2, N_SWORDS, N_ZWORDS, GROUP: tl.constexp
 @triton.jit
 def _tile_words(t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB: tl.constexpr, GROUP: tl.constexpr,
                 NSEG: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, RC: tl.constexpr = False):
-    """One tile of a [chunks, rows] loop (dot; RC: a [rows, chunks] loop, gemv_pairs): its chunks ch = t + jj, as a
-    column C (RC: a row), the mask m2 of (row, chunk) that exist, the WB words of each chunk (wp: word 0 of chunk jj
-    of each row) and the statistic windows (`_stat_windows`)."""
+    """One tile of a [chunks, rows] loop (dot, dot_pairs, gemv_pairs; RC: a [rows, chunks] loop, gemv_pairs under
+    Triton >= 3.7): its chunks ch = t + jj, as a column C (RC: a row), the mask m2 of (row, chunk) that exist, the WB
+    words of each chunk (wp: word 0 of chunk jj of each row) and the statistic windows (`_stat_windows`)."""
     ch = t + jj
     if RC:
         C = ch[None, :]
@@ -1322,9 +1322,9 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     grid runs several waves of programs, and finer shares even out its last one). `pdl` (None: where supported,
     `_has_pdl`): the dense and outlier kernels launched as programmatic dependents of the kernel before them.
     `bases`: the outliers' base weights (`outlier_bases`; None: decoded again per outlier). `pairs`: the dense
-    kernel is `dot_pairs._dot_pairs_kernel` (fp16 x; its operand decoded in fp16 pairs, x chunk-major in the pair
-    order); `chunks` then defaults to DOT_PAIRS_CHUNKS. `max_registers`: a cap on the dense kernel's registers per
-    thread (ptxas).
+    kernel is `dot_pairs._dot_pairs_kernel` (fp16 x; its operand decoded in fp16 pairs, x in the pair order, two
+    segments of 16 per chunk); `chunks` then defaults to DOT_PAIRS_CHUNKS. `max_registers`: a cap on dot_pairs' dense
+    kernel's registers per thread (ptxas).
 
     Defaults from H200 sweeps (2026-11-26, spqr-w3, the whole call, `kernel_speed.py --tune`; JSON in
     benchmarks/results): 8 chunks, 128 registers and four programs per SM (16 chunks: 255 registers, two per SM;
