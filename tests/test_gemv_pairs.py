@@ -4,7 +4,7 @@ The schedules are checked exactly (every code once, both codes inside their half
 and masks); the x kernel against its plain-torch reference (bit for bit but the group sums); the kernel against the
 fp64 product within the bound of tests/test_kernels_matmul.py on every layout, with outliers at the extremes,
 large activations (the chunk scaling), split K and other tiles. Without CUDA they run in Triton's interpreter,
-which emulates the two fp16-pair instructions (`_pair_fma`, `_pair_halves`); on the GPU the inline PTX runs.
+which emulates the two fp16-pair instructions (`_pair_sub`, `_pair_mac`, `_pair_halves`); on the GPU the inline PTX runs.
 """
 
 import pytest

@@ -78,21 +78,6 @@ def _halves_bits(lo, hi):
 
 
 @triton.jit
-def _pair_fma(acc, v, magic, x, ASM: tl.constexpr):
-    """acc + (v - magic) x on fp16 pairs held in int32: `sub.f16x2` (exact here: v = magic + q) then
-    `fma.rn.f16x2` (one rounding per half). Without ASM (the interpreter), the same in fp32 per half, rounded to
-    fp16 at the end (the product q x is exact in fp32, so only a tie can round differently)."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            "{ .reg .b32 t; sub.f16x2 t, $2, $3; fma.rn.f16x2 $0, t, $4, $1; }", "=r,r,r,r,r",
-            [acc, v, magic, x], dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        lo = sm._fp16_half(acc, 0) + (sm._fp16_half(v, 0) - sm._fp16_half(magic, 0)) * sm._fp16_half(x, 0)
-        hi = sm._fp16_half(acc, 1) + (sm._fp16_half(v, 1) - sm._fp16_half(magic, 1)) * sm._fp16_half(x, 1)
-        return _halves_bits(lo, hi)
-
-
-@triton.jit
 def _pair_sub(v, magic, ASM: tl.constexpr):
     """(v - magic) on fp16 pairs held in int32: `sub.f16x2`, exact here (v = magic + q): the codes (q_a, q_b)."""
     if ASM:
@@ -104,8 +89,9 @@ def _pair_sub(v, magic, ASM: tl.constexpr):
 
 @triton.jit
 def _pair_mac(acc, q, x, ASM: tl.constexpr):
-    """acc + q x on fp16 pairs held in int32: `fma.rn.f16x2` (one rounding per half; without ASM in fp32 per half,
-    rounded to fp16, as `_pair_fma`)."""
+    """acc + q x on fp16 pairs held in int32: `fma.rn.f16x2` (one rounding per half). Without ASM (the interpreter)
+    the same in fp32 per half, rounded to fp16 at the end (the product q x is exact in fp32, so only a tie can round
+    differently)."""
     if ASM:
         return tl.inline_asm_elementwise("fma.rn.f16x2 $0, $2, $3, $1;", "=r,r,r,r", [acc, q, x], dtype=tl.int32,
                                          is_pure=True, pack=1)
@@ -297,26 +283,14 @@ def _gemv_pairs_kernel(
     n_words = N_CHUNKS * WB
     NSEG: tl.constexpr = 32 // SEG
     blk = rows0 // BETA2
-    if RT:
-        acc = tl.zeros([NCH, BR], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BR, NCH], dtype=tl.float32)
+    acc = sm._tile_zeros(NCH, BR, RT)
     acc1 = acc  # (row 1 of x, BB == 2)
     R = sm._rv(rows, RT)
     RM = sm._rv(rmask, RT)
     lo = tl.load(rowptr_ptr + R, mask=RM, other=0)  # each row's outliers: lo .. hi - 1
     hi = tl.load(rowptr_ptr + R + 1, mask=RM, other=0)
-    s_end = tl.cdiv(tl.max(hi - lo), NCH)  # outlier steps (NCH of each row per step)
-    s0 = 0
-    c_begin = 0
-    c_end = N_CHUNKS
-    if SPLIT:  # this program's chunks and share of the outlier steps
-        sp = tl.program_id(1)
-        c_begin = sp * CPS
-        c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
-        share = tl.cdiv(s_end, tl.num_programs(1))
-        s0 = sp * share
-        s_end = tl.minimum(s0 + share, s_end)
+    # this program's chunks and share of the outlier steps (NCH of each row per step)
+    c_begin, c_end, s0, s_end = sm._split_share(CPS, N_CHUNKS, 0, tl.cdiv(tl.max(hi - lo), NCH), SPLIT)
     zero2 = tl.zeros(acc.shape, dtype=tl.int32)
     one = ONE.to(tl.uint32, bitcast=True)
     wp = codes_ptr + R * n_words + sm._cv(jj, RT) * WB
@@ -349,12 +323,9 @@ def _gemv_pairs_kernel(
         for n in tl.static_range(16):
             E = PLAN[n]
             v = (_window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]) | (ZERO + E[4])
-            if BB == 1:
-                a = _pair_fma(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), v, zero2 + E[4],
-                              tl.load(xq + n * NCH) + zero2, ASM)
-            else:
-                q = _pair_sub(v, zero2 + E[4], ASM)
-                a = _pair_mac(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), q, tl.load(xq + n * NCH) + zero2, ASM)
+            q = _pair_sub(v, zero2 + E[4], ASM)  # (once for both rows of x)
+            a = _pair_mac(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), q, tl.load(xq + n * NCH) + zero2, ASM)
+            if BB == 2:
                 e = _pair_mac(_pick(E[5], e0, e1, e2, e3, e4, e5, e5, e5), q,
                               tl.load(xq + N_PAD * 16 + n * NCH) + zero2, ASM)
                 e0, e1, e2, e3, e4, e5 = _put(E[5], e, e0, e1, e2, e3, e4, e5)

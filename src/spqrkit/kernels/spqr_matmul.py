@@ -482,6 +482,31 @@ def _rv(r, RT: tl.constexpr):
 
 
 @triton.jit
+def _tile_zeros(NCH: tl.constexpr, BR: tl.constexpr, RT: tl.constexpr):
+    """fp32 zeros in the shape of a gemv tile: [NCH, BR] when RT, else [BR, NCH]."""
+    if RT:
+        return tl.zeros([NCH, BR], dtype=tl.float32)
+    else:
+        return tl.zeros([BR, NCH], dtype=tl.float32)
+
+
+@triton.jit
+def _split_share(CPS, N_CHUNKS, first, end, SPLIT: tl.constexpr):
+    """(first chunk, end chunk, first, end) of this program's share of a row block (split K, program_id 1: chunks
+    [s CPS, s CPS + CPS) and the s-th share of the outlier work [first, end)); without SPLIT all of both."""
+    c_begin = 0
+    c_end = N_CHUNKS
+    if SPLIT:
+        sp = tl.program_id(1)
+        c_begin = sp * CPS
+        c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
+        share = tl.cdiv(end - first, tl.num_programs(1))
+        first = first + sp * share
+        end = tl.minimum(first + share, end)
+    return c_begin, c_end, first, end
+
+
+@triton.jit
 def _stat_window(q_ptr, R, C, m2, N_WORDS, GROUP: tl.constexpr, NSEG: tl.constexpr, BITS: tl.constexpr):
     """uint64, the tile's shape: the packed BITS-bit statistic codes of rows R, from the first group of chunks C on
     (its NSEG groups, or the one group holding it when GROUP >= 32), in the low bits: one or two word loads per
@@ -604,10 +629,7 @@ def _gemv_seg_kernel(
     n_words = N_CHUNKS * WB
     NSEG: tl.constexpr = 32 // SEG
     blk = rows0 // BETA2
-    if RT:
-        acc0 = tl.zeros([NCH, BR], dtype=tl.float32)
-    else:
-        acc0 = tl.zeros([BR, NCH], dtype=tl.float32)
+    acc0 = _tile_zeros(NCH, BR, RT)
     acc1 = acc0
     acc2 = acc0
     acc3 = acc0
@@ -616,15 +638,7 @@ def _gemv_seg_kernel(
     acc6 = acc0
     acc7 = acc0
     k0, k_hi, lo, hi = _outlier_range(rowptr_ptr, rows0, OUT, BR)
-    c_begin = 0
-    c_end = N_CHUNKS
-    if SPLIT:  # this program's chunks and share of the row block's outliers
-        sp = tl.program_id(1)
-        c_begin = sp * CPS
-        c_end = tl.minimum(c_begin + CPS, N_CHUNKS)
-        share = tl.cdiv(k_hi - k0, tl.num_programs(1))
-        k0 = k0 + sp * share
-        k_hi = tl.minimum(k0 + share, k_hi)
+    c_begin, c_end, k0, k_hi = _split_share(CPS, N_CHUNKS, k0, k_hi, SPLIT)  # (and its share of the outliers)
     o0 = tl.zeros([BR, KO], dtype=tl.float32)  # outlier terms, summed over KO at the end
     o1 = o0
     o2 = o0
