@@ -1354,7 +1354,12 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     tune_dot_b8_stages_h200.json), 8 warps, 128-row tiles, a cap of 128 or 96 registers, and the
     outliers summed in the dense kernel's programs (each program's share after its dense loop, the last share
     storing y: 23.3 against 18.8 us for the separate kernel at 4096^2 in one run,
-    tune_dot_b8_fused_outliers_h200.json)."""
+    tune_dot_b8_fused_outliers_h200.json), and the outlier kernel launched BEFORE the dense one (writing ws =
+    outlier sums + bias, the dense kernel's last program per tile storing y, so that the outliers overlap the dense
+    loop; H100, 2026-11-26, dot_pairs at 8 rows: 20.0 / 40.9 / 38.7 / 52.5 / 158.6 / 151.6 us on the six LLaMA-2
+    shapes against 15.6 / 33.0 / 32.5 / 44.5 / 142.4 / 145.5 in this order, slower without PDL too, and slower
+    still with the outlier kernel as a persistent grid of one or two programs per SM,
+    tune_dot_pairs_outliers_first_b8_h100.json)."""
     import torch
 
     M, n_in = x.shape
