@@ -1359,7 +1359,9 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     loop; H100, 2026-11-26, dot_pairs at 8 rows: 20.0 / 40.9 / 38.7 / 52.5 / 158.6 / 151.6 us on the six LLaMA-2
     shapes against 15.6 / 33.0 / 32.5 / 44.5 / 142.4 / 145.5 in this order, slower without PDL too, and slower
     still with the outlier kernel as a persistent grid of one or two programs per SM,
-    tune_dot_pairs_outliers_first_b8_h100.json)."""
+    tune_dot_pairs_outliers_first_b8_h100.json). dot_pairs' next tile's words and windows and / or x slices
+    loaded one iteration ahead (158-189 registers): slower on every shape at 4, 8 and 16 rows (H100, 2026-11-26:
+    17.3 / 17.5 / 19.7 us against 15.7 at 4096^2 and 8 rows, tune_dot_pairs_prefetch_h100.json)."""
     import torch
 
     M, n_in = x.shape
