@@ -16,10 +16,11 @@ Decode tokens/s = batch * new_tokens / decode seconds, the median of `--repeats`
 ms/token is the latency of one decode step (one new token for every sequence of the batch).
 
 Correctness guard: in graph mode the logits of the first decode step from the graph replay are compared with the
-eager step from the same cache state (max abs diff printed and stored); a mismatch beyond fp16 tolerance aborts, so a
-broken capture cannot report a fast but wrong number. Prefill and last-step logits must be finite. When the capture
-itself fails (e.g. a host sync inside the forward), the row falls back to eager with a warning, and the table and
-the JSON say so (`--strict-graph` fails instead).
+eager step from the same cache state (max abs diff printed and stored; with `--compile` also against the compiled step
+un-captured, and the compiled step against the eager one gets 5% of the largest logit instead of 2%); a mismatch
+beyond that tolerance aborts, so a broken capture cannot report a fast but wrong number. Prefill and last-step
+logits must be finite. When the capture itself fails (e.g. a host sync inside the forward), the row falls back to
+eager with a warning, and the table and the JSON say so (`--strict-graph` fails instead).
 
     python benchmarks/generate.py --json out.json                       # on a GPU machine, 7B shape
     python benchmarks/generate.py --layers 4 --batch-sizes 1            # a quick GPU run
@@ -226,18 +227,28 @@ class Decoder:
         self.graph = graph
         self.ids.copy_(self.first)
 
-    def check_graph(self) -> dict:
-        """First decode step from the same cache state, eager vs graph replay."""
+    def _first_step(self, forward) -> torch.Tensor:
+        """fp32 logits of the first decode step from the prefilled cache state, by `forward`."""
         _set_cache_length(self.cache, self.prompt_len)
         self.ids.copy_(self.first)
-        eager = self.forward(self.ids).float()
+        return forward(self.ids).float()
+
+    def check_graph(self) -> dict:
+        """First decode step from the same cache state: the graph replay against the eager (uncompiled) step, within
+        2% of the largest logit (5% when the step is compiled: inductor's fused norms, rotary and activations round
+        differently, and 32 layers of random weights amplify it), and against the same step un-captured (the
+        compiled forward when compiled), within 2%: the capture itself."""
+        eager = self._first_step(self.forward)
+        same = self._first_step(self.decode_forward) if self.decode_forward is not self.forward else eager
         _set_cache_length(self.cache, self.prompt_len)
         self.ids.copy_(self.first)
         self.graph.replay()
         graph = self.graph_logits.float()
-        diff = (eager - graph).abs().max().item()
         scale = eager.abs().max().item()
-        return {"max_abs_diff": diff, "max_abs_logit": scale, "tolerance": 2e-2 * max(1.0, scale),
+        compiled = self.decode_forward is not self.forward
+        return {"max_abs_diff": (eager - graph).abs().max().item(), "max_abs_logit": scale,
+                "tolerance": (5e-2 if compiled else 2e-2) * max(1.0, scale),
+                "capture_max_abs_diff": (same - graph).abs().max().item(), "capture_tolerance": 2e-2 * max(1.0, scale),
                 "argmax_agree": (eager.argmax(-1) == graph.argmax(-1)).float().mean().item(),
                 "finite": bool(torch.isfinite(graph).all())}
 
@@ -307,8 +318,10 @@ def measure(model, name: str, batch: int, prompt: torch.Tensor, args, device: to
             check = dec.check_graph()
             row["graph_check"] = check
             print(f"{name} batch {batch}: graph vs eager first-step logits max abs diff {check['max_abs_diff']:.3e} "
-                  f"(max |logit| {check['max_abs_logit']:.3f}, argmax agree {100 * check['argmax_agree']:.0f}%)")
-            if not check["finite"] or check["max_abs_diff"] > check["tolerance"]:
+                  f"(max |logit| {check['max_abs_logit']:.3f}, argmax agree {100 * check['argmax_agree']:.0f}%)"
+                  + (f"; vs the compiled step un-captured {check['capture_max_abs_diff']:.3e}" if args.compile else ""))
+            if (not check["finite"] or check["max_abs_diff"] > check["tolerance"]
+                    or check["capture_max_abs_diff"] > check["capture_tolerance"]):
                 raise RuntimeError(f"{name} batch {batch}: the CUDA graph's logits differ from the eager step "
                                    f"({check}); refusing to report its speed")
         dec.run(min(args.new_tokens, WARMUP_STEPS))  # warm-up
