@@ -64,6 +64,9 @@ from .spqr_matmul import (
 # 86.5 us; H200, 2026-11-26, tune_pairs_b2_h200.json, kernel_speed_pairs_b2_cap96_h200.json against
 # kernel_speed_pairs_b1_b2_h200.json).
 MAX_REGISTERS = 64
+# Three and four rows of x per launch (each code pair decoded once, one fma.rn.f16x2 per row) were tried and not kept:
+# on an H100 (2026-11-26, tune_gemv_pairs_b3_b4_h100.json) faster than dot_pairs only at 28672x8192 (129.2 against
+# 140.9 us at four rows), equal or slower on the other five shapes.
 PAIRS_MAX_ROWS = 2  # rows of x one launch takes (BB: one set of pair accumulators each)
 SCALE_LIMIT_LOG2 = 7  # the x kernel scales a chunk by 2**-k so that max |x'| < 2**(7 + 1): 16 x 15 x 256 < 65504
 
