@@ -24,10 +24,11 @@ Under Triton's interpreter (no inline PTX) the two fp16-pair instructions are em
 Measured (benchmarks/kernel_speed.py, H200, 2026-11-26, spqr-w3, 1% outliers, kernel_speed_dot_pairs_h200.json and
 kernel_speed_dot_pairs_b3_64_h200.json): 1.03x-1.10x faster than `dot` on the six LLaMA-2 shapes at 3, 4, 8 and 16
 rows of x (15.5 against 16.6 us at 4096^2 and 8 rows, 144.4 against 154.3 at 28672x8192), faster on five of six at
-32 rows, within 1% either way at 64; still 0.74x-0.96x of fp16 cuBLAS at 3-16 rows. On an H100 (slower HBM, the
-same kernel times: kernel_speed_pairs_b1_b16_h100.json) 0.97x-1.38x of fp16 at 4, 8 and 16 rows. 25% fewer instructions per
-weight bought 3-9%: `dot` at 8 rows waits on its loads (Nsight Compute, ncu_h200/ncu_dot_b8_4096x4096.txt: one wave
-of programs, 21% occupancy, long scoreboard the largest stall, 12% of DRAM bandwidth); dot_pairs was not profiled.
+32 rows, within 1% either way at 64; still 0.74x-0.96x of fp16 cuBLAS at 3-16 rows (on an H100, whose slower HBM
+slows fp16 but not this kernel, 0.97x-1.38x at 4, 8 and 16 rows: kernel_speed_pairs_b1_b16_h100.json). 25% fewer
+instructions per weight bought 3-9%: `dot` at 8 rows waits on its loads (Nsight Compute,
+ncu_h200/ncu_dot_b8_4096x4096.txt: one wave of programs, 21% occupancy, long scoreboard the largest stall, 12% of
+DRAM bandwidth; dot_pairs: ncu_h200/ncu_dot_pairs_b8_*.txt, the same picture).
 """
 from __future__ import annotations
 
