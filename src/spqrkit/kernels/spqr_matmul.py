@@ -1332,8 +1332,9 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     rows of x] tiles of `chunks` chunks, over `split` shares of the chunks; "outliers": the outliers, bias and cast
     (`_dot_outliers_kernel`, `outlier_rows` rows and `outliers_per_step` outliers per row a step; None: 32 for up
     to 16 rows of x, else 16, which keeps its [rows, outliers, rows of x] terms in registers). `split` None:
-    enough shares for about `programs_per_sm` programs per SM (None: 4 below 128 tiles of rows, else 8: a large
-    grid runs several waves of programs, and finer shares even out its last one). `pdl` (None: where supported,
+    enough shares for about `programs_per_sm` programs per SM (None: 4 below 128 tiles of rows, else 8, and 12 for
+    layers of 2**27 weights and more: a large grid runs several waves of programs, and finer shares even out its
+    last one). `pdl` (None: where supported,
     `_has_pdl`): the dense and outlier kernels launched as programmatic dependents of the kernel before them.
     `bases`: the outliers' base weights (`outlier_bases`; None: decoded again per outlier). `pairs`: the dense
     kernel is `dot_pairs._dot_pairs_kernel` (fp16 x; its operand decoded in fp16 pairs, x in the pair order, two
@@ -1343,9 +1344,17 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     Defaults from H200 sweeps (2026-11-26, spqr-w3, the whole call, `kernel_speed.py --tune`; JSON in
     benchmarks/results): 8 chunks, 128 registers and four programs per SM (16 chunks: 255 registers, two per SM;
     18.0 / 44.2 / 168.0 us at 4096^2 / 11008x4096 / 28672x8192 and 8 rows of x against 18.8 / 45.2 / 181.1,
-    tune_dot_b8_nch8_h200.json); outliers 4 rows x 32 a step (16.7 / 39.1 / 156.1 against 18.0 / 43.8 / 168.0
-    with 1 x 64 at 8 rows, tune_dot_b8_b16_h200.json; at 64 rows 4 x 16: 29.5 / 285.2 / 293.0 us at 4096^2 /
-    28672x8192 / 8192x28672 against 31.5 / 316.0 / 312.6 with 4 x 32, tune_dot_b32_b64_h200.json); the split
+    tune_dot_b8_nch8_h200.json); 12 programs per SM on layers of 2**27 weights and more (H100, 2026-11-26,
+    28672x8192 / 8192x28672 at 4, 8, 16, 32 rows of x, dot_pairs: 139.0 / 141.8 / 153.3 / 187.4 and 138.7 / 139.4
+    / 151.5 / 200.4 us against 142.3 / 146.2 / 159.3 / 192.4 and 141.7 / 149.8 / 156.7 / 199.4 with 8; dot at 64
+    rows 270.9 and 277.7 against 283.4 and 282.2; on 11008x4096 and 8192^2, 8 stayed best by 1-5%,
+    tune_dot_programs_per_sm_h100.json; the whole split landscape: dot_pairs_splits_h100.json; in the full
+    kernel_speed.py run after the change, dot_pairs at 4 / 8 / 16 rows 139.5 / 142.4 / 156.1 and 138.8 / 141.0 /
+    154.2 against 139.9 / 144.5 / 156.9 and 138.9 / 146.6 / 154.3 in the run before: 0-4%,
+    kernel_speed_pps12_h100.json); outliers 4 rows
+    x 32 a step (16.7 / 39.1 / 156.1 against 18.0 / 43.8 / 168.0 with 1 x 64 at 8 rows, tune_dot_b8_b16_h200.json;
+    at 64 rows 4 x 16: 29.5 / 285.2 / 293.0 us at 4096^2 / 28672x8192 / 8192x28672 against 31.5 / 316.0 / 312.6
+    with 4 x 32, tune_dot_b32_b64_h200.json); the split
     (with 4 programs per SM against the best split at 8 rows: 34.5 / 33.7 us at 4096x11008 (64 tiles), 37.3 / 34.7
     at 11008x4096 (172), 151.3 / 140.8 at 28672x8192 (448), 164.9 / 146.3 at 8192x28672 (128),
     dot_splits_h200.json). Slower or no faster: the next tile's words and windows prefetched into registers (199
@@ -1373,8 +1382,8 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     SEG = 16 if pairs else _segment(group)  # (dot_pairs: two segments of 8 pairs per chunk, any group)
     n_tiles = triton.cdiv(n_chunks, NCH)
     row_blocks, m_blocks = triton.cdiv(out_features, BN), triton.cdiv(M, BM)
-    if split is None:  # (programs_per_sm None: 4 for fewer than 128 tiles, else 8)
-        pps = programs_per_sm or (4 if row_blocks * m_blocks < 128 else 8)
+    if split is None:  # (programs_per_sm None: 4 for fewer than 128 tiles, else 8; 12 from 2**27 weights)
+        pps = programs_per_sm or (4 if row_blocks * m_blocks < 128 else 12 if n_in * out_features >= 2 ** 27 else 8)
         split = triton.cdiv(pps * _sm_count(x.device), row_blocks * m_blocks)
     split = max(1, min(split, n_tiles))
     cps = triton.cdiv(n_tiles, split) * NCH  # chunks per program
