@@ -62,3 +62,16 @@ def test_static_cache_decode_matches_recompute(generate, one_thread):
         _, _, logits = dec.run(4)
         assert torch.isfinite(logits).all()
         assert torch.equal(dec.ids, seq[:, -1:])  # the fifth generated token: one from the prefill + four steps
+
+
+def test_graph_guard_tolerances(generate):
+    """The graph guard: the replay within 2% of the largest logit of the eager step (5% when the step is
+    compiled) and within 2% of the same step un-captured; a non-finite replay fails."""
+    eager = torch.tensor([[4.0, -5.0, 1.0]])
+    off = eager + torch.tensor([[0.15, 0.0, 0.0]])  # 3% of 5
+    assert generate.compare_logits(eager, eager, eager, compiled=False)["ok"]
+    assert not generate.compare_logits(eager, off, off, compiled=False)["ok"]  # 3% off eager, uncompiled
+    assert generate.compare_logits(eager, off, off, compiled=True)["ok"]  # compiled: 3% off eager, capture exact
+    check = generate.compare_logits(eager, eager, off, compiled=True)  # the capture itself 3% off
+    assert not check["ok"] and check["capture_max_abs_diff"] == pytest.approx(0.15)
+    assert not generate.compare_logits(eager, eager, eager * float("nan"), compiled=True)["ok"]
