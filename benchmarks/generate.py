@@ -177,8 +177,8 @@ def _set_cache_length(cache, n: int) -> None:
 
 def compare_logits(eager: torch.Tensor, same: torch.Tensor, graph: torch.Tensor, compiled: bool) -> dict:
     """The graph guard's numbers (`Decoder.check_graph`) from fp32 logits of one step: eager (uncompiled), the same
-    step as captured but un-captured, and the graph replay; "ok" when the replay is finite, within 2% of the largest
-    eager logit of the un-captured step, and within 2% (5% when compiled) of the eager one."""
+    step as captured but un-captured, and the graph replay. "ok": the replay is finite, differs from the un-captured
+    step by at most 2% of the largest eager logit, and from the eager step by at most 2% of it (5% when compiled)."""
     scale = eager.abs().max().item()
     out = {"max_abs_diff": (eager - graph).abs().max().item(), "max_abs_logit": scale,
            "tolerance": (5e-2 if compiled else 2e-2) * max(1.0, scale),
