@@ -87,7 +87,8 @@ def _pair_sub(v, magic, ASM: tl.constexpr):
         return tl.inline_asm_elementwise("sub.f16x2 $0, $1, $2;", "=r,r,r", [v, magic], dtype=tl.int32,
                                          is_pure=True, pack=1)
     else:
-        return _halves_bits(sm._fp16_half(v, 0) - sm._fp16_half(magic, 0), sm._fp16_half(v, 1) - sm._fp16_half(magic, 1))
+        return _halves_bits(sm._fp16_half(v, 0) - sm._fp16_half(magic, 0),
+                            sm._fp16_half(v, 1) - sm._fp16_half(magic, 1))
 
 
 @triton.jit

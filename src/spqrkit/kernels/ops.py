@@ -27,10 +27,10 @@ def fused_matmul(
 ) -> Tensor:
     """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
     gathering x into the kernel's tile order), "gemv_seg" (x also pre-scaled per code position, statistics applied
-    per segment), "gemv_pairs" (one or two rows of fp16 / bf16 x per launch, packed fp16 pairs), "dot" (tensor cores, any
-    number of rows in one call) or "dot_pairs" (dot with its operand decoded in fp16 pairs, fp16 x). `bases`: the
-    outliers' base weights (`spqr_matmul.outlier_bases`), taken by gemv_seg, gemv_pairs, dot and dot_pairs (None:
-    they decode them again)."""
+    per segment), "gemv_pairs" (one or two rows of fp16 / bf16 x per launch, packed fp16 pairs), "dot" (tensor
+    cores, any number of rows in one call) or "dot_pairs" (dot with its operand decoded in fp16 pairs, fp16 x).
+    `bases`: the outliers' base weights (`spqr_matmul.outlier_bases`), taken by gemv_seg, gemv_pairs, dot and
+    dot_pairs (None: they decode them again)."""
     fn = {"gemv": spqr_matmul.gemv, "gemv_xc": functools.partial(spqr_matmul.gemv, x_chunked=True),
           "gemv_seg": functools.partial(spqr_matmul.gemv, segments=True, bases=bases),
           "gemv_pairs": functools.partial(gemv_pairs.gemv_pairs, bases=bases),

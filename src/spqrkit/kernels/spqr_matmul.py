@@ -1189,8 +1189,10 @@ def chunk_major_tile() -> bool:
 
 def rows_per_launch(kernel: str) -> int | None:
     """The most rows of x one launch of `kernel` takes (None: any number)."""
+    from .gemv_pairs import PAIRS_MAX_ROWS  # (gemv_pairs imports this module)
+
     return {"gemv": GEMV_MAX_BATCH, "gemv_xc": GEMV_MAX_BATCH, "gemv_seg": GEMV_SEG_MAX_BATCH,
-            "gemv_pairs": 2}.get(kernel)
+            "gemv_pairs": PAIRS_MAX_ROWS}.get(kernel)
 
 
 @functools.cache
@@ -1334,8 +1336,8 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     to 16 rows of x, else 16, which keeps its [rows, outliers, rows of x] terms in registers). `split` None:
     enough shares for about `programs_per_sm` programs per SM (None: 4 below 128 tiles of rows, else 8, and 12 for
     layers of 2**27 weights and more: a large grid runs several waves of programs, and finer shares even out its
-    last one). `pdl` (None: where supported,
-    `_has_pdl`): the dense and outlier kernels launched as programmatic dependents of the kernel before them.
+    last one). `pdl` (None: where supported, `_has_pdl`): the dense and outlier kernels launched as programmatic
+    dependents of the kernel before them.
     `bases`: the outliers' base weights (`outlier_bases`; None: decoded again per outlier). `pairs`: the dense
     kernel is `dot_pairs._dot_pairs_kernel` (fp16 x; its operand decoded in fp16 pairs, x in the pair order, two
     segments of 16 per chunk); `chunks` then defaults to DOT_PAIRS_CHUNKS. `max_registers`: a cap on dot_pairs' dense
@@ -1351,11 +1353,10 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     tune_dot_programs_per_sm_h100.json; the whole split landscape: dot_pairs_splits_h100.json; in the full
     kernel_speed.py run after the change, dot_pairs at 4 / 8 / 16 rows 139.5 / 142.4 / 156.1 and 138.8 / 141.0 /
     154.2 against 139.9 / 144.5 / 156.9 and 138.9 / 146.6 / 154.3 in the run before: 0-4%,
-    kernel_speed_pps12_h100.json); outliers 4 rows
-    x 32 a step (16.7 / 39.1 / 156.1 against 18.0 / 43.8 / 168.0 with 1 x 64 at 8 rows, tune_dot_b8_b16_h200.json;
-    at 64 rows 4 x 16: 29.5 / 285.2 / 293.0 us at 4096^2 / 28672x8192 / 8192x28672 against 31.5 / 316.0 / 312.6
-    with 4 x 32, tune_dot_b32_b64_h200.json); the split
-    (with 4 programs per SM against the best split at 8 rows: 34.5 / 33.7 us at 4096x11008 (64 tiles), 37.3 / 34.7
+    kernel_speed_pps12_h100.json); outliers 4 rows x 32 a step (16.7 / 39.1 / 156.1 against 18.0 / 43.8 / 168.0
+    with 1 x 64 at 8 rows, tune_dot_b8_b16_h200.json; at 64 rows 4 x 16: 29.5 / 285.2 / 293.0 us at 4096^2 /
+    28672x8192 / 8192x28672 against 31.5 / 316.0 / 312.6 with 4 x 32, tune_dot_b32_b64_h200.json); the split (with
+    4 programs per SM against the best split at 8 rows: 34.5 / 33.7 us at 4096x11008 (64 tiles), 37.3 / 34.7
     at 11008x4096 (172), 151.3 / 140.8 at 28672x8192 (448), 164.9 / 146.3 at 8192x28672 (128),
     dot_splits_h200.json). Slower or no faster: the next tile's words and windows prefetched into registers (199
     registers, two programs per SM: 19.9 against 16.2 us at 4096^2, tune_dot_b8_top_decode_h200.json), two or

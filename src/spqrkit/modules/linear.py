@@ -290,9 +290,9 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
     off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
     do not cover; on CUDA `gemv_pairs` up to GEMV_PAIRS_MAX_ROWS rows of fp16 / bf16 x, `gemv_seg` up to
     GEMV_SEG_MAX_ROWS rows of x, `dot_pairs` up to DOT_PAIRS_MAX_ROWS rows of fp16 x, `dot` up to DOT_MAX_ROWS,
-    `dequantize` beyond; a layout the chosen kernel does not cover (gemv_pairs and dot_pairs: 2..4-bit codes in groups of 8, 16, >= 32 or one per row;
-    dot: groups under 8) falls back to the next of dot, gemv_seg (up to its 8 rows per launch), dequantize; dot only
-    for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only baselines."""
+    `dequantize` beyond; a layout the chosen kernel does not cover (gemv_pairs and dot_pairs: 2..4-bit codes in
+    groups of 8, 16, >= 32 or one per row; dot: groups under 8) falls back to the next of dot, gemv_seg (up to its
+    8 rows per launch), dequantize; dot only for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only baselines."""
     wbits, group = layer.config.wbits, layer.config.beta1 or 0
     forced = os.environ.get(MATMUL_ENV, "auto")
     if forced != "auto":
