@@ -27,6 +27,7 @@ eager with a warning, and the table and the JSON say so (`--strict-graph` fails 
     python benchmarks/generate.py --tiny --mode graph                   # a seconds-long check of the graph path
     python benchmarks/generate.py --tiny --device cpu --new-tokens 4    # a CPU smoke run (numbers meaningless)
     python benchmarks/generate.py --compile --json out.json             # decode step compiled by torch.compile
+    python benchmarks/generate.py --fuse both --json out.json           # also with q/k/v and gate/up fused
     SPQRKIT_MATMUL=reference python benchmarks/generate.py ...           # force one SpQR matmul (spqrkit.modules.linear)
 
 `--compile` runs the decode step's forward through torch.compile (inductor, static shapes; prefill stays eager) before
@@ -35,12 +36,18 @@ the capture, for both models: the norms, rotary embedding, cache update and acti
 benchmarks/kernel_speed.py: a floor under any linear's speed-up);
 the SpQR kernels are custom ops, opaque to it. The outlier bases are computed once per layer before compiling.
 
+`--fuse on` fuses each block's input-sharing linears (q/k/v, gate/up) into one layer (`spqrkit.models.fusion`) for
+BOTH models before measuring, `--fuse both` measures each model unfused and then fused; "speed-up vs fp16" compares
+rows of the same fusion, "vs fp16 unfused" compares with the transformers model as it comes. The random SpQR layers
+of an input-sharing set share one permutation, as the quantizer's do (their Hessian is one).
+
 The SpQR kernels in use (`select_matmul`'s choice for the decode and the prefill input) are printed per row.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import inspect
 import json
 import platform
@@ -57,10 +64,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 import spqrkit
 from spqrkit.config import get_preset
 from spqrkit.format.synthetic import random_packed_layer
+from spqrkit.models.fusion import fuse_projections
+from spqrkit.modules.fused import LinearSlice
 from spqrkit.modules.linear import SpQRLinear, select_matmul
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# the linears that read the same input as the one before them (the quantizer gives such sets one permutation)
+SHARES_PREVIOUS_INPUT = ("self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj")
 LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
              "vocab_size": 32000}
 TINY = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -118,10 +129,22 @@ def decoder_linears(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]
     return found
 
 
+def weight_layers(model, blocks: int | None = None) -> list[torch.nn.Module]:
+    """The layers holding the decoder linears' weights (of the first `blocks` blocks): each linear, or for fused
+    linears (`LinearSlice`) their fused layer, once."""
+    layers, seen = [], set()
+    for _, _, mod in decoder_linears(model)[:None if blocks is None else blocks * len(LINEARS)]:
+        layer = mod.shared.layer if isinstance(mod, LinearSlice) else mod
+        if id(layer) not in seen:
+            seen.add(id(layer))
+            layers.append(layer)
+    return layers
+
+
 def linear_weight_bytes(model) -> tuple[int, int]:
     """(bytes, weights) of the decoder linears: fp16 weights, or every packed buffer of an SpQRLinear."""
     total = numel = 0
-    for _, _, mod in decoder_linears(model):
+    for mod in weight_layers(model):
         tensors = mod.packed_tensors().values() if isinstance(mod, SpQRLinear) else [mod.weight]
         total += sum(t.numel() * t.element_size() for t in tensors)
         numel += mod.in_features * mod.out_features
@@ -132,7 +155,7 @@ def spqr_kernels(model, rows: int, dtype: torch.dtype, device: torch.device) -> 
     """The matmul implementation(s) `select_matmul` picks for the SpQR linears of block 0 for an input of `rows`
     rows (batch x tokens), e.g. "gemv"; None for a dense model. SPQRKIT_MATMUL forces one (docs of choose_kernel)."""
     names = []
-    for _, _, mod in decoder_linears(model)[:len(LINEARS)]:
+    for mod in weight_layers(model, blocks=1):
         if isinstance(mod, SpQRLinear):
             fn = select_matmul(mod, torch.zeros(rows, 1, mod.in_features, dtype=dtype, device=device))
             name = getattr(fn, "__name__", repr(fn)).removesuffix("_matmul")
@@ -146,11 +169,15 @@ def swap_to_spqr(model, preset: str, outlier_share: float, device: torch.device,
     goes. Returns the number of outliers."""
     qconfig = get_preset(preset)
     n_outliers = 0
+    gen = torch.Generator().manual_seed(seed)
+    perm = None
     for k, (parent, attr, old) in enumerate(decoder_linears(model)):
-        if old.bias is not None:
+        if getattr(old, "bias", None) is not None:
             raise ValueError("the decoder linears of this model have biases; the benchmark assumes none")
+        if LINEARS[k % len(LINEARS)] not in SHARES_PREVIOUS_INPUT:  # one permutation per input-sharing set
+            perm = torch.randperm(old.in_features, generator=gen).to(device)
         tensors = random_packed_layer(old.out_features, old.in_features, qconfig, outlier_share=outlier_share,
-                                      seed=seed + k, device=device)
+                                      seed=seed + k, device=device, perm=perm)
         layer = SpQRLinear(old.in_features, old.out_features, qconfig, tensors["outlier_values"].shape[0],
                            bias=False, device="meta")
         layer.load_packed(tensors)
@@ -291,9 +318,11 @@ def _peak_gib(device: torch.device) -> float:
 
 def measure(model, name: str, batch: int, prompt: torch.Tensor, args, device: torch.device) -> dict:
     """One row: `name` model at batch size `batch`."""
+    gc.collect()  # (a previous row's Decoder: its graph pool and cache)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    start_gib = torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None
     weight_bytes, _ = linear_weight_bytes(model)
     dtype = model.model.embed_tokens.weight.dtype
     row = {"config": name, "batch": batch, "mode": args.mode, "compiled": args.compile, "graph_error": None,
@@ -347,6 +376,7 @@ def measure(model, name: str, batch: int, prompt: torch.Tensor, args, device: to
         "ms_per_token": 1000 * decode / args.new_tokens,
         "prefill_ms": 1000 * statistics.median(prefill_s),
         "peak_gib": _peak_gib(device),
+        "allocated_gib_at_start": start_gib,
         "linear_weight_gib": weight_bytes / GIB,
         "decode_s_runs": decode_s,
         "prefill_s_runs": prefill_s,
@@ -376,6 +406,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile (inductor, static shapes) the decode step's forward, for fp16 and SpQR alike, "
                         "before the CUDA graph capture: norms, rotary embedding and the rest fused")
+    p.add_argument("--fuse", choices=("off", "on", "both"), default="off",
+                   help="fuse each input-sharing set (q/k/v, gate/up) into one layer per block "
+                        "(spqrkit.models.fusion), for fp16 and SpQR alike; both: every model measured unfused, "
+                        "then fused")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -398,21 +432,41 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     fp16_bytes, numel = linear_weight_bytes(model)
+    fusions = {"off": (False,), "on": (True,), "both": (False, True)}[args.fuse]
+
+    def measure_all(name: str) -> list[str]:
+        """Rows of every batch size, unfused and / or fused (as --fuse says); the fused layers' module names."""
+        fused_names = []
+        for fused in fusions:
+            if fused:
+                report = fuse_projections(model)
+                print(f"{name}: {report.summary()}")
+                if report.skipped:
+                    raise RuntimeError(f"{name}: sets left unfused: {report.skipped[:3]}")
+                fused_names = report.fused
+            for b in batches:
+                rows.append(measure(model, name + (" fused" if fused else ""), b, prompt, args, device))
+                rows[-1]["fused"] = fused
+        return fused_names
+
+    fused_names = []
     if not args.skip_fp16:
-        for b in batches:
-            rows.append(measure(model, "fp16" if dtype == torch.float16 else str(dtype).replace("torch.", ""),
-                                b, prompt, args, device))
-    baseline = {r["batch"]: r["decode_tokens_per_s"] for r in rows}
+        fused_names = measure_all("fp16" if dtype == torch.float16 else str(dtype).replace("torch.", ""))
+    baseline = {(r["batch"], r["fused"]): r["decode_tokens_per_s"] for r in rows}
 
     n_outliers = swap_to_spqr(model, args.preset, args.outlier_share, device)
+    for name in fused_names:  # the dense fused layers, now unused: the slices were replaced
+        holder, attr = name.rsplit(".", 1)
+        delattr(model.get_submodule(holder), attr)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     spqr_bytes, _ = linear_weight_bytes(model)
-    for b in batches:
-        rows.append(measure(model, args.preset, b, prompt, args, device))
+    measure_all(args.preset)
     for r in rows:
-        base = baseline.get(r["batch"])
+        base = baseline.get((r["batch"], r["fused"]))
         r["speedup_vs_fp16"] = r["decode_tokens_per_s"] / base if base else None
+        base = baseline.get((r["batch"], False))
+        r["speedup_vs_fp16_unfused"] = r["decode_tokens_per_s"] / base if base else None
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     result = {
@@ -436,6 +490,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "mode": args.mode,
         "compiled": args.compile,
+        "fuse": args.fuse,
         "kv_cache": "transformers StaticCache",
         "linear_weights": {"numel": numel, "dense_bytes": fp16_bytes, "spqr_bytes": spqr_bytes,
                            "spqr_bits_per_weight": 8 * spqr_bytes / numel},
@@ -449,10 +504,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"SpQR {args.preset}: {8 * spqr_bytes / numel:.3f} bits per weight with {100 * n_outliers / numel:.2f}% "
           "outliers")
     print("| config | batch | mode | SpQR kernel decode / prefill | decode tok/s | ms/token | speed-up vs fp16 | "
-          "prefill ms | peak GiB | linear weight GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "vs fp16 unfused | prefill ms | peak GiB | linear weight GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         speedup = f"{r['speedup_vs_fp16']:.2f}x" if r["speedup_vs_fp16"] else "-"
+        speedup += f" | {r['speedup_vs_fp16_unfused']:.2f}x" if r["speedup_vs_fp16_unfused"] else " | -"
         mode = r["mode"] + (" + compile" if r["compiled"] else "") + (" (capture failed)" if r["graph_error"] else "")
         kernels = f"{r['spqr_kernel_decode']} / {r['spqr_kernel_prefill']}" if r["spqr_kernel_decode"] else "-"
         print(f"| {r['config']} | {r['batch']} | {mode} | {kernels} | {r['decode_tokens_per_s']:.1f} | "

@@ -10,7 +10,7 @@ n="${1:-14}"
 source "$(dirname "$0")/gpu_env.sh" "${2:-${OUT:-gpu_results}}"
 ids=$(mktemp)
 python3 -m pytest -q -p no:cacheprovider --collect-only ${TESTS_K:+-k "$TESTS_K"} tests/test_kernels_matmul.py \
-  tests/test_gemv_pairs.py tests/test_dot_pairs.py tests/test_cuda.py 2>/dev/null \
+  tests/test_gemv_pairs.py tests/test_dot_pairs.py tests/test_cuda.py tests/test_fusion.py 2>/dev/null \
   | grep "::" > "$ids"
 echo "collected $(wc -l < "$ids") tests, $n shards"
 split -n "r/$n" "$ids" "$ids.shard."

@@ -37,6 +37,24 @@ def test_main_tiny_cpu(generate, one_thread, tmp_path):
     assert 0.005 < result["outlier_share"] < 0.015
 
 
+def test_main_tiny_cpu_fused(generate, one_thread, tmp_path):
+    """--fuse both: every model measured unfused, then with q/k/v and gate/up fused; the SpQR sets get one
+    permutation each (so they fuse), and the fp16 fused layers are dropped before the swap."""
+    out = tmp_path / "generate.json"
+    generate.main(["--tiny", "--device", "cpu", "--new-tokens", "2", "--prompt-len", "8", "--batch-sizes", "1",
+                   "--mode", "eager", "--repeats", "1", "--fuse", "both", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["fuse"] == "both"
+    assert [(r["config"], r["fused"]) for r in result["rows"]] == [
+        ("float32", False), ("float32 fused", True), ("spqr-w3", False), ("spqr-w3 fused", True)]
+    fused_spqr = result["rows"][3]
+    assert fused_spqr["speedup_vs_fp16"] > 0 and fused_spqr["speedup_vs_fp16_unfused"] > 0
+    # the fused layers hold the same codes, statistics and outliers; one permutation and one row pointer array
+    # per set instead of one per linear
+    unfused, fused = result["rows"][2]["linear_weight_gib"], fused_spqr["linear_weight_gib"]
+    assert 0.99 * unfused < fused < unfused
+
+
 def test_static_cache_decode_matches_recompute(generate, one_thread):
     """The decode harness (static cache, rewinds, the graph check) is exact against a cache-free recomputation;
     a stand-in for the CUDA graph (replay = one eager step) exercises the graph-mode bookkeeping on the CPU."""

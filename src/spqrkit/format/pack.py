@@ -183,3 +183,37 @@ def check_layer_tensors(
         torch.sort(perm).values, torch.arange(in_features, device=perm.device)
     ):
         raise FormatError(f"{where}.perm: not a permutation of 0..{in_features - 1}")
+
+
+# ---------------------------------------------------------------------------------------------------- row concat
+def concat_packed_rows(
+    parts: list[dict[str, torch.Tensor]], out_features: list[int], in_features: int, config: QuantConfig, *,
+    where: str = "concat",
+) -> dict[str, torch.Tensor]:
+    """The stored tensors of ONE layer whose rows are those of `parts` in order (each [out_features[i], in]): the
+    inverse of the row split of docs/format.md ("Splitting a layer across devices"). Exact (copies and integer
+    offsets): the result dequantizes to the row concatenation of the parts' dequantized weights. The parts must
+    share the config, `in_features` and the permutation (every row of the result reads x in one order); each part's
+    rows are a multiple of beta2 already (the specification's shape rule). FormatError names what differs."""
+    if len(parts) != len(out_features) or not parts:
+        raise FormatError(f"{where}: {len(parts)} parts for {len(out_features)} row counts")
+    for i, (tensors, out) in enumerate(zip(parts, out_features)):
+        check_layer_tensors(tensors, out, in_features, config, where=f"{where}[{i}]", check_values=False)
+        if not torch.equal(tensors["perm"], parts[0]["perm"]):
+            raise FormatError(f"{where}[{i}]: its permutation differs from part 0's: rows that read x in different "
+                              "orders cannot share one layer")
+    joined = {}
+    for name in parts[0]:
+        if name == "perm":
+            joined[name] = parts[0]["perm"].clone()
+        elif name == "outlier_row_ptr":
+            offsets, ptrs = 0, []
+            for k, tensors in enumerate(parts):
+                ptr = tensors[name]
+                ptrs.append((ptr if k == 0 else ptr[1:]) + offsets)  # (each part's ptr starts at 0)
+                offsets += int(ptr[-1])
+            joined[name] = torch.cat(ptrs).to(torch.int32)
+        else:  # codes, statistics (rows, or rows / beta2 for the second level), outlier columns and values
+            joined[name] = torch.cat([tensors[name] for tensors in parts]).contiguous()
+    check_layer_tensors(joined, sum(out_features), in_features, config, where=where)
+    return joined

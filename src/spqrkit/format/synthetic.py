@@ -27,10 +27,12 @@ def random_quantized_weight(
     empty_rows: int = 0,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    perm: torch.Tensor | None = None,
 ) -> QuantizedWeight:
     """A random valid representation of an [out, in] layer. `dense_rows` rows (the first ones) get outliers in a
     quarter of their columns, the next `empty_rows` rows none; the others ~`outlier_share` on average, drawn with
-    a per-row rate that varies 0x..2x between rows."""
+    a per-row rate that varies 0x..2x between rows. `perm`: the input permutation (default: a random one), e.g. one
+    shared by the layers of an input-sharing set, as the quantizer makes them."""
     check_layer_shape(out_features, in_features, config)
     gen = torch.Generator(device=device).manual_seed(seed)
     dev = torch.device(device)
@@ -67,7 +69,8 @@ def random_quantized_weight(
     values = (torch.randn(cols.numel(), generator=gen, device=dev) * 0.1).half()
 
     return QuantizedWeight.from_statistics(
-        config, (out_features, in_features), torch.randperm(in_features, generator=gen, device=dev), codes,
+        config, (out_features, in_features),
+        torch.randperm(in_features, generator=gen, device=dev) if perm is None else perm.to(dev), codes,
         stats["scale"], stats["zero"], row_ptr, cols, values,
     )
 

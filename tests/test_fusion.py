@@ -1,0 +1,207 @@
+"""Fused projections: the format's row concatenation (exact), the fused layers and their slices, a whole model."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from spqrkit.config import get_preset
+from spqrkit.format.pack import concat_packed_rows, dequantize_packed
+from spqrkit.format.spec import FormatError
+from spqrkit.format.synthetic import random_packed_layer
+from spqrkit.models.fusion import fusable_sets, fuse_projections
+from spqrkit.modules.fused import FusionError, LinearSlice, SharedOutput, concat_linears
+from spqrkit.modules.linear import SpQRLinear, reference_matmul
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def spqr_layer(out, n_in, config, seed, perm=None, device="cpu", **kwargs) -> SpQRLinear:
+    tensors = random_packed_layer(out, n_in, config, seed=seed, perm=perm, device=device, **kwargs)
+    layer = SpQRLinear(n_in, out, config, tensors["outlier_values"].shape[0], device="meta")
+    layer.load_packed(tensors)
+    return layer
+
+
+@pytest.mark.parametrize("preset", ["spqr-w3", "gptq-w4", "gptq-w4-g128"])
+def test_concat_packed_rows_is_the_row_concatenation(preset):
+    """Exact: the concatenated layer dequantizes to the parts' weights stacked (rows with many outliers, rows with
+    none, and an odd column count included)."""
+    config = get_preset(preset)
+    n_in = 200
+    perm = torch.randperm(n_in, generator=torch.Generator().manual_seed(0))
+    outs = [32, 16, 48]
+    parts = [random_packed_layer(out, n_in, config, seed=k, perm=perm, dense_rows=2 * k, empty_rows=3)
+             for k, out in enumerate(outs)]
+    joined = concat_packed_rows(parts, outs, n_in, config)
+    expected = torch.cat([dequantize_packed(t, (out, n_in), config) for t, out in zip(parts, outs)])
+    assert torch.equal(dequantize_packed(joined, (sum(outs), n_in), config), expected)
+    assert joined["outlier_values"].shape[0] == sum(t["outlier_values"].shape[0] for t in parts)
+
+
+def test_concat_packed_rows_refuses_different_permutations():
+    config = get_preset("spqr-w3")
+    parts = [random_packed_layer(16, 64, config, seed=k) for k in range(2)]  # a random permutation each
+    with pytest.raises(FormatError, match="permutation differs"):
+        concat_packed_rows(parts, [16, 16], 64, config)
+
+
+def test_concat_linears_checks_what_it_joins():
+    config = get_preset("spqr-w3")
+    a, b = spqr_layer(16, 64, config, 0), spqr_layer(16, 64, config, 1)
+    with pytest.raises(FusionError, match="permutation"):
+        concat_linears([a, b])
+    with pytest.raises(FusionError, match="one type"):
+        concat_linears([a, nn.Linear(64, 16)])
+    with pytest.raises(FusionError, match="bias"):
+        concat_linears([nn.Linear(64, 16), nn.Linear(64, 8, bias=False)])
+    with pytest.raises(FusionError, match="in_features"):
+        concat_linears([nn.Linear(64, 16), nn.Linear(32, 8)])
+    with pytest.raises(FusionError, match="at least two"):
+        concat_linears([nn.Linear(64, 16)])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_concat_linears_outputs(bias):
+    torch.manual_seed(0)
+    dense = [nn.Linear(40, n, bias=bias) for n in (24, 8, 8)]
+    x = torch.randn(3, 5, 40)
+    fused = concat_linears(dense)
+    assert fused.out_features == 40 and fused.in_features == 40
+    torch.testing.assert_close(fused(x), torch.cat([m(x) for m in dense], -1), rtol=1e-6, atol=1e-6)
+
+    config = get_preset("spqr-w3")
+    perm = torch.randperm(96)
+    packed = [spqr_layer(n, 96, config, k, perm=perm) for k, n in enumerate((32, 16))]
+    if bias:
+        for k, layer in enumerate(packed):
+            layer.bias = nn.Parameter(torch.randn(layer.out_features, generator=torch.Generator().manual_seed(k)))
+    fused = concat_linears(packed)
+    assert isinstance(fused, SpQRLinear) and fused.out_features == 48
+    x = torch.randn(2, 96)
+    # the reference path: one dequantized matrix; rows are computed alike, up to the matmul's blocking
+    torch.testing.assert_close(fused(x), torch.cat([m(x) for m in packed], -1), rtol=1e-5, atol=1e-5)
+
+
+class Counting(nn.Linear):
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+def test_shared_output_computes_once_per_input_and_lets_go():
+    torch.manual_seed(0)
+    layer = Counting(8, 6)
+    shared = SharedOutput(layer, [2, 3, 1])
+    slices = [LinearSlice(shared, i, 8) for i in range(3)]
+    x = torch.randn(4, 8)
+    full = nn.functional.linear(x, layer.weight, layer.bias)
+    Counting.calls = 0
+    outs = [s(x) for s in slices]
+    assert Counting.calls == 1
+    assert [o.shape[-1] for o in outs] == [2, 3, 1] and [s.out_features for s in slices] == [2, 3, 1]
+    assert torch.equal(torch.cat(outs, -1), full)
+    assert shared._y is None and shared._x is None  # every slice served: the output is not kept
+
+    # a slice called twice, or with another tensor (even an equal one), recomputes
+    slices[1](x)
+    slices[1](x)
+    assert Counting.calls == 3
+    slices[0](x.clone())
+    assert Counting.calls == 4
+    # any order of the slices
+    Counting.calls = 0
+    y = torch.randn(4, 8)
+    outs = [slices[i](y) for i in (2, 0, 1)]
+    assert Counting.calls == 1 and torch.equal(torch.cat([outs[1], outs[2], outs[0]], -1), layer(y))
+    shared.clear()
+    assert shared._y is None
+
+
+def tiny_llama(spqr: bool, fuse_perms: bool = True, seed: int = 0) -> LlamaForCausalLM:
+    """A 2-block LLaMA (hidden 64, MLP 96, GQA 4 heads / 2 kv heads); with `spqr` every decoder linear is a random
+    SpQR layer, the linears of each input-sharing set with one permutation when `fuse_perms`."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=100, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).eval()
+    if spqr:
+        qconfig = get_preset("spqr-w3")
+        k = 0
+        for block in model.model.layers:
+            for group in (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)),
+                          ("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",))):
+                parent = getattr(block, group[0])
+                n_in = getattr(parent, group[1][0]).in_features
+                perm = torch.randperm(n_in) if fuse_perms else None
+                for name in group[1]:
+                    old = getattr(parent, name)
+                    setattr(parent, name, spqr_layer(old.out_features, n_in, qconfig, k, perm=perm))
+                    k += 1
+    return model
+
+
+@pytest.mark.parametrize("spqr", [False, True])
+def test_fuse_projections_keeps_the_model_output(spqr):
+    model = tiny_llama(spqr)
+    assert fusable_sets(model) == [("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                                   ("mlp.gate_proj", "mlp.up_proj")]
+    ids = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        report = fuse_projections(model)
+        after = model(input_ids=ids).logits
+    assert report.fused == [f"model.layers.{b}.{name}" for b in range(2) for name in
+                            ("self_attn.fused_q_proj_k_proj_v_proj", "mlp.fused_gate_proj_up_proj")]
+    assert not report.skipped
+    block = model.model.layers[0]
+    assert isinstance(block.self_attn.k_proj, LinearSlice) and block.self_attn.k_proj.out_features == 32
+    fused = block.self_attn.fused_q_proj_k_proj_v_proj
+    assert fused.out_features == 64 + 32 + 32 and isinstance(fused, SpQRLinear if spqr else nn.Linear)
+    assert sum(1 for m in model.modules() if isinstance(m, LinearSlice)) == 10
+    # the old linears are gone from the module tree; the fused layers are in it once (state dict, .to())
+    names = [n for n, _ in model.named_modules()]
+    assert "model.layers.0.self_attn.q_proj" in names and len(names) == len(set(names))
+    assert not any(k.startswith("model.layers.0.self_attn.q_proj.") for k in model.state_dict())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    # nothing kept between forwards
+    assert all(m.shared._y is None for m in model.modules() if isinstance(m, LinearSlice))
+
+
+def test_fuse_projections_leaves_sets_with_different_permutations():
+    model = tiny_llama(spqr=True, fuse_perms=False)
+    report = fuse_projections(model)
+    assert report.fused == [] and len(report.skipped) == 4
+    assert "permutation" in report.skipped[0][1] and "model.layers.0.{self_attn.q_proj" in report.skipped[0][0]
+    assert "left 4 unfused" in report.summary()
+
+
+def test_fused_model_traces_under_torch_compile():
+    """dynamo follows the kept output (attribute side effects) and returns what the eager fused model does."""
+    model = tiny_llama(spqr=False)
+    fuse_projections(model)
+    ids = torch.randint(0, 100, (1, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        eager = model(input_ids=ids, use_cache=False).logits
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="eager", fullgraph=True)(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("rows", [1, 2, 8])
+def test_fused_spqr_layer_on_cuda_matches_its_parts(rows):
+    """The fused layer through the selector's kernel (gemv_pairs / dot_pairs) against the unfused layers' outputs
+    and against the fused layer's reference path (LLaMA-7B-like q/k/v rows, GQA-sized k and v)."""
+    config = get_preset("spqr-w3")
+    perm = torch.randperm(1024, generator=torch.Generator().manual_seed(0)).cuda()
+    parts = [spqr_layer(out, 1024, config, k, perm=perm, device="cuda") for k, out in enumerate((1024, 256, 256))]
+    fused = concat_linears(parts)
+    x = torch.randn(rows, 1024, device="cuda", dtype=torch.float16)
+    y = fused(x)
+    ref = reference_matmul(fused, x).float()
+    scale = ref.abs().max().item()
+    assert (y.float() - ref).abs().max().item() <= 2e-3 * scale
+    assert (y.float() - torch.cat([p(x) for p in parts], -1).float()).abs().max().item() <= 2e-3 * scale
