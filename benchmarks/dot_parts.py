@@ -35,7 +35,7 @@ def stages(layer, x, kernel="dot"):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default=",".join(ks.SHAPES))
+    p.add_argument("--shapes", default=",".join(ks.ISSUE_SHAPES))
     p.add_argument("--batches", default="1,8,16")
     p.add_argument("--outlier-shares", default="0.01,0")
     p.add_argument("--repeats", type=int, default=10)

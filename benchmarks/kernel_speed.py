@@ -39,7 +39,10 @@ from spqrkit.modules.linear import MATMULS, SpQRLinear, choose_kernel
 SHAPES = {  # [out, in]
     "7B q/k/v/o": (4096, 4096), "7B gate/up": (11008, 4096), "7B down": (4096, 11008),
     "70B q/o": (8192, 8192), "70B gate/up": (28672, 8192), "70B down": (8192, 28672),
+    # the fused projections (spqrkit.models.fusion): q+k+v and gate+up as one layer; 70B's k and v are 1024 rows (GQA)
+    "7B qkv": (12288, 4096), "7B gate+up": (22016, 4096), "70B qkv": (10240, 8192), "70B gate+up": (57344, 8192),
 }
+ISSUE_SHAPES = ("7B q/k/v/o", "7B gate/up", "7B down", "70B q/o", "70B gate/up", "70B down")  # the default run
 
 
 def copy_bandwidth(repeats: int) -> float:
@@ -331,7 +334,8 @@ def print_variants(rows):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    p.add_argument("--shapes", default=",".join(ISSUE_SHAPES),
+                   help="comma-separated names of SHAPES (default: the six LLaMA-2 linear shapes)")
     p.add_argument("--batches", default="1,4,16")
     p.add_argument("--preset", default="spqr-w3")
     p.add_argument("--repeats", type=int, default=20)

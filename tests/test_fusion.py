@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from test_families import tiny_model
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -10,6 +11,7 @@ from spqrkit.format.pack import concat_packed_rows, dequantize_packed
 from spqrkit.format.spec import FormatError
 from spqrkit.format.synthetic import random_packed_layer
 from spqrkit.models.fusion import fusable_sets, fuse_projections
+from spqrkit.models.pipeline import quantize_model
 from spqrkit.modules.fused import FusionError, LinearSlice, SharedOutput, concat_linears
 from spqrkit.modules.linear import SpQRLinear, reference_matmul
 
@@ -205,3 +207,25 @@ def test_fused_spqr_layer_on_cuda_matches_its_parts(rows):
     scale = ref.abs().max().item()
     assert (y.float() - ref).abs().max().item() <= 2e-3 * scale
     assert (y.float() - torch.cat([p(x) for p in parts], -1).float()).abs().max().item() <= 2e-3 * scale
+
+
+def test_the_quantizer_gives_input_sharing_sets_one_permutation(one_thread):
+    """Fusion relies on it: q/k/v (and gate/up) share one Hessian, so act order gives them one permutation; a
+    quantized tiny LLaMA fuses every set, and its output stays the same."""
+    model = tiny_model("llama")
+    config = get_preset("spqr-w3")
+    assert config.act_order
+    ids = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+    report = quantize_model(model, ids, config, progress=False)
+    for name, qw in report.quantized.items():
+        parent, attr = name.rsplit(".", 1)
+        old = model.get_submodule(name)
+        model.get_submodule(parent).register_module(attr, SpQRLinear.from_quantized(qw, old.bias))
+    perm = model.model.layers[0].self_attn.q_proj.perm
+    assert not torch.equal(perm, torch.arange(perm.numel(), dtype=perm.dtype))  # a real act-order permutation
+    with torch.no_grad():
+        before = model(ids[:2]).logits
+        fusion = fuse_projections(model)
+        after = model(ids[:2]).logits
+    assert not fusion.skipped and len(fusion.fused) == 2 * len(model.model.layers)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)

@@ -129,6 +129,20 @@ def test_dequantize_flag_gives_the_same_greedy_text(tiny_checkpoint, tmp_path, c
     assert "dequantized 14 compressed layers" in err  # 2 blocks x 7 linears
 
 
+def test_fused_projections_give_the_same_greedy_text(tiny_checkpoint, tmp_path, capsys, one_thread):
+    """generate fuses q/k/v and gate/up by default (--no-fuse: not): same greedy tokens, compressed or dequantized."""
+    runs = {}
+    for extra in ([], ["--no-fuse"], ["--dequantize"], ["--dequantize", "--no-fuse"]):
+        report = tmp_path / f"gen{'_'.join(extra)}.json"
+        assert cli.main(["generate", str(tiny_checkpoint), "--prompt", "The capital of France is",
+                         "--max-new-tokens", "6", "--device", "cpu", "--json", str(report), *extra]) == 0
+        runs[" ".join(extra)] = json.loads(report.read_text())
+    err = capsys.readouterr().err
+    assert "fused 4 input-sharing sets into one layer each" in err  # 2 blocks x (q/k/v, gate/up)
+    assert [r["fused_layers"] for r in runs.values()] == [4, 0, 4, 0]
+    assert len({r["text"] for r in runs.values()}) == 1
+
+
 def test_dequantize_layers_matches_the_reference_logits(tiny_checkpoint, one_thread):
     from spqrkit.modules.linear import dequantize_layers
 

@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dequantize", action="store_true",
                      help="decode the compressed layers once into ordinary linears before generating: much faster "
                           "on the CPU, which has no fused kernels, at the memory of the unquantized model")
+    gen.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
+                     help="run each block's linears that read one input (q/k/v, gate/up) as one layer: fewer, larger "
+                          "matmuls, the same weights (default: on)")
     gen.add_argument("--json", type=Path, default=None,
                      help="write prompt, text, new_tokens, seconds, tokens_per_s, model and device to this file")
     return parser
@@ -282,6 +285,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     elif str(device) == "cpu" and any(type(m).__name__ == "SpQRLinear" for m in model.modules()):
         print("note: on the CPU the compressed layers are dequantized on every forward; --dequantize decodes them "
               "once (much faster, at the memory of the unquantized model)", file=sys.stderr)
+    fused = 0
+    if args.fuse:
+        from .models.families import UnsupportedModelError
+        from .models.fusion import fuse_projections
+
+        try:
+            report = fuse_projections(model)
+        except UnsupportedModelError as e:
+            print(f"note: projections not fused: {e}", file=sys.stderr)
+        else:
+            fused = len(report.fused)
+            print(report.summary(), file=sys.stderr)
     result = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, seed=args.seed, chat=args.chat,
                            stream=sys.stdout)
@@ -295,7 +310,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                    "seconds": result.seconds, "tokens_per_s": result.tokens_per_s, "model": str(args.model),
                    "device": str(device), "chat": result.chat, "prompt_tokens": result.prompt_tokens,
                    "finish_reason": result.finish_reason, "temperature": args.temperature, "top_p": args.top_p,
-                   "seed": args.seed, "max_new_tokens": args.max_new_tokens, "dequantize": args.dequantize}
+                   "seed": args.seed, "max_new_tokens": args.max_new_tokens, "dequantize": args.dequantize,
+                   "fused_layers": fused}
         atomic_write_text(args.json, json.dumps(payload, indent=2, sort_keys=True))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
