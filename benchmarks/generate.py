@@ -28,6 +28,7 @@ eager with a warning, and the table and the JSON say so (`--strict-graph` fails 
     python benchmarks/generate.py --tiny --device cpu --new-tokens 4    # a CPU smoke run (numbers meaningless)
     python benchmarks/generate.py --compile --json out.json             # decode step compiled by torch.compile
     python benchmarks/generate.py --fuse both --json out.json           # also with q/k/v and gate/up fused
+    python benchmarks/generate.py --fuse on --profile 20 --json out.json  # + GPU time per kernel of a decode step
     SPQRKIT_MATMUL=reference python benchmarks/generate.py ...           # force one SpQR matmul (spqrkit.modules.linear)
 
 `--compile` runs the decode step's forward through torch.compile (inductor, static shapes; prefill stays eager) before
@@ -310,6 +311,32 @@ class Decoder:
         return t1 - t0, t2 - t1, logits
 
 
+def profile_step(dec: Decoder, steps: int) -> dict:
+    """Where a decode step's GPU time goes: `steps` steps (graph replays when captured) under torch.profiler; the
+    kernels' time per step, summed by kernel name (the 15 largest named, the rest as "other"), against the step's
+    wall time. The kernels of a graph replay are recorded one by one (CUPTI)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dec.prefill()
+    _set_cache_length(dec.cache, dec.prompt_len)
+    _sync(dec.prompt.device)
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            dec.graph.replay() if dec.graph is not None else dec.step()
+        _sync(dec.prompt.device)
+        wall = time.perf_counter() - t0
+    kernels: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0:
+            kernels[e.name] = kernels.get(e.name, 0.0) + e.device_time / steps  # us per step
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1])
+    top = dict(ranked[:15])
+    top["other"] = sum(t for _, t in ranked[15:])
+    return {"steps": steps, "wall_us_per_step": 1e6 * wall / steps, "kernel_us_per_step": sum(kernels.values()),
+            "kernels_us_per_step": top}
+
+
 def _peak_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / GIB
@@ -369,6 +396,8 @@ def measure(model, name: str, batch: int, prompt: torch.Tensor, args, device: to
             decode_s.append(d)
         if not bool(torch.isfinite(logits).all()):
             raise FloatingPointError(f"{name} batch {batch}: decode logits are not finite")
+        if args.profile and device.type == "cuda":
+            row["profile"] = profile_step(dec, args.profile)
         del dec
     decode = statistics.median(decode_s)
     row.update({
@@ -410,6 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="fuse each input-sharing set (q/k/v, gate/up) into one layer per block "
                         "(spqrkit.models.fusion), for fp16 and SpQR alike; both: every model measured unfused, "
                         "then fused")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also profile STEPS decode steps per row (torch.profiler): GPU time per kernel and step")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -422,6 +453,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--mode graph needs a CUDA device")
     if args.compile and device.type != "cuda":
         p.error("--compile needs a CUDA device (inductor's GPU code)")
+    if args.profile and device.type != "cuda":
+        p.error("--profile needs a CUDA device (it sums the GPU kernels' times)")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     config = llama_config(args)
@@ -514,6 +547,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {r['config']} | {r['batch']} | {mode} | {kernels} | {r['decode_tokens_per_s']:.1f} | "
               f"{r['ms_per_token']:.2f} | "
               f"{speedup} | {r['prefill_ms']:.1f} | {r['peak_gib']:.2f} | {r['linear_weight_gib']:.3f} |")
+    for r in rows:
+        if "profile" in r:
+            prof = r["profile"]
+            print(f"\n{r['config']} batch {r['batch']}: {prof['kernel_us_per_step']:.0f} us of kernels per step, "
+                  f"{prof['wall_us_per_step']:.0f} us wall (profiled)")
+            for kname, us in prof["kernels_us_per_step"].items():
+                print(f"  {us:8.1f} us  {100 * us / prof['kernel_us_per_step']:5.1f}%  {kname[:110]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
