@@ -59,6 +59,8 @@ def test_concat_linears_checks_what_it_joins():
         concat_linears([nn.Linear(64, 16), nn.Linear(64, 8, bias=False)])
     with pytest.raises(FusionError, match="in_features"):
         concat_linears([nn.Linear(64, 16), nn.Linear(32, 8)])
+    with pytest.raises(FusionError, match="one type"):  # a subclass of nn.Linear may hold anything
+        concat_linears([Counting(64, 16), Counting(64, 8)])
     with pytest.raises(FusionError, match="at least two"):
         concat_linears([nn.Linear(64, 16)])
 

@@ -42,7 +42,9 @@ def concat_linears(layers: list[nn.Module]) -> nn.Module:
     if len(layers) < 2:
         raise FusionError(f"need at least two linears to fuse, got {len(layers)}")
     kinds = {type(layer) for layer in layers}
-    if len(kinds) != 1 or not issubclass(kinds.pop(), (SpQRLinear, nn.Linear)):
+    kind = kinds.pop() if len(kinds) == 1 else None
+    # (exactly nn.Linear: its subclasses, e.g. bitsandbytes' 8-bit linears, hold weights a concatenation would break)
+    if kind is None or not (kind is nn.Linear or issubclass(kind, SpQRLinear)):
         raise FusionError(f"linears of one type (SpQRLinear or nn.Linear) only, got {[type(m).__name__ for m in layers]}")
     first = layers[0]
     if any(layer.in_features != first.in_features for layer in layers):
@@ -76,8 +78,10 @@ def concat_linears(layers: list[nn.Module]) -> nn.Module:
 class SharedOutput:
     """A fused layer and the row ranges of the linears it replaced; computes once per input, serves each slice.
 
-    Not an nn.Module (the fused layer is registered once, by `install`, on the module that holds the set); the
-    slices reach it through this object."""
+    Not an nn.Module (the fused layer is registered once, by `spqrkit.models.fusion.fuse_projections`, on the
+    module that holds the set); the slices reach it through this object. The kept output is trusted for the same
+    tensor object only: a forward that changed x in place between two slices' calls would get stale rows (the
+    attention and MLP forwards of transformers read their input unchanged)."""
 
     def __init__(self, layer: nn.Module, out_features: list[int]) -> None:
         self.layer = layer
@@ -110,7 +114,7 @@ class LinearSlice(nn.Module):
 
     def __init__(self, shared: SharedOutput, index: int, in_features: int) -> None:
         super().__init__()
-        self.shared = shared  # (a plain attribute: the fused layer is registered where `install` put it)
+        self.shared = shared  # (a plain attribute: the fused layer is registered on the module holding the set)
         self.index = index
         self.in_features = in_features
         start, stop = shared.ranges[index]
