@@ -333,8 +333,12 @@ def profile_step(dec: Decoder, steps: int) -> dict:
     ranked = sorted(kernels.items(), key=lambda kv: -kv[1])
     top = dict(ranked[:15])
     top["other"] = sum(t for _, t in ranked[15:])
+    # host side (an eager step is bound by it when its wall time exceeds its kernels' time): self CPU time per op
+    cpu = sorted(((a.key, a.self_cpu_time_total / steps, a.count / steps) for a in prof.key_averages()
+                  if a.self_cpu_time_total > 0), key=lambda t: -t[1])
     return {"steps": steps, "wall_us_per_step": 1e6 * wall / steps, "kernel_us_per_step": sum(kernels.values()),
-            "kernels_us_per_step": top}
+            "kernels_us_per_step": top,
+            "cpu_self_us_per_step": {k: {"us": us, "calls": n} for k, us, n in cpu[:15]}}
 
 
 def _peak_gib(device: torch.device) -> float:
@@ -554,6 +558,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{prof['wall_us_per_step']:.0f} us wall (profiled)")
             for kname, us in prof["kernels_us_per_step"].items():
                 print(f"  {us:8.1f} us  {100 * us / prof['kernel_us_per_step']:5.1f}%  {kname[:110]}")
+            print("  host, self CPU time per step:")
+            for op, v in list(prof["cpu_self_us_per_step"].items())[:10]:
+                print(f"  {v['us']:8.1f} us  {v['calls']:6.1f} calls  {op[:100]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -5,7 +5,9 @@ base weights), `spqrkit::dequantize_chunked` (the weight in the activation dtype
 output's shape and dtype. Nothing in them synchronises with the host: the outlier ranges are read from the row
 pointers on the device.
 
-Argument order and meaning: see the launchers in spqrkit.kernels.spqr_matmul.
+Argument order and meaning: see the launchers in spqrkit.kernels.spqr_matmul. Eager callers (`eager`) may call the
+implementations directly (`fused_matmul_impl`, `spqr_matmul.dequantize_chunked`, `gather_x_chunked_impl`), which
+spares the host the custom-op dispatch; `SpQRLinear` does.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from torch import Tensor
 from . import dot_pairs, gemv_pairs, spqr_matmul
 
 
+def eager(x: Tensor) -> bool:
+    """Whether a call may skip the custom op's dispatch and run its implementation directly: a plain tensor
+    (not a fake, functional or other subclass tensor of a tracer) outside torch.compile / export. The dispatch of a
+    Python custom op costs the host about 45 us per call (H100 machine, torch 2.11), which an eager forward (no CUDA
+    graph) pays at every linear; compiled and captured code is unaffected either way."""
+    return type(x) is Tensor and not torch.compiler.is_compiling()
+
+
 @torch.library.custom_op("spqrkit::fused_matmul", mutates_args=())
 def fused_matmul(
     x: Tensor, codes: Tensor, scale: Tensor, scale_stats: Tensor | None, zero: Tensor,
@@ -25,7 +35,17 @@ def fused_matmul(
     out_features: int, wbits: int, group: int, beta2: int, scale_bits: int, zero_bits: int, kernel: str,
     bases: Tensor | None = None,
 ) -> Tensor:
-    """y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
+    return fused_matmul_impl(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
+                             out_features, wbits, group, beta2, scale_bits, zero_bits, kernel, bases)
+
+
+def fused_matmul_impl(
+    x: Tensor, codes: Tensor, scale: Tensor, scale_stats: Tensor | None, zero: Tensor,
+    zero_stats: Tensor | None, row_ptr: Tensor, cols: Tensor, vals: Tensor, perm: Tensor, bias: Tensor | None,
+    out_features: int, wbits: int, group: int, beta2: int, scale_bits: int, zero_bits: int, kernel: str,
+    bases: Tensor | None = None,
+) -> Tensor:
+    """`spqrkit::fused_matmul`'s implementation: y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
     gathering x into the kernel's tile order), "gemv_seg" (x also pre-scaled per code position, statistics applied
     per segment), "gemv_pairs" (one or two rows of fp16 / bf16 x per launch, packed fp16 pairs), "dot" (tensor
     cores, any number of rows in one call) or "dot_pairs" (dot with its operand decoded in fp16 pairs, fp16 x).
@@ -80,7 +100,8 @@ def dequantize_chunked(
     row_ptr: Tensor, cols: Tensor, vals: Tensor, in_features: int, out_features: int, wbits: int, group: int,
     beta2: int, scale_bits: int, zero_bits: int, dtype: torch.dtype,
 ) -> Tensor:
-    """W [out, ceil(in / 32) * 32] in `dtype`, columns in `spqr_matmul.chunked_column_order`, outliers in place."""
+    """W [out, ceil(in / 32) * 32] in `dtype`, columns in `spqr_matmul.chunked_column_order`, outliers in place
+    (the implementation: `spqr_matmul.dequantize_chunked`)."""
     return spqr_matmul.dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
                                           in_features, out_features, wbits, group, beta2, scale_bits, zero_bits,
                                           dtype)
@@ -94,6 +115,10 @@ def _dequantize_chunked_fake(codes, scale, scale_stats, zero, zero_stats, row_pt
 
 @torch.library.custom_op("spqrkit::gather_x_chunked", mutates_args=())
 def gather_x_chunked(x: Tensor, perm: Tensor) -> Tensor:
+    return gather_x_chunked_impl(x, perm)
+
+
+def gather_x_chunked_impl(x: Tensor, perm: Tensor) -> Tensor:
     """x [..., in] -> [..., ceil(in / 32) * 32]: the columns in `dequantize_chunked`'s order (zero padding)."""
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:

@@ -192,12 +192,12 @@ def reference_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
-    from ..kernels import ops  # noqa: F401  (registers torch.ops.spqrkit.*)
+    from ..kernels import ops  # (also registers torch.ops.spqrkit.*)
 
     bases = layer.outlier_bases() if kernel in ("gemv_seg", "gemv_pairs", "dot", "dot_pairs") else None
-    return torch.ops.spqrkit.fused_matmul(
-        x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(), kernel, bases
-    )
+    # (the op's implementation directly when nothing traces: the custom op's dispatch costs the host ~45 us a call)
+    op = ops.fused_matmul_impl if ops.eager(x) else torch.ops.spqrkit.fused_matmul
+    return op(x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(), kernel, bases)
 
 
 def gemv_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
@@ -233,13 +233,14 @@ def dot_pairs_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     """Large batches: the weight dequantized once to x's dtype by a kernel (columns in chunk-major order), then
     cuBLAS on x's columns gathered in the same order."""
-    from ..kernels import ops
+    from ..kernels import ops, spqr_matmul
 
-    w = ops.dequantize_chunked(
-        *layer.kernel_tensors()[:8], layer.in_features, layer.out_features, *layer.kernel_layout(), x.dtype
-    )
+    eager = ops.eager(x)  # (the ops' implementations directly when nothing traces, as in `_fused`)
+    dequantize = spqr_matmul.dequantize_chunked if eager else ops.dequantize_chunked
+    gather = ops.gather_x_chunked_impl if eager else ops.gather_x_chunked
+    w = dequantize(*layer.kernel_tensors()[:8], layer.in_features, layer.out_features, *layer.kernel_layout(), x.dtype)
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
-    return F.linear(ops.gather_x_chunked(x, layer.perm), w, bias)
+    return F.linear(gather(x, layer.perm), w, bias)
 
 
 MATMULS: dict[str, Matmul] = {
