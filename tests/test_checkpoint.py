@@ -121,6 +121,8 @@ def test_from_pretrained_after_import_spqrkit(root):
         assert isinstance(loaded.model.layers[0].self_attn.q_proj if case != "opt-gptq-w4-g32"
                           else loaded.model.decoder.layers[0].self_attn.q_proj, SpQRLinear)
         assert torch.equal(logits(loaded), logits(model)), case
+        # generate() may compile the decode step with a static cache (the kernels are custom ops)
+        assert loaded.hf_quantizer.is_compileable and not loaded.hf_quantizer.is_trainable
     # A lower-precision load casts the dense tensors; the packed tensors keep their stored dtypes.
     loaded = transformers.AutoModelForCausalLM.from_pretrained(saved("qwen2-spqr-w4", root).folder,
                                                                dtype=torch.bfloat16)

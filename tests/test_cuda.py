@@ -50,3 +50,48 @@ def test_half_precision_hessian_on_cuda_matches_fp32(dtype):
         fast.add(chunk)
         slow.add(chunk.float())
     torch.testing.assert_close(fast.finalize(), slow.finalize(), rtol=1e-5, atol=1e-5)
+
+
+@cuda
+def test_compiled_static_cache_generation_of_a_fused_spqr_model():
+    """generate_text with a static cache on CUDA: transformers compiles the decode step (torch.compile, CUDA graphs)
+    through the SpQR custom ops and the fused projections; the greedy text equals eager decoding's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from spqrkit.format.synthetic import random_packed_layer
+    from spqrkit.generate import generate_text
+    from spqrkit.models.fusion import fuse_projections
+    from spqrkit.modules.linear import SpQRLinear
+
+    words = ["<unk>", "<eos>"] + [f"w{i}" for i in range(98)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(words), max_position_embeddings=128,
+                         eos_token_id=1, bos_token_id=None)
+    model = LlamaForCausalLM(config).eval()
+    qconfig = get_preset("spqr-w3")
+    for b, block in enumerate(model.model.layers):
+        for k, (parent, names) in enumerate(((block.self_attn, ("q_proj", "k_proj", "v_proj")),
+                                             (block.self_attn, ("o_proj",)), (block.mlp, ("gate_proj", "up_proj")),
+                                             (block.mlp, ("down_proj",)))):
+            n_in = getattr(parent, names[0]).in_features
+            perm = torch.randperm(n_in, generator=torch.Generator().manual_seed(10 * b + k))
+            for j, name in enumerate(names):
+                old = getattr(parent, name)
+                tensors = random_packed_layer(old.out_features, n_in, qconfig, seed=100 * b + 10 * k + j, perm=perm)
+                layer = SpQRLinear(n_in, old.out_features, qconfig, tensors["outlier_values"].shape[0], device="meta")
+                layer.load_packed(tensors)
+                setattr(parent, name, layer)
+    model = model.cuda().half()
+    assert not fuse_projections(model).skipped
+    prompt = " ".join(f"w{i}" for i in range(3, 40, 3))
+    eager = generate_text(model, tokenizer, prompt, max_new_tokens=12, chat=False)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = generate_text(model, tokenizer, prompt, max_new_tokens=12, chat=False, static_cache=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the decode step was compiled
+    assert compiled.new_tokens == eager.new_tokens and compiled.text == eager.text

@@ -143,6 +143,20 @@ def test_fused_projections_give_the_same_greedy_text(tiny_checkpoint, tmp_path, 
     assert len({r["text"] for r in runs.values()}) == 1
 
 
+def test_static_cache_gives_the_same_greedy_text(tiny_checkpoint, tmp_path, capsys, one_thread):
+    """--compile: a static KV cache (compiled by transformers on CUDA only; on the CPU the cache alone)."""
+    texts = []
+    for extra in ([], ["--compile"]):
+        report = tmp_path / f"gen{len(extra)}.json"
+        assert cli.main(["generate", str(tiny_checkpoint), "--prompt", "The capital of France is",
+                         "--max-new-tokens", "6", "--device", "cpu", "--json", str(report), *extra]) == 0
+        saved = json.loads(report.read_text())
+        assert saved["compile"] == bool(extra)
+        texts.append(saved["text"])
+    capsys.readouterr()
+    assert texts[0] == texts[1]
+
+
 def test_dequantize_layers_matches_the_reference_logits(tiny_checkpoint, one_thread):
     from spqrkit.modules.linear import dequantize_layers
 

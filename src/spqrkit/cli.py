@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dequantize", action="store_true",
                      help="decode the compressed layers once into ordinary linears before generating: much faster "
                           "on the CPU, which has no fused kernels, at the memory of the unquantized model")
+    gen.add_argument("--compile", action="store_true",
+                     help="a static KV cache; on CUDA transformers then compiles the decode step (torch.compile with "
+                          "CUDA graphs): tens of seconds once, then far faster tokens than eager decoding, whose "
+                          "every kernel launch costs the host time")
     gen.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
                      help="run each block's linears that read one input (q/k/v, gate/up) as one layer: fewer, larger "
                           "matmuls, the same weights (default: on)")
@@ -299,7 +303,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(report.summary(), file=sys.stderr)
     result = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, seed=args.seed, chat=args.chat,
-                           stream=sys.stdout)
+                           stream=sys.stdout, static_cache=args.compile)
     sys.stdout.write("\n")
     sys.stdout.flush()
     print(result.summary() + f" on {device}", file=sys.stderr)
@@ -311,7 +315,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                    "device": str(device), "chat": result.chat, "prompt_tokens": result.prompt_tokens,
                    "finish_reason": result.finish_reason, "temperature": args.temperature, "top_p": args.top_p,
                    "seed": args.seed, "max_new_tokens": args.max_new_tokens, "dequantize": args.dequantize,
-                   "fused_layers": fused}
+                   "fused_layers": fused, "compile": args.compile}
         atomic_write_text(args.json, json.dumps(payload, indent=2, sort_keys=True))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

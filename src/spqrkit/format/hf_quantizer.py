@@ -97,6 +97,12 @@ class SpqrkitHfQuantizer(HfQuantizer):
     def is_trainable(self) -> bool:
         return False
 
+    @property
+    def is_compileable(self) -> bool:
+        # The kernels are torch custom ops with fake implementations: torch.compile and CUDA graphs take them, so
+        # generate() with a static cache may compile the decode step.
+        return True
+
     def is_serializable(self, *args: Any, **kwargs: Any) -> bool:
         # The checkpoint's manifest and checksums are spqrkit's to write (spqrkit.format.checkpoint.save_checkpoint).
         return False
