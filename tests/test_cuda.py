@@ -95,3 +95,53 @@ def test_compiled_static_cache_generation_of_a_fused_spqr_model():
     compiled = generate_text(model, tokenizer, prompt, max_new_tokens=12, chat=False, static_cache=True)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the decode step was compiled
     assert compiled.new_tokens == eager.new_tokens and compiled.text == eager.text
+
+
+@cuda
+def test_eager_calls_replay_per_layer_cuda_graphs(monkeypatch):
+    """An eager SpQRLinear call is direct the first time, captured the second, replayed after: outputs equal the
+    direct kernels' (SPQRKIT_EAGER_GRAPHS=0), are fresh tensors, follow x, and follow the buffers when one is
+    written in place (the stale graph is dropped); another row count gets its own graph; inside a caller's own
+    capture nothing is captured."""
+    from spqrkit.format.synthetic import random_quantized_weight
+    from spqrkit.modules import eager_graphs
+    from spqrkit.modules.linear import SpQRLinear
+
+    layer = SpQRLinear.from_quantized(random_quantized_weight(1024, 2048, get_preset("spqr-w3"), seed=0,
+                                                              device="cuda"))
+    xs = [torch.randn(1, 2048, device="cuda", dtype=torch.float16, generator=None) for _ in range(4)]
+
+    def direct(x):
+        monkeypatch.setenv(eager_graphs.EAGER_GRAPHS_ENV, "0")
+        y = layer(x)
+        monkeypatch.delenv(eager_graphs.EAGER_GRAPHS_ENV)
+        return y
+
+    def close(a, b):
+        return (a.float() - b.float()).abs().max().item() <= 1e-3 * max(1.0, b.float().abs().max().item())
+
+    with torch.inference_mode():
+        ys = [layer(x) for x in xs]  # direct, captured, replayed, replayed
+        assert sum(isinstance(v, eager_graphs._Graph) for v in layer._graphs.values()) == 1
+        for x, y in zip(xs, ys):
+            assert close(y, direct(x))
+        assert ys[2].data_ptr() != ys[3].data_ptr() and close(ys[2], direct(xs[2]))  # not overwritten by a replay
+        layer.outlier_values.mul_(2)  # the buffers change: the old graph reads them, its key no longer matches
+        after = [layer(xs[0]) for _ in range(3)]
+        for y in after:
+            assert close(y, direct(xs[0]))
+        assert not close(after[0], ys[0])
+        x8 = torch.randn(8, 2048, device="cuda", dtype=torch.float16)
+        y8 = [layer(x8) for _ in range(3)]
+        assert close(y8[2], direct(x8))
+        assert sum(isinstance(v, eager_graphs._Graph) for v in layer._graphs.values()) == 2
+        # a caller's own capture: the calls inside it launch the kernels (no graph in a graph)
+        before = dict(layer._graphs)
+        static = xs[1].clone()
+        layer(static)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = layer(static)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert close(out, direct(xs[1])) and layer._graphs.keys() == before.keys()

@@ -28,6 +28,7 @@ from ..format.pack import (
 )
 from ..format.spec import layer_tensor_specs
 from ..quant.representation import QuantizedWeight
+from . import eager_graphs
 
 Matmul = Callable[["SpQRLinear", torch.Tensor], torch.Tensor]
 
@@ -59,6 +60,7 @@ class SpQRLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._bases: tuple[tuple, torch.Tensor] | None = None  # (key, tensor): see outlier_bases
+        self._graphs: dict = {}  # eager calls' CUDA graphs (spqrkit.modules.eager_graphs)
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> SpQRLinear:
@@ -123,7 +125,7 @@ class SpQRLinear(nn.Module):
             if self._bases is not None:
                 return self._bases[1]
             return ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
-        key = tuple((id(t), t.data_ptr(), t._version, t.device) for t in tensors if t is not None)
+        key = tensors_key(tensors)
         if self._bases is None or self._bases[0] != key:
             bases = ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
             self._bases = (key, bases)
@@ -154,10 +156,23 @@ class SpQRLinear(nn.Module):
                 self._buffers[name] = old.to(device=new.device)
         return self
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        state = dict(state)
+        state["_graphs"] = {}  # (CUDA graphs neither copy nor pickle; a copy captures its own)
+        return state
+
     def extra_repr(self) -> str:
         c = self.config
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"wbits={c.wbits}, beta1={c.beta1}, beta2={c.beta2}, outliers={self.n_outliers}")
+
+
+def tensors_key(tensors) -> tuple:
+    """Identity, address, device and in-place version of each tensor (None skipped): a key that changes when a
+    buffer is replaced, moved or written in place (inference tensors keep no version: theirs counts as 0)."""
+    return tuple((id(t), t.data_ptr(), 0 if t.is_inference() else t._version, t.device)
+                 for t in tensors if t is not None)
 
 
 def dequantize_layers(model: nn.Module, dtype: torch.dtype | None = None) -> int:
@@ -195,9 +210,19 @@ def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
     from ..kernels import ops  # (also registers torch.ops.spqrkit.*)
 
     bases = layer.outlier_bases() if kernel in ("gemv_seg", "gemv_pairs", "dot", "dot_pairs") else None
-    # (the op's implementation directly when nothing traces: the custom op's dispatch costs the host ~45 us a call)
-    op = ops.fused_matmul_impl if ops.eager(x) else torch.ops.spqrkit.fused_matmul
-    return op(x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(), kernel, bases)
+    tensors = layer.kernel_tensors()
+    if not ops.eager(x):  # traced (torch.compile, export, fake tensors): the custom op
+        return torch.ops.spqrkit.fused_matmul(x, *tensors, layer.bias, layer.out_features, *layer.kernel_layout(),
+                                              kernel, bases)
+
+    def run(x):  # the op's implementation directly: the custom op's dispatch costs the host ~25-45 us a call
+        return ops.fused_matmul_impl(x, *tensors, layer.bias, layer.out_features, *layer.kernel_layout(), kernel,
+                                     bases)
+
+    if eager_graphs.wanted(x):  # small inputs: replayed from a CUDA graph of the call (eager_graphs)
+        return eager_graphs.call(layer.__dict__.setdefault("_graphs", {}), kernel,
+                                 tensors_key((*tensors, layer.bias, bases)), x, run)
+    return run(x)
 
 
 def gemv_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
