@@ -43,8 +43,8 @@ class _Graph:
 
 def wanted(x: torch.Tensor) -> bool:
     """Whether an eager call with this input goes through a graph (see the module docstring)."""
-    if x.device.type != "cuda" or os.environ.get(EAGER_GRAPHS_ENV, "1") == "0":
-        return False
+    if x.device.type != "cuda" or os.environ.get(EAGER_GRAPHS_ENV, "1") == "0" or not hasattr(torch.cuda, "MemPool"):
+        return False  # (torch.cuda.MemPool: torch >= 2.5)
     rows = x.numel() // max(x.shape[-1], 1)
     return 0 < rows <= GRAPH_MAX_ROWS and not torch.cuda.is_current_stream_capturing()
 
