@@ -80,5 +80,6 @@ def test_wanted_only_small_cuda_inputs(monkeypatch):
     if torch.cuda.is_available():
         assert eager_graphs.wanted(torch.randn(1, 4, device="cuda"))
         assert not eager_graphs.wanted(torch.randn(eager_graphs.GRAPH_MAX_ROWS + 1, 4, device="cuda"))
+        assert not eager_graphs.wanted(torch.randn(1, 4, device="cuda", requires_grad=True))
         monkeypatch.setenv(eager_graphs.EAGER_GRAPHS_ENV, "0")
         assert not eager_graphs.wanted(torch.randn(1, 4, device="cuda"))

@@ -46,7 +46,8 @@ def wanted(x: torch.Tensor) -> bool:
     if x.device.type != "cuda" or os.environ.get(EAGER_GRAPHS_ENV, "1") == "0" or not hasattr(torch.cuda, "MemPool"):
         return False  # (torch.cuda.MemPool: torch >= 2.5)
     rows = x.numel() // max(x.shape[-1], 1)
-    return 0 < rows <= GRAPH_MAX_ROWS and not torch.cuda.is_current_stream_capturing()
+    return (0 < rows <= GRAPH_MAX_ROWS and not x.requires_grad
+            and not torch.cuda.is_current_stream_capturing())
 
 
 def call(cache: dict, kernel: str, buffers: tuple, x: torch.Tensor,
