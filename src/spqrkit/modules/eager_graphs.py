@@ -47,6 +47,7 @@ def wanted(x: torch.Tensor) -> bool:
         return False  # (torch.cuda.MemPool: torch >= 2.5)
     rows = x.numel() // max(x.shape[-1], 1)
     return (0 < rows <= GRAPH_MAX_ROWS and not x.requires_grad
+            and x.device.index in (None, torch.cuda.current_device())  # (a replay runs on the current device)
             and not torch.cuda.is_current_stream_capturing())
 
 
