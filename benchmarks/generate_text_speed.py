@@ -81,7 +81,8 @@ def main(argv=None) -> int:
           f"{torch.cuda.get_device_name(0)}")
     print("| config | mode | tokens/s | tokens | first call s (compile included) |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['mode']} | {r['tokens_per_s']:.1f} | {r['new_tokens']} | {r['first_call_s']:.1f} |")
+        print(f"| {r['config']} | {r['mode']} | {r['tokens_per_s']:.1f} | {r['new_tokens']} | "
+              f"{r['first_call_s']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps({
             "benchmark": "generate_text_speed", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,

@@ -23,8 +23,8 @@ from . import dot_pairs, gemv_pairs, spqr_matmul
 def eager(x: Tensor) -> bool:
     """Whether a call may skip the custom op's dispatch and run its implementation directly: a plain tensor
     (not a fake, functional or other subclass tensor of a tracer) outside torch.compile / export. The dispatch of a
-    Python custom op costs the host about 45 us per call (H100 machine, torch 2.11), which an eager forward (no CUDA
-    graph) pays at every linear; compiled and captured code is unaffected either way."""
+    Python custom op costs the host 25-55 us per call (H100 machines, torch 2.11, benchmarks/host_overhead.py),
+    which an eager forward (no CUDA graph) pays at every linear; compiled and captured code is unaffected."""
     return type(x) is Tensor and not torch.compiler.is_compiling()
 
 
@@ -35,6 +35,7 @@ def fused_matmul(
     out_features: int, wbits: int, group: int, beta2: int, scale_bits: int, zero_bits: int, kernel: str,
     bases: Tensor | None = None,
 ) -> Tensor:
+    """The custom op around `fused_matmul_impl` (what torch.compile and other tracers see)."""
     return fused_matmul_impl(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                              out_features, wbits, group, beta2, scale_bits, zero_bits, kernel, bases)
 
@@ -45,12 +46,12 @@ def fused_matmul_impl(
     out_features: int, wbits: int, group: int, beta2: int, scale_bits: int, zero_bits: int, kernel: str,
     bases: Tensor | None = None,
 ) -> Tensor:
-    """`spqrkit::fused_matmul`'s implementation: y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA cores), "gemv_xc" (the same after
-    gathering x into the kernel's tile order), "gemv_seg" (x also pre-scaled per code position, statistics applied
-    per segment), "gemv_pairs" (one or two rows of fp16 / bf16 x per launch, packed fp16 pairs), "dot" (tensor
-    cores, any number of rows in one call) or "dot_pairs" (dot with its operand decoded in fp16 pairs, fp16 x).
-    `bases`: the outliers' base weights (`spqr_matmul.outlier_bases`), taken by gemv_seg, gemv_pairs, dot and
-    dot_pairs (None: they decode them again)."""
+    """`spqrkit::fused_matmul`'s implementation: y [..., out] = x [..., in] W^T (+ bias); kernel "gemv" (few rows, CUDA
+    cores), "gemv_xc" (the same after gathering x into the kernel's tile order), "gemv_seg" (x also pre-scaled per code
+    position, statistics applied per segment), "gemv_pairs" (one or two rows of fp16 / bf16 x per launch, packed fp16
+    pairs), "dot" (tensor cores, any number of rows in one call) or "dot_pairs" (dot with its operand decoded in fp16
+    pairs, fp16 x). `bases`: the outliers' base weights (`spqr_matmul.outlier_bases`), taken by gemv_seg, gemv_pairs,
+    dot and dot_pairs (None: they decode them again)."""
     fn = {"gemv": spqr_matmul.gemv, "gemv_xc": functools.partial(spqr_matmul.gemv, x_chunked=True),
           "gemv_seg": functools.partial(spqr_matmul.gemv, segments=True, bases=bases),
           "gemv_pairs": functools.partial(gemv_pairs.gemv_pairs, bases=bases),
@@ -115,6 +116,7 @@ def _dequantize_chunked_fake(codes, scale, scale_stats, zero, zero_stats, row_pt
 
 @torch.library.custom_op("spqrkit::gather_x_chunked", mutates_args=())
 def gather_x_chunked(x: Tensor, perm: Tensor) -> Tensor:
+    """The custom op around `gather_x_chunked_impl`."""
     return gather_x_chunked_impl(x, perm)
 
 

@@ -1,21 +1,21 @@
 """Eager calls of the SpQR kernels replayed from per-layer CUDA graphs, to spare the host their launch work.
 
-An eager forward (no torch.compile, no CUDA graph of its own: transformers' default `generate`, most user code)
-pays the host's Python and Triton launch work at every SpQR linear: 110-190 us per call on the H100 machines
-against 16-39 us for cuBLAS (benchmarks/host_overhead.py), while the kernels themselves run for 9-16 us at decode
-sizes, so eager decoding is bound by the host (86.6 / 91.5 us per call through these graphs at 1 / 8 rows of a
-4096x4096 layer, against 185.1 / 187.0 direct, in one run: results/host_overhead_h100.json). Here the second eager call of a layer with the same input shape, dtype and
-device (and the same packed buffers, bias and outlier bases) captures the call into a CUDA graph; later calls copy x
-into the graph's input, replay it and return a copy of its output: three cheap host operations instead of two
-Triton launches and the launchers' argument work.
+An eager forward (no torch.compile, no CUDA graph of its own: transformers' default `generate`, most user code) pays
+the host's Python and Triton launch work at every SpQR linear: 110-190 us per call on the H100 machines against 16-39
+us for cuBLAS (benchmarks/host_overhead.py), while the kernels themselves run for 9-16 us at decode sizes, so eager
+decoding is bound by the host (86.6 / 91.5 us per call through these graphs at 1 / 8 rows of a 4096x4096 layer,
+against 185.1 / 187.0 direct, in one run: results/host_overhead_h100.json). Here the second eager call of a layer
+with the same input shape, dtype and device (and the same packed buffers, bias and outlier bases) captures the call
+into a CUDA graph; later calls copy x into the graph's input, replay it and return a copy of its output: three cheap
+host operations instead of two Triton launches and the launchers' argument work.
 
 Only small inputs (up to GRAPH_MAX_ROWS rows: decode steps) are captured; prefill-sized inputs, calls made while
 some stream is capturing (a caller's own CUDA graph), traced calls (torch.compile, fake tensors) and
 `SPQRKIT_EAGER_GRAPHS=0` run the kernels directly. All captures on a device share one memory pool (a
 `torch.cuda.MemPool` kept for the process): they are captured one at a time and replayed on the caller's stream,
 and each replay's output is copied out at once, so a later replay reusing a temporary's memory cannot touch a
-result. A layer's graphs are dropped when its buffers change (moved, reloaded,
-written in place), and a capture that fails leaves that key to the direct path.
+result. A layer's graphs are dropped when its buffers change (moved, reloaded, written in place), and a capture
+that fails leaves that key to the direct path with a warning. Not for several threads driving one layer at once.
 """
 
 from __future__ import annotations

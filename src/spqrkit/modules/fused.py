@@ -45,7 +45,8 @@ def concat_linears(layers: list[nn.Module]) -> nn.Module:
     kind = kinds.pop() if len(kinds) == 1 else None
     # (exactly nn.Linear: its subclasses, e.g. bitsandbytes' 8-bit linears, hold weights a concatenation would break)
     if kind is None or not (kind is nn.Linear or issubclass(kind, SpQRLinear)):
-        raise FusionError(f"linears of one type (SpQRLinear or nn.Linear) only, got {[type(m).__name__ for m in layers]}")
+        names = [type(m).__name__ for m in layers]
+        raise FusionError(f"linears of one type (SpQRLinear or nn.Linear) only, got {names}")
     first = layers[0]
     if any(layer.in_features != first.in_features for layer in layers):
         raise FusionError(f"in_features differ: {[layer.in_features for layer in layers]}")
@@ -125,5 +126,6 @@ class LinearSlice(nn.Module):
 
     def extra_repr(self) -> str:
         start, stop = self.shared.ranges[self.index]
-        return f"in_features={self.in_features}, out_features={self.out_features}, rows={start}:{stop} of the fused layer"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rows={start}:{stop} of the fused layer")
 

@@ -215,7 +215,7 @@ def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
         return torch.ops.spqrkit.fused_matmul(x, *tensors, layer.bias, layer.out_features, *layer.kernel_layout(),
                                               kernel, bases)
 
-    def run(x):  # the op's implementation directly: the custom op's dispatch costs the host ~25-45 us a call
+    def run(x):  # the op's implementation directly: the custom op's dispatch costs the host 25-55 us a call
         return ops.fused_matmul_impl(x, *tensors, layer.bias, layer.out_features, *layer.kernel_layout(), kernel,
                                      bases)
 
