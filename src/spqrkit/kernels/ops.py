@@ -28,18 +28,6 @@ def eager(x: Tensor) -> bool:
     return type(x) is Tensor and not torch.compiler.is_compiling()
 
 
-@torch.library.custom_op("spqrkit::fused_matmul", mutates_args=())
-def fused_matmul(
-    x: Tensor, codes: Tensor, scale: Tensor, scale_stats: Tensor | None, zero: Tensor,
-    zero_stats: Tensor | None, row_ptr: Tensor, cols: Tensor, vals: Tensor, perm: Tensor, bias: Tensor | None,
-    out_features: int, wbits: int, group: int, beta2: int, scale_bits: int, zero_bits: int, kernel: str,
-    bases: Tensor | None = None,
-) -> Tensor:
-    """The custom op around `fused_matmul_impl` (what torch.compile and other tracers see)."""
-    return fused_matmul_impl(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-                             out_features, wbits, group, beta2, scale_bits, zero_bits, kernel, bases)
-
-
 def fused_matmul_impl(
     x: Tensor, codes: Tensor, scale: Tensor, scale_stats: Tensor | None, zero: Tensor,
     zero_stats: Tensor | None, row_ptr: Tensor, cols: Tensor, vals: Tensor, perm: Tensor, bias: Tensor | None,
@@ -70,6 +58,11 @@ def fused_matmul_impl(
     ]  # the gemv kernels take a few rows of x at a time
     y = parts[0] if len(parts) == 1 else torch.cat(parts)
     return y.reshape(*x.shape[:-1], out_features)
+
+
+# The custom op is the implementation itself (what torch.compile and other tracers see); eager callers may call
+# `fused_matmul_impl` directly, sparing the dispatch.
+fused_matmul = torch.library.custom_op("spqrkit::fused_matmul", mutates_args=())(fused_matmul_impl)
 
 
 @fused_matmul.register_fake
@@ -114,18 +107,15 @@ def _dequantize_chunked_fake(codes, scale, scale_stats, zero, zero_stats, row_pt
     return codes.new_empty((out_features, -(-in_features // 32) * 32), dtype=dtype)
 
 
-@torch.library.custom_op("spqrkit::gather_x_chunked", mutates_args=())
-def gather_x_chunked(x: Tensor, perm: Tensor) -> Tensor:
-    """The custom op around `gather_x_chunked_impl`."""
-    return gather_x_chunked_impl(x, perm)
-
-
 def gather_x_chunked_impl(x: Tensor, perm: Tensor) -> Tensor:
     """x [..., in] -> [..., ceil(in / 32) * 32]: the columns in `dequantize_chunked`'s order (zero padding)."""
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     return spqr_matmul.gather_x_chunked(x2, perm).reshape(*x.shape[:-1], -1)
+
+
+gather_x_chunked = torch.library.custom_op("spqrkit::gather_x_chunked", mutates_args=())(gather_x_chunked_impl)
 
 
 @gather_x_chunked.register_fake
