@@ -1,21 +1,27 @@
 """The decode kernel "gemv_pairs": y = x W^T (+ b) for one or two rows of x (fp16 or bf16), in packed fp16 pairs.
 
 gemv_seg (spqr_matmul) spends 7.0 instructions per weight in fp32 (mask + or, a subtraction, an FFMA, plus its
-share of loads and statistics) and is issue-bound. Here two weights share each instruction (`pair_schedule`): a
-LOP3 puts two codes into the mantissas of an fp16 pair, one `sub.f16x2` leaves (q_a, q_b) exactly, one
-`fma.rn.f16x2` adds (q_a x_a, q_b x_b) to a pair accumulator; the codes of a chunk come from 2..5 shifted windows
-of its words, so the 32 weights of a chunk cost 16 x 3 + 4 instructions instead of about 100. Per chunk and group
-the fp16 pair sums are converted to fp32 once and combined with the group's statistics:
+share of loads and statistics) and is issue-bound. Here two weights share each instruction (`pair_schedule`): one
+LOP3 masks two codes out of a 32-bit window of the chunk's words, one in each half's mantissa (bit e of the half)
+under a zero exponent field, which makes the pair the two SUBNORMAL fp16 values q 2**(e - 24), exactly; one
+`fma.rn.f16x2` adds (q_a x''_a, q_b x''_b) to a pair accumulator, x'' = x 2**(24 - e - k) written by the x kernel
+per code position. The codes of a chunk come from 2..5 shifted windows of its words, so the 32 weights of a chunk
+cost 16 x 2 + 4 instructions instead of about 100. Per chunk and group the fp16 pair sums are converted to fp32
+once and combined with the group's statistics:
     y_r += s (2**k P - z X),
-P = sum of q x' over the group (fp16 pairs), X = sum of x over the group (fp32, from the x kernel), x' = x 2**-k
-with k per chunk chosen by the x kernel so that no fp16 pair sum can overflow (k = 0 unless the chunk holds
-|x| >= 256; the same scaling brings bf16 x into fp16's range: bf16 x is multiplied as fp16 x', exactly but for
-values below 2**-24 2**k, and y is written in bf16). Accuracy: each product q x' and each partial sum of at most 16
-of them is rounded to fp16 (relative 2**-11) inside a group; the group sums are added in fp32, so the error stays of
-the order of the output's own fp16 rounding (tests/test_gemv_pairs.py bounds it as tests/test_kernels_matmul.py
-bounds the other kernels).
+P = sum of q x 2**-k over the group (fp16 pairs), X = sum of x over the group (fp32, from the x kernel), k per chunk
+chosen by the x kernel from the chunk's largest |x| so that every x'' fits fp16 (< 2**15) and the pair sums stay far
+below overflow (`X_SCALE_HEADROOM`); the same scaling brings bf16 x of any range into fp16's (y is then written in
+bf16). Accuracy: x'' is x exactly but for values below 2**-14 of the chunk's largest (fp16 subnormals) and each
+pair sum of at most 16 products is rounded to fp16 once per product (the FMA: relative 2**-11, or 2**-25 of the
+chunk's scale where a sum is subnormal) inside a group; the group sums are added in fp32, so the error stays of the
+order of the output's own fp16 rounding (tests/test_gemv_pairs.py bounds it as tests/test_kernels_matmul.py bounds
+the other kernels). (The first version decoded a code as the normal half 2**(10 - e) + q and subtracted the power
+of two with one `sub.f16x2` per pair, x' = x 2**-k scaled only past |x| >= 256: 5.1 against 4.1 instructions per
+weight offline, and 0.9x-1.0x the subnormal decode's speed at one row of x, 0.88x-0.95x at two, H200, 2026-11-26,
+ab_subnormal_b1_h200.json, ab_subnormal_b2_h200.json.)
 
-Two kernels: `_gather_x_pairs_kernel` writes x' in the pair order (`pair_order`) as fp16, the chunk scales 2**k,
+Two kernels: `_gather_x_pairs_kernel` writes x'' in the pair order (`pair_order`) as fp16, the chunk scales 2**k,
 the group sums X and x in the permuted order, and zeroes the split-K sums; `_gemv_pairs_kernel` then runs
 gemv_seg's tiling (one program per BR output rows, a [NCH chunks, BR rows] tile, a thread holding one chunk of BR
 rows so that each x pair it loads serves all of them, split K with fp32 atomics on long rows, launched as a
@@ -29,7 +35,7 @@ Measured (benchmarks/kernel_speed.py, H200, 2026-11-26, spqr-w3, 1% outliers; ke
 SASS 4.7 instructions per weight (benchmarks/sass_report.py), Nsight Compute at 28672x8192 4.6 per weight issued,
 47% of DRAM bandwidth, waiting on global loads (long scoreboard 2.96 cycles per issue) at 27% occupancy (96
 registers); hence the cap of MAX_REGISTERS = 64 (5.2 instructions per weight, but more programs per SM: 2-5%
-faster). Under Triton's interpreter (no inline PTX) the two fp16-pair instructions are emulated with the same
+faster). Under Triton's interpreter (no inline PTX) the fp16-pair instructions are emulated with the same
 roundings (`ASM` off); compiled, they are inline PTX. The tile is [NCH, BR] under Triton <= 3.6 and [BR, NCH] from
 3.7 on (`spqr_matmul.chunk_major_tile`): each version gives the words and the x pairs ONE layout (a thread: one chunk
 of BR rows) in that orientation only, and converts between two through shared memory in the other (23 barriers per
@@ -43,7 +49,7 @@ import triton
 import triton.language as tl
 
 from . import spqr_matmul as sm
-from .pair_schedule import pair_order, pair_plan
+from .pair_schedule import pair_exponents, pair_order, pair_plan
 from .spqr_matmul import (
     _gemv_store,
     _pick,
@@ -68,7 +74,13 @@ MAX_REGISTERS = 64
 # on an H100 (2026-11-26, tune_gemv_pairs_b3_b4_h100.json) faster than dot_pairs only at 28672x8192 (129.2 against
 # 140.9 us at four rows), equal or slower on the other five shapes.
 PAIRS_MAX_ROWS = 2  # rows of x one launch takes (BB: one set of pair accumulators each)
-SCALE_LIMIT_LOG2 = 7  # the x kernel scales a chunk by 2**-k so that max |x'| < 2**(7 + 1): 16 x 15 x 256 < 65504
+# The x kernel's chunk scale 2**k: k = floor(log2 max |x|) + X_SCALE_HEADROOM - (the layout's smallest code bit e),
+# so that every x'' = x 2**(24 - e - k) < 2**15 fits fp16 and each product q x 2**-k < 15 x 2**-9 (pair sums of
+# 16 far below fp16's limit); clamped so that 2**k and 2**(24 - e - k) stay normal fp32 (only bf16 chunks with
+# max |x| < 2**-110 or > 2**117 reach the clamps: the first lose their smallest values, the second overflow).
+X_SCALE_HEADROOM = 10
+X_SCALE_K_MIN = -100
+X_SCALE_K_MAX = 127
 
 
 # ---------------------------------------------------------------------------------------------------- fp16 pairs
@@ -78,17 +90,6 @@ def _halves_bits(lo, hi):
     lb = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
     hb = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
     return (hb << 16) | lb
-
-
-@triton.jit
-def _pair_sub(v, magic, ASM: tl.constexpr):
-    """(v - magic) on fp16 pairs held in int32: `sub.f16x2`, exact here (v = magic + q): the codes (q_a, q_b)."""
-    if ASM:
-        return tl.inline_asm_elementwise("sub.f16x2 $0, $1, $2;", "=r,r,r", [v, magic], dtype=tl.int32,
-                                         is_pure=True, pack=1)
-    else:
-        return _halves_bits(sm._fp16_half(v, 0) - sm._fp16_half(magic, 0),
-                            sm._fp16_half(v, 1) - sm._fp16_half(magic, 1))
 
 
 @triton.jit
@@ -214,11 +215,13 @@ def _row_outliers(acc, acc1, step, lo, hi, R, RM, jj, xo_ptr, XO_ROW, codes_ptr,
 @triton.jit
 def _gather_x_pairs_kernel(x_ptr, stride_xb, xp_ptr, sc_ptr, xs_ptr, xo_ptr, perm_ptr, zero_ptr, IN, N_ZERO, N_PAD,
                            ORDER: tl.constexpr, SEG: tl.constexpr, NCH: tl.constexpr, CB: tl.constexpr,
-                           LIMIT: tl.constexpr, PDL: tl.constexpr):
+                           PDL: tl.constexpr, EXPS: tl.constexpr, KOFF: tl.constexpr, KMIN: tl.constexpr,
+                           KMAX: tl.constexpr):
     """One program per CB chunks, x in the main kernel's tiles of NCH chunks, pair-major inside a tile (pair p of
     the tile's chunks contiguous, so that the main kernel's loads of one pair are coalesced): for chunk
-    c = t NCH + j, xp[((t 16 + p) NCH + j) 2 + h] = x'[perm[32 c + ORDER[2 p + h]]] in fp16 (x' = x 2**-k, zero
-    past IN), sc[c] = 2**k (fp32) with k = max(0, floor(log2 max |x|) - LIMIT) over the chunk, xs[(t NSEG + g)
+    c = t NCH + j, xp[((t 16 + p) NCH + j) 2 + h] = x''[perm[32 c + ORDER[2 p + h]]] in fp16 (x'' = x 2**(24 - e
+    - k), e = EXPS[2 p + h] the code's bit in its half, zero past IN), sc[c] = 2**k (fp32) with k = floor(log2 max
+    |x|) + KOFF over the chunk, clamped to [KMIN, KMAX] (`X_SCALE_HEADROOM`), xs[(t NSEG + g)
     NCH + j] = the sum of x (fp32, unscaled) over codes g SEG .. g SEG + SEG - 1 of the chunk, and xo[32 c + i] =
     x[perm[32 c + i]] (fp32: the outliers' x at their column, without a lookup of perm). Also zeroes the N_ZERO
     int32 words at zero_ptr (split K's sums and counters). Row b = program_id(1) of x goes to each output's b-th row
@@ -240,7 +243,8 @@ def _gather_x_pairs_kernel(x_ptr, stride_xb, xp_ptr, sc_ptr, xs_ptr, xo_ptr, per
     v = tl.load(x_ptr + p, mask=c < IN, other=0.0).to(tl.float32)
     tl.store(xo_ptr + c, v)
     amax = tl.max(tl.abs(v), axis=1)
-    k = tl.maximum(((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127 - LIMIT, 0)
+    f = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127  # floor(log2 max |x|)
+    k = tl.minimum(tl.maximum(f + KOFF, KMIN), KMAX)  # (X_SCALE_*)
     tl.store(sc_ptr + ch, ((127 + k) << 23).to(tl.float32, bitcast=True))
     NSEG: tl.constexpr = 32 // SEG
     t = ch // NCH
@@ -252,9 +256,12 @@ def _gather_x_pairs_kernel(x_ptr, stride_xb, xp_ptr, sc_ptr, xs_ptr, xo_ptr, per
     for n in tl.static_range(32):
         o = tl.where(i == n, ORDER[n], o)
     vp = tl.gather(v, o[None, :] + ch[:, None] * 0, axis=1)  # the pair order (from registers: no second gather)
-    inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # exactly 2**-k
+    e = i * 0  # each position's code bit in its half (`pair_exponents`)
+    for n in tl.static_range(32):
+        e = tl.where(i == n, EXPS[n], e)
+    inv = ((127 + 24 - e[None, :] - k[:, None]) << 23).to(tl.float32, bitcast=True)  # exactly 2**(24 - e - k)
     dst = ((t[:, None] * 16 + i[None, :] // 2) * NCH + j[:, None]) * 2 + i[None, :] % 2
-    tl.store(xp_ptr + dst, (vp * inv[:, None]).to(tl.float16))
+    tl.store(xp_ptr + dst, (vp * inv).to(tl.float16))
 
 
 @triton.jit
@@ -262,7 +269,7 @@ def _gemv_pairs_kernel(
     xp_ptr, sc_ptr, xs_ptr, xo_ptr, y_ptr, ws_ptr, cnt_ptr,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, sst32_ptr, zst32_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
     bases_ptr, bias_ptr,
-    OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, ZERO, ONE, N_PAD, stride_yb, M,
+    OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, ONE, N_PAD, stride_yb, M,
     WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_BASE: tl.constexpr, PLAN: tl.constexpr, TYPES: tl.constexpr,
     BR: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, SPLIT: tl.constexpr,
@@ -270,18 +277,19 @@ def _gemv_pairs_kernel(
 ):
     """gemv_pairs: see the module docstring. xp_ptr: the int32 view of the x kernel's fp16 pairs (16 per chunk);
     xo_ptr: x in the permuted order (the outliers' x at their column, `_row_outliers`); PLAN / TYPES:
-    `pair_plan(WB, GROUP)`; ZERO (0) and ONE (FLOAT_ONE_BITS) are runtime values, so that the compiler keeps the
-    or-ed constants in registers and each mask-and-or is ONE LOP3; the rest as `spqr_matmul._gemv_seg_kernel` with
+    `pair_plan(WB, GROUP)` (its magic exponents are dot_pairs': the codes here stay subnormal); ONE
+    (FLOAT_ONE_BITS) is a runtime value, so that the compiler keeps the or-ed constant of the statistic decode in a
+    register (`_pair_stat`: ONE LOP3 per mask-and-or); the rest as `spqr_matmul._gemv_seg_kernel` with
     rows in thread (the tile [NCH, BR] or [BR, NCH]: RT, `spqr_matmul.chunk_major_tile`). Outliers: one step of NCH
     per row (`_row_outliers`) per tile while any are left, the rest after the loop; with SPLIT each program takes a
     share of the steps.
     (Loading each tile's words and statistic windows one tile ahead was slower on every shape measured: 128
     registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008.)
     BB = 2: two rows of x (M of them exist; each x kernel output holds row 1 N_PAD chunks after row 0): each pair of
-    codes is decoded once (`_pair_sub`) and multiplied into a pair accumulator per row (`_pair_mac`): 6.5 instead of
-    5.2 instructions per weight offline for twice the rows; H200, 2026-11-26 (kernel_speed_pairs_b1_b2_h200.json):
-    11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 us at two rows of fp16 x against 13.5 / 25.9 / 28.4 / 35.0 / 96.3 /
-    106.4 for gemv_seg (1.18x-1.23x) and 13.8 / 28.7 / 28.6 / 38.9 / 108.9 / 114.4 for fp16 cuBLAS (1.21x-1.38x)."""
+    codes is masked out once and multiplied into a pair accumulator per row (`_pair_mac`); H200, 2026-11-26, before
+    the subnormal decode (kernel_speed_pairs_b1_b2_h200.json): 11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 us at two
+    rows of fp16 x against 13.5 / 25.9 / 28.4 / 35.0 / 96.3 / 106.4 for gemv_seg (1.18x-1.23x) and 13.8 / 28.7 /
+    28.6 / 38.9 / 108.9 / 114.4 for fp16 cuBLAS (1.21x-1.38x)."""
     rb, rows0, rows, rmask = sm._row_block(OUT, BR)
     jj = tl.arange(0, NCH)
     n_words = N_CHUNKS * WB
@@ -326,8 +334,7 @@ def _gemv_pairs_kernel(
         xsq = xs_ptr + t * NSEG + sm._cv(jj, RT)
         for n in tl.static_range(16):
             E = PLAN[n]
-            v = (_window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]) | (ZERO + E[4])
-            q = _pair_sub(v, zero2 + E[4], ASM)  # (once for both rows of x)
+            q = _window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]  # the subnormal pair (q_a, q_b) 2**(e - 24)
             a = _pair_mac(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), q, tl.load(xq + n * NCH) + zero2, ASM)
             if BB == 2:
                 e = _pair_mac(_pick(E[5], e0, e1, e2, e3, e4, e5, e5, e5), q,
@@ -396,8 +403,14 @@ def gather_x_pairs(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int,
     _gather_x_pairs_kernel[(n_chunks_pad // cb, M)](
         x, x.stride(0), xp, sc, xs, xo, perm, zero if zero is not None else perm, x.shape[-1],
         0 if zero is None else zero.numel(), n_chunks_pad,
-        ORDER=pair_order(wbits, group), SEG=seg, NCH=nch, CB=cb, LIMIT=SCALE_LIMIT_LOG2, PDL=pdl, num_warps=2)
+        ORDER=pair_order(wbits, group), SEG=seg, NCH=nch, CB=cb, PDL=pdl, EXPS=pair_exponents(wbits, group),
+        KOFF=_k_offset(wbits, group), KMIN=X_SCALE_K_MIN, KMAX=X_SCALE_K_MAX, num_warps=2)
     return xp, sc, xs, xo
+
+
+def _k_offset(wbits: int, group: int) -> int:
+    """A chunk's k - floor(log2 max |x|): X_SCALE_HEADROOM minus the layout's smallest code bit."""
+    return X_SCALE_HEADROOM - min(pair_exponents(wbits, group))
 
 
 def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int):
@@ -406,16 +419,19 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
 
     if x.shape[0] > 1:
         return tuple(torch.cat(parts) for parts in zip(*(pairs_x_reference(x[b:b + 1], perm, wbits, group, nch,
-                                                                            n_chunks_pad) for b in range(x.shape[0]))))
+                                                                            n_chunks_pad)
+                                                          for b in range(x.shape[0]))))
     n_in = x.shape[-1]
     xv = torch.zeros(n_chunks_pad * 32, dtype=torch.float32, device=x.device)
     xv[:n_in] = x.reshape(-1).float()[perm.to(torch.int64) & 0xFFFF]
     xv = xv.view(n_chunks_pad, 32)
     amax = xv.abs().amax(1)
-    k = torch.clamp(torch.floor(torch.log2(amax.clamp_min(2.0 ** -126))) - SCALE_LIMIT_LOG2, min=0)
+    f = torch.floor(torch.log2(amax.clamp_min(2.0 ** -126)))
+    k = torch.clamp(f + _k_offset(wbits, group), X_SCALE_K_MIN, X_SCALE_K_MAX)
+    shift = 24 - torch.tensor(pair_exponents(wbits, group), device=x.device)[None, :] - k[:, None]
     seg = sm._segment(group)
     order = torch.tensor(pair_order(wbits, group), device=x.device)
-    xp = torch.ldexp(xv[:, order], -k[:, None]).to(torch.float16)  # [chunks, 32]
+    xp = torch.ldexp(xv[:, order], shift.float()).to(torch.float16)  # [chunks, 32]
     xp = xp.view(-1, nch, 16, 2).transpose(1, 2).reshape(-1)
     xs = xv.view(-1, nch, 32 // seg, seg).sum(3).transpose(1, 2).reshape(1, -1)
     return xp.view(1, -1), torch.exp2(k).view(1, -1), xs, xv.reshape(1, -1)
@@ -437,14 +453,16 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
         raise ValueError(f"gemv_pairs takes 1..{PAIRS_MAX_ROWS} rows of fp16 / bf16 x and a layout with a pair "
                          f"schedule; got {M} rows of {x.dtype}, wbits {wbits}, group {group}")
     n_chunks, n_groups, n_sw, n_zw = sm._layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
-    # Tiles (benchmarks/kernel_speed.py --tune, H200, 2026-11-26, spqr-w3, tune_pairs4/5_b1_h200.json, before the
-    # register cap): 2 rows x 64 chunks, 2 warps below 2**27 weights (9.2 us at 4096^2, 4 x 64 / 2 warps 9.3, 4 x 32
-    # / 1 warp 11.0; 17.8 at 11008x4096), 4 x 32 with ONE warp from 2**27 weights on (60.6 us at 28672x8192; 2 x 64
-    # / 2 warps 62.0; 4 x 64 / 2 warps 58.9 in one run, 68.8 in another).
-    big = n_in * out_features >= 2 ** 27
-    BR = block_rows or (4 if big else 2)
-    NCH = chunks or (32 if big else 64)
-    num_warps = num_warps or (1 if big else 2)
+    # Tiles (benchmarks/kernel_ab.py, H200, 2026-11-26, spqr-w3, subnormal decode, 3 interleaved rounds,
+    # ab_subnormal_tiles_b1_h200.json): 4 rows x 64 chunks, 2 warps from 8192 rows on (2048+ row blocks fill the
+    # GPU): 17.3 / 24.8 / 50.8 / 54.4 us at 12288x4096 / 22016x4096 / 28672x8192 / 8192x28672 against 18.7 / 29.5 /
+    # 53.2 / 54.6 with the earlier 4 x 32, 1 warp (from 2**27 weights) / 2 x 64, 2 warps; below 8192 rows 2 x 64, 2
+    # warps (9.2 at 4096^2 against 9.9 for 4 x 64; 4 x 128 / 4 warps 9.1 / 16.6 at 4096^2 / 4096x11008 against
+    # 9.2 / 17.5, within the rounds' spread at 4096^2).
+    wide = out_features >= 8192
+    BR = block_rows or (4 if wide else 2)
+    NCH = chunks or 64
+    num_warps = num_warps or 2
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     n_rb = triton.cdiv(out_features, BR)
     pdl = sm._has_pdl(x.device) if pdl is None else pdl and sm._has_pdl(x.device)
@@ -459,7 +477,7 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
         xp.view(torch.int32), sc, xs, xo, y, ws if ws is not None else sc, cnt if cnt is not None else perm,
         codes, sp, ssp, zp, zsp, sm._int32_pairs(ssp, scale_bits), sm._int32_pairs(zsp, zero_bits), row_ptr, cols,
         vals, perm, bases if bases is not None else vals, bias if bias is not None else x,
-        out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, 0, sm.FLOAT_ONE_BITS, n_pad, y.stride(0), M,
+        out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, sm.FLOAT_ONE_BITS, n_pad, y.stride(0), M,
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None, HAS_BASE=bases is not None,
         PLAN=plan, TYPES=types, BR=BR, NCH=NCH, SEG=sm._segment(group), SPLIT=split > 1,
         SHARED2=beta2 > 0 and beta2 % BR == 0, ASM=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl,

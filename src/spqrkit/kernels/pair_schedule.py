@@ -108,6 +108,15 @@ def pair_plan(wbits: int, group: int):
 
 
 @functools.cache
+def pair_exponents(wbits: int, group: int) -> tuple[int, ...]:
+    """The bit e of each code of `pair_order` inside its half's mantissa (0..10 - wbits). Masked out of its window
+    alone (exponent field 0), a code is the subnormal half q 2**(e - 24), exactly: the subnormal decode of
+    `gemv_pairs` multiplies it by x 2**(24 - e - k) and needs no subtraction."""
+    key = schedule_group(group)
+    return tuple(e for start, a, b in SCHEDULES[(wbits, key)] for e in (wbits * a - start, wbits * b - start - 16))
+
+
+@functools.cache
 def pair_order(wbits: int, group: int) -> tuple[int, ...]:
     """The 32 code positions of a chunk in the order the kernel reads x: a_0, b_0, a_1, b_1, ... (x of pair p is
     the fp16 pair at 2p, 2p + 1, little-endian: a_p in the low half)."""
