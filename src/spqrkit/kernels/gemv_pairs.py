@@ -284,7 +284,10 @@ def _gemv_pairs_kernel(
     per row (`_row_outliers`) per tile while any are left, the rest after the loop; with SPLIT each program takes a
     share of the steps.
     (Loading each tile's words and statistic windows one tile ahead was slower on every shape measured: 128
-    registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008.)
+    registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008; again with the
+    subnormal decode at 64 / 80 / 96 registers, 0.74x-1.00x at one row of x and 0.70x-0.96x at two,
+    ab_gemv_pairs_prefetch_caps_b1_h200.json, ab_gemv_pairs_prefetch_b2_h200.json, where caps of 56 / 72 / 80
+    registers instead of 64 gave 0.78x-1.03x.)
     BB = 2: two rows of x (M of them exist; each x kernel output holds row 1 N_PAD chunks after row 0): each pair of
     codes is masked out once and multiplied into a pair accumulator per row (`_pair_mac`); H200, 2026-11-26, before
     the subnormal decode (kernel_speed_pairs_b1_b2_h200.json): 11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 us at two
