@@ -134,6 +134,10 @@ def test_gemv_pairs_outlier_extremes(outlier_share, dense_rows, empty_rows):
                    empty_rows=empty_rows, bias=False)
     x = torch.randn(2, 128, device=DEVICE).half()
     _check(layer, x, MATMULS["gemv_pairs"](layer, x))
+    for late in (True, False):  # (the first outlier step inside the loop, or loaded before it and added after)
+        y = gemv_pairs.gemv_pairs(x[:1], *layer.kernel_tensors(), None, 48, *layer.kernel_layout(), chunks=2,
+                                  outliers_late=late)
+        _check(layer, x[:1], y)
 
 
 @pytest.mark.parametrize("wbits", [2, 3, 4])
@@ -161,12 +165,14 @@ def test_gemv_pairs_tiles_and_split(wbits, beta1, beta2):
                  {"chunks": 4, "split": 100}, {"block_rows": 8, "chunks": 8, "num_warps": 4},
                  {"block_rows": 2, "chunks": 16, "bases": layer.outlier_bases()},
                  {"chunks": 4, "pdl": True}, {"chunks": 4, "split": 2, "rows_in_thread": True},
+                 {"chunks": 4, "split": 3, "outliers_late": True}, {"block_rows": 2, "outliers_late": False},
                  {"chunks": 4, "split": 2, "rows_in_thread": False}):  # both tile orientations (`chunk_major_tile`)
         _check(layer, x, gemv_pairs.gemv_pairs(*args, **opts))
     x2 = torch.randn(2, layer.in_features, device=DEVICE).half()  # two rows of x
     for opts in ({"chunks": 4, "split": 1}, {"chunks": 4, "split": 3, "bases": layer.outlier_bases()},
                  {"block_rows": 2, "chunks": 8, "num_warps": 2, "rows_in_thread": True},
-                 {"chunks": 4, "split": 2, "rows_in_thread": False, "max_registers": None}):
+                 {"chunks": 4, "split": 2, "rows_in_thread": False, "max_registers": None},
+                 {"chunks": 4, "split": 2, "outliers_late": True, "bases": layer.outlier_bases()}):
         _check(layer, x2, gemv_pairs.gemv_pairs(x2, *args[1:], **opts))
 
 

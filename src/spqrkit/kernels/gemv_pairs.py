@@ -274,6 +274,7 @@ def _gemv_pairs_kernel(
     HAS_BASE: tl.constexpr, PLAN: tl.constexpr, TYPES: tl.constexpr,
     BR: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, SPLIT: tl.constexpr,
     SHARED2: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr, RT: tl.constexpr, BB: tl.constexpr,
+    LATE: tl.constexpr,
 ):
     """gemv_pairs: see the module docstring. xp_ptr: the int32 view of the x kernel's fp16 pairs (16 per chunk);
     xo_ptr: x in the permuted order (the outliers' x at their column, `_row_outliers`); PLAN / TYPES:
@@ -282,7 +283,9 @@ def _gemv_pairs_kernel(
     register (`_pair_stat`: ONE LOP3 per mask-and-or); the rest as `spqr_matmul._gemv_seg_kernel` with
     rows in thread (the tile [NCH, BR] or [BR, NCH]: RT, `spqr_matmul.chunk_major_tile`). Outliers: one step of NCH
     per row (`_row_outliers`) per tile while any are left, the rest after the loop; with SPLIT each program takes a
-    share of the steps.
+    share of the steps. LATE: the first step's columns and value - base are loaded before the loop and its terms
+    added after it (its chain of dependent loads, row pointers -> outliers -> x at their columns, then overlaps the
+    tiles instead of delaying the first).
     (Loading each tile's words and statistic windows one tile ahead was slower on every shape measured: 128
     registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008; again with the
     subnormal decode at 64 / 80 / 96 registers, 0.74x-1.00x at one row of x and 0.70x-0.96x at two,
@@ -309,12 +312,19 @@ def _gemv_pairs_kernel(
     zero2 = tl.zeros(acc.shape, dtype=tl.int32)
     one = ONE.to(tl.uint32, bitcast=True)
     wp = codes_ptr + R * n_words + sm._cv(jj, RT) * WB
+    if LATE:  # the first outlier step's columns and value - base: loaded now, applied after the loop
+        k0 = lo + s0 * NCH + sm._cv(jj, RT)
+        km0 = RM & (k0 < hi) & (k0 * 0 + s0 < s_end)
+        col0, v0, base0 = sm._outlier_base_at(k0, km0, R, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr,
+                                              N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, WB,
+                                              GROUP, SB, ZB, HAS_BASE)
+        dv0 = v0 - base0
     for t in range(c_begin, c_end, NCH):
         ch, C, _m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = sm._tile_words(
             t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB, GROUP, NSEG, SB, ZB, not RT)
         if PDL:  # (the weight's loads above need nothing from the x kernel: in flight while it finishes)
             gdc_wait()
-        if s0 < s_end:  # one step of outliers per tile, while any are left
+        if not LATE and s0 < s_end:  # one step of outliers per tile, while any are left
             acc, acc1 = _row_outliers(acc, acc1, s0, lo, hi, R, RM, jj, xo_ptr, N_PAD * 32, codes_ptr, n_words, s_ptr,
                                       sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr,
                                       bases_ptr, NCH, WB, GROUP, SB, ZB, HAS_BASE, RT, BB)
@@ -360,6 +370,13 @@ def _gemv_pairs_kernel(
             if BB == 2:
                 fg = _pick(g, f0, f1, f2, f3, f3, f3, f3, f3)
                 acc1 += s * (sc1 * fg - z * tl.load(xsq + N_PAD * NSEG + g * NCH))
+    if LATE:
+        if PDL:
+            gdc_wait()
+        acc += dv0 * tl.load(xo_ptr + col0, mask=km0, other=0.0)
+        if BB == 2:
+            acc1 += dv0 * tl.load(xo_ptr + N_PAD * 32 + col0, mask=km0, other=0.0)
+        s0 += 1
     while s0 < s_end:
         acc, acc1 = _row_outliers(acc, acc1, s0, lo, hi, R, RM, jj, xo_ptr, N_PAD * 32, codes_ptr, n_words, s_ptr,
                                   sst_ptr, z_ptr, zst_ptr, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr,
@@ -442,7 +459,8 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
 
 def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None,
-               num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None, rows_in_thread=None):
+               num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None, rows_in_thread=None,
+               outliers_late=None):
     """y [M, out] = x [M, in] W^T (+ bias) for one or two rows of fp16 or bf16 x (`supports`), two kernels (module
     docstring); y in x's dtype.
     Options as `spqr_matmul.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
@@ -466,6 +484,11 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     BR = block_rows or (4 if wide else 2)
     NCH = chunks or 64
     num_warps = num_warps or 2
+    # The first outlier step's loads before the loop, its terms after it (`LATE`), at one row of x in 2-row blocks
+    # (H200, 2026-11-26, 4 interleaved rounds, ab_gemv_pairs_outliers_late_b1/b2_h200.json): 8.5 / 17.3 against
+    # 9.3 / 17.7 us at 4096^2 / 4096x11008; in 4-row blocks (8192+ rows) 0.86x-0.94x, at two rows of x 0.84x-1.00x.
+    if outliers_late is None:
+        outliers_late = M == 1 and BR == 2
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     n_rb = triton.cdiv(out_features, BR)
     pdl = sm._has_pdl(x.device) if pdl is None else pdl and sm._has_pdl(x.device)
@@ -484,7 +507,7 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None, HAS_BASE=bases is not None,
         PLAN=plan, TYPES=types, BR=BR, NCH=NCH, SEG=sm._segment(group), SPLIT=split > 1,
         SHARED2=beta2 > 0 and beta2 % BR == 0, ASM=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl,
-        RT=sm.chunk_major_tile() if rows_in_thread is None else rows_in_thread, BB=M,
+        RT=sm.chunk_major_tile() if rows_in_thread is None else rows_in_thread, BB=M, LATE=outliers_late,
         num_warps=num_warps, num_stages=1, **({"launch_pdl": True} if pdl else {}),
         **({"maxnreg": max_registers} if max_registers else {}),
     )
