@@ -31,7 +31,7 @@ GRAPH_MAX_ROWS = 32  # rows of x (batch x tokens) up to which eager calls are ca
 EAGER_GRAPHS_ENV = "SPQRKIT_EAGER_GRAPHS"  # "0": never capture
 _SEEN, _FAILED = 1, -1  # cache states of a key before (or instead of) a graph
 
-_pools: dict = {}  # device index -> the torch.cuda.MemPool every layer's graphs on that device share
+_pools: dict = {}  # device index -> (the torch.cuda.MemPool every layer's graphs there share, its anchor graph)
 
 
 @dataclass
@@ -84,13 +84,33 @@ def _forget_stale(cache: dict, buffers: tuple) -> None:
 
 
 def _pool(device: torch.device):
-    """The shared pool's id. A MemPool object, kept here, holds the pool itself: a pool known only by a handle is
-    released when its last graph is freed, and capturing into its handle again then fails inside the allocator."""
+    """The shared pool's id. A MemPool object, kept here, holds the device allocator's pool: a pool known only by a
+    handle is released when its last graph is freed, and capturing into its handle again then fails inside the
+    allocator. torch's pinned-host allocator keeps a pool of the same id, held only by graphs (torch 2.11): a kept
+    one-op anchor graph holds that one (without it, dropping a device's last graph and capturing again failed an
+    internal assert in CachingHostAllocator and left the CUDA generator mid-capture: H200, 2026-11-26)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _pools:
         with torch.cuda.device(index):
-            _pools[index] = torch.cuda.MemPool()
-    return _pools[index].id
+            pool = torch.cuda.MemPool()
+            _pools[index] = (pool, _anchor(pool.id, torch.device("cuda", index)))
+    return _pools[index][0].id
+
+
+def _anchor(pool_id, device: torch.device) -> tuple:
+    """(graph, its tensor): one tiny op captured into the pool, never replayed, kept for the process."""
+    t = torch.zeros(1, device=device)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        graph.capture_begin(pool=pool_id)
+        try:
+            t.add_(1)
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return graph, t
 
 
 def _capture(x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> _Graph:
