@@ -18,8 +18,9 @@ chunk's scale where a sum is subnormal) inside a group; the group sums are added
 order of the output's own fp16 rounding (tests/test_gemv_pairs.py bounds it as tests/test_kernels_matmul.py bounds
 the other kernels). (The first version decoded a code as the normal half 2**(10 - e) + q and subtracted the power
 of two with one `sub.f16x2` per pair, x' = x 2**-k scaled only past |x| >= 256: 5.1 against 4.1 instructions per
-weight offline, and 0.9x-1.0x the subnormal decode's speed at one row of x, 0.88x-0.95x at two, H200, 2026-11-26,
-ab_subnormal_b1_h200.json, ab_subnormal_b2_h200.json.)
+weight offline; in one interleaved A/B it ran at 0.88x-1.05x the subnormal decode's speed at one row of x (faster
+only at 4096^2, by 4%; 0.88x at 8192x28672) and 0.89x-0.95x at two, H200, 2026-11-26, ab_subnormal_b1_h200.json,
+ab_subnormal_b2_h200.json.)
 
 Two kernels: `_gather_x_pairs_kernel` writes x'' in the pair order (`pair_order`) as fp16, the chunk scales 2**k,
 the group sums X and x in the permuted order, and zeroes the split-K sums; `_gemv_pairs_kernel` then runs
@@ -29,17 +30,20 @@ programmatic dependent of the x kernel where supported) with this arithmetic. Ou
 tile: element (j, r) adds (value - base) x of outlier j of row r's current step (`_row_outliers`), so no
 [rows, outliers] mask is needed (that cost 96 of 605 instructions per tile).
 
-Measured (benchmarks/kernel_speed.py, H200, 2026-11-26, spqr-w3, 1% outliers; kernel_speed_pairs_b1_h200.json):
-9.2 / 17.4 / 19.0 / 22.5 / 61.4 / 72.8 us on the six LLaMA-2 shapes against 10.5 / 21.0 / 21.2 / 29.4 / 76.3 /
-84.5 for gemv_seg and 14.3 / 25.7 / 28.8 / 40.6 / 126.4 / 133.8 for fp16 cuBLAS, in the same run; offline sm_90a
-SASS 4.7 instructions per weight (benchmarks/sass_report.py), Nsight Compute at 28672x8192 4.6 per weight issued,
-47% of DRAM bandwidth, waiting on global loads (long scoreboard 2.96 cycles per issue) at 27% occupancy (96
-registers); hence the cap of MAX_REGISTERS = 64 (5.2 instructions per weight, but more programs per SM: 2-5%
-faster). Under Triton's interpreter (no inline PTX) the fp16-pair instructions are emulated with the same
-roundings (`ASM` off); compiled, they are inline PTX. The tile is [NCH, BR] under Triton <= 3.6 and [BR, NCH] from
-3.7 on (`spqr_matmul.chunk_major_tile`): each version gives the words and the x pairs ONE layout (a thread: one chunk
-of BR rows) in that orientation only, and converts between two through shared memory in the other (23 barriers per
-loop offline under either); timed on the GPU with 3.6 only.
+Measured (benchmarks/kernel_speed.py, H200, 2026-11-26, spqr-w3, 1% outliers; kernel_speed_subnormal_h200.json,
+the subnormal decode and today's tiles): 8.5 / 16.5 / 16.8 / 20.0 / 54.0 / 57.6 us on the six LLaMA-2 shapes against
+14.7 / 26.2 / 28.8 / 40.5 / 133.3 / 133.0 for fp16 cuBLAS in the same run (23-51% of the copy rate); the first
+version (magic decode; kernel_speed_pairs_b1_h200.json, another run) 9.2 / 17.4 / 19.0 / 22.5 / 61.4 / 72.8. Offline
+sm_90a SASS 4.1 instructions per weight in the main loop (benchmarks/sass_report.py; 4.7 then). Nsight Compute at
+28672x8192 (ncu_h200/ncu_pairs_subnormal_b1_28672x8192.txt): 4.4 instructions per weight issued, 52% of DRAM
+bandwidth, an instruction issued in 66% of cycles, long-scoreboard waits 4.9 of 11.3 cycles between issues at 45%
+occupancy (64 registers); the first version, at 96 registers, had 27% occupancy (2.96 of 7.06 cycles waiting on
+global loads, 47% of DRAM bandwidth), hence the cap of MAX_REGISTERS = 64 (then 5.2 instructions per weight, but
+more programs per SM: 2-5% faster). Under Triton's interpreter (no inline PTX) the fp16-pair instructions are
+emulated with the same roundings (`ASM` off); compiled, they are inline PTX. The tile is [NCH, BR] under Triton
+<= 3.6 and [BR, NCH] from 3.7 on (`spqr_matmul.chunk_major_tile`): each version gives the words and the x pairs
+ONE layout (a thread: one chunk of BR rows) in that orientation only, and converts between two through shared
+memory in the other (23 barriers per loop offline under either); timed on the GPU with 3.6 only.
 """
 from __future__ import annotations
 

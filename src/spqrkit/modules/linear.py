@@ -286,7 +286,8 @@ MATMULS: dict[str, Matmul] = {
 # 4096^2, 278.4 against 584.3 at 8192x28672). Past 64 rows (prefill; not measured beyond) dequantize + cuBLAS, which
 # costs the same at any batch. At one row of fp16 or bf16 x gemv_pairs (packed fp16 pairs, kernels/gemv_pairs.py) is
 # faster still: 8.7 / 17.0 / 17.4 / 22.2 / 59.0 / 64.5 us on the six shapes against 10.1 / 20.6 / 20.8 / 29.1 / 75.7 /
-# 83.5 for gemv_seg in the same run (fp16 x, kernel_speed_pairs_final_h200.json; bf16: 1.18x-1.31x too), and at two
+# 83.5 for gemv_seg in the same run (fp16 x, kernel_speed_pairs_final_h200.json; bf16: 1.18x-1.31x too; with stop
+# 17's subnormal decode 8.5 / 16.5 / 16.8 / 20.0 / 54.0 / 57.6, kernel_speed_subnormal_h200.json), and at two
 # rows (one launch: each code pair decoded once for both) 11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 against 13.5 / 25.9 /
 # 28.4 / 35.0 / 96.3 / 106.4 (kernel_speed_pairs_b1_b2_h200.json; bf16 at two rows tested, not timed). From 3 rows of
 # fp16 x dot_pairs (dot with its operand decoded in fp16 pairs, kernels/dot_pairs.py) replaces dot up to 32 rows:
