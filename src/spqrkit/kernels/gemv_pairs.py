@@ -483,7 +483,9 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     # GPU): 17.3 / 24.8 / 50.8 / 54.4 us at 12288x4096 / 22016x4096 / 28672x8192 / 8192x28672 against 18.7 / 29.5 /
     # 53.2 / 54.6 with the earlier 4 x 32, 1 warp (from 2**27 weights) / 2 x 64, 2 warps; below 8192 rows 2 x 64, 2
     # warps (9.2 at 4096^2 against 9.9 for 4 x 64; 4 x 128 / 4 warps 9.1 / 16.6 at 4096^2 / 4096x11008 against
-    # 9.2 / 17.5, within the rounds' spread at 4096^2).
+    # 9.2 / 17.5, within the rounds' spread at 4096^2). A second sweep (ab_gemv_pairs_tiles2_b1_h200.json, 4 rounds
+    # at 4096^2 / 4096x11008 / 8192^2 / 12288x4096) kept these: 1-row blocks 0.68x-0.81x, 2 / 4 x 128 with 4 warps
+    # 0.84x-1.01x, 2 x 32 with 1 warp 0.82x-0.97x, 4 x 64 at 56 registers 0.86x-0.97x.
     wide = out_features >= 8192
     BR = block_rows or (4 if wide else 2)
     NCH = chunks or 64
