@@ -164,8 +164,7 @@ def test_gemv_pairs_tiles_and_split(wbits, beta1, beta2):
     for opts in ({"chunks": 4, "split": 1}, {"chunks": 4, "split": 2}, {"chunks": 4, "split": 3},
                  {"chunks": 4, "split": 100}, {"block_rows": 8, "chunks": 8, "num_warps": 4},
                  {"block_rows": 2, "chunks": 16, "bases": layer.outlier_bases()},
-                 {"chunks": 4, "pdl": True}, {"chunks": 4, "pdl": True, "x_pdl": False},
-                 {"chunks": 4, "split": 2, "rows_in_thread": True},
+                 {"chunks": 4, "pdl": True}, {"chunks": 4, "split": 2, "rows_in_thread": True},
                  {"chunks": 4, "split": 3, "outliers_late": True}, {"block_rows": 2, "outliers_late": False},
                  {"chunks": 4, "split": 2, "rows_in_thread": False}):  # both tile orientations (`chunk_major_tile`)
         _check(layer, x, gemv_pairs.gemv_pairs(*args, **opts))

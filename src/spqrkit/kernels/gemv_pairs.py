@@ -220,7 +220,7 @@ def _row_outliers(acc, acc1, step, lo, hi, R, RM, jj, xo_ptr, XO_ROW, codes_ptr,
 def _gather_x_pairs_kernel(x_ptr, stride_xb, xp_ptr, sc_ptr, xs_ptr, xo_ptr, perm_ptr, zero_ptr, IN, N_ZERO, N_PAD,
                            ORDER: tl.constexpr, SEG: tl.constexpr, NCH: tl.constexpr, CB: tl.constexpr,
                            PDL: tl.constexpr, EXPS: tl.constexpr, KOFF: tl.constexpr, KMIN: tl.constexpr,
-                           KMAX: tl.constexpr, WAIT: tl.constexpr):
+                           KMAX: tl.constexpr):
     """One program per CB chunks, x in the main kernel's tiles of NCH chunks, pair-major inside a tile (pair p of
     the tile's chunks contiguous, so that the main kernel's loads of one pair are coalesced): for chunk
     c = t NCH + j, xp[((t 16 + p) NCH + j) 2 + h] = x''[perm[32 c + ORDER[2 p + h]]] in fp16 (x'' = x 2**(24 - e
@@ -229,12 +229,13 @@ def _gather_x_pairs_kernel(x_ptr, stride_xb, xp_ptr, sc_ptr, xs_ptr, xo_ptr, per
     NCH + j] = the sum of x (fp32, unscaled) over codes g SEG .. g SEG + SEG - 1 of the chunk, and xo[32 c + i] =
     x[perm[32 c + i]] (fp32: the outliers' x at their column, without a lookup of perm). Also zeroes the N_ZERO
     int32 words at zero_ptr (split K's sums and counters). Row b = program_id(1) of x goes to each output's b-th row
-    of N_PAD chunks. PDL: let the main kernel launch at once. WAIT: launched as a programmatic dependent of the
-    kernel before it (the producer of x): nothing is read or written before that one has completed."""
+    of N_PAD chunks. PDL: let the main kernel launch at once (its loads of the weights before its `gdc_wait` are
+    safe because this kernel starts after the one before it completes: tried and not kept, this kernel launched as
+    a programmatic dependent of that one too, waiting for it first: 1.01x-1.08x per call back to back and within
+    noise end to end, H200, 2026-11-26, ab_gemv_pairs_x_pdl_b1_h200.json, x_pdl_on/off_*_h200.json; as measured it
+    let the main kernel launch before that wait, and so read weights a preceding kernel might still be writing)."""
     if PDL:
         gdc_launch_dependents()
-    if WAIT:
-        gdc_wait()
     pid = tl.program_id(0)
     b = tl.program_id(1)
     _zero_share(zero_ptr, N_ZERO, b * tl.num_programs(0) + pid, tl.num_programs(0) * tl.num_programs(1))
@@ -412,8 +413,7 @@ def supports(x_dtype, wbits: int, group: int) -> bool:
     return x_dtype in (torch.float16, torch.bfloat16) and pair_plan(wbits, group) is not None
 
 
-def gather_x_pairs(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int, *, zero=None, pdl: bool = False,
-                   wait: bool = False):
+def gather_x_pairs(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int, *, zero=None, pdl: bool = False):
     """x [M, in] fp16 / bf16 -> (xp, sc, xs, xo), one kernel (`_gather_x_pairs_kernel`), one row per row of x: xp
     fp16 [M, n_chunks_pad * 32], x in the pair order in tiles of `nch` chunks, pair-major; sc fp32 [M,
     n_chunks_pad], each chunk's 2**k; xs fp32 [M, n_chunks_pad * 32 / segment], the group sums, group-major in each
@@ -432,8 +432,7 @@ def gather_x_pairs(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int,
         x, x.stride(0), xp, sc, xs, xo, perm, zero if zero is not None else perm, x.shape[-1],
         0 if zero is None else zero.numel(), n_chunks_pad,
         ORDER=pair_order(wbits, group), SEG=seg, NCH=nch, CB=cb, PDL=pdl, EXPS=pair_exponents(wbits, group),
-        KOFF=_k_offset(wbits, group), KMIN=X_SCALE_K_MIN, KMAX=X_SCALE_K_MAX, WAIT=wait, num_warps=2,
-        **({"launch_pdl": True} if wait else {}))
+        KOFF=_k_offset(wbits, group), KMIN=X_SCALE_K_MIN, KMAX=X_SCALE_K_MAX, num_warps=2)
     return xp, sc, xs, xo
 
 
@@ -469,18 +468,13 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
 def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None,
                num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None, rows_in_thread=None,
-               outliers_late=None, x_pdl=True):
+               outliers_late=None):
     """y [M, out] = x [M, in] W^T (+ bias) for one or two rows of fp16 or bf16 x (`supports`), two kernels (module
     docstring); y in x's dtype.
     Options as `spqr_matmul.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
     chunks; pdl: None = where supported); `max_registers`: a cap on registers per thread (ptxas; None: none);
     `rows_in_thread`: the tile orientation, [NCH, BR] (True) or [BR, NCH] (None: `spqr_matmul.chunk_major_tile`,
-    the one in which the installed Triton gives each thread one chunk of every row of its block); `outliers_late`
-    (None: at one row of x in 2-row blocks) the `LATE` outlier step; `x_pdl` (with `pdl`): the x kernel itself
-    launched as a programmatic dependent of whatever kernel precedes it, waiting for it before any access, so that
-    only its launch overlaps that kernel's end (H200, 2026-11-26, 4 interleaved rounds, one gemv_pairs call after
-    another: 1.01x-1.08x, ab_gemv_pairs_x_pdl_b1_h200.json; the 7B-shaped fused decode at batch 1 212.8 against
-    211.8 tokens/s with CUDA graphs, 351.4 against 348.1 compiled, one run each, x_pdl_on/off_*_h200.json)."""
+    the one in which the installed Triton gives each thread one chunk of every row of its block)."""
     import torch
 
     M, n_in = x.shape
@@ -511,7 +505,7 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     split, cps, ws, cnt, zero_buf = sm.split_plan(n_chunks, NCH, split, M * out_features, n_rb, x.device)
     n_pad = triton.cdiv(n_chunks, NCH) * NCH  # x's chunks, padded to whole programs of the x kernel
     n_pad = triton.cdiv(n_pad, 32) * 32 if n_pad > 32 else triton.next_power_of_2(n_pad)
-    xp, sc, xs, xo = gather_x_pairs(x, perm, wbits, group, NCH, n_pad, zero=zero_buf, pdl=pdl, wait=pdl and x_pdl)
+    xp, sc, xs, xo = gather_x_pairs(x, perm, wbits, group, NCH, n_pad, zero=zero_buf, pdl=pdl)
     plan, types = pair_plan(wbits, group)
     sp, ssp = sm._stat_ptrs(scale, scale_stats)
     zp, zsp = sm._stat_ptrs(zero, zero_stats)
