@@ -203,12 +203,29 @@ def _row_outliers(acc, acc1, step, lo, hi, R, RM, jj, xo_ptr, XO_ROW, codes_ptr,
     every outlier costs one slot of its own row, so a step covers NCH outliers of each row, with no row lookup and
     no cross-row mask ([rows, outliers] tiles cost BR times that); x is read at the outlier's permuted column (xo;
     row 1 of x XO_ROW further)."""
+    col, dv, km = _outlier_terms(step, lo, hi, R, RM, jj, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr,
+                                 N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH, WB, GROUP,
+                                 SB, ZB, HAS_BASE, RT)
+    return _add_outlier_terms(acc, acc1, col, dv, km, xo_ptr, XO_ROW, BB)
+
+
+@triton.jit
+def _outlier_terms(step, lo, hi, R, RM, jj, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
+                   N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH: tl.constexpr, WB: tl.constexpr,
+                   GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BASE: tl.constexpr,
+                   RT: tl.constexpr):
+    """(permuted column, value - base, mask) of outliers lo[r] + step NCH + j (< hi[r]), one per tile element."""
     k = lo + step * NCH + sm._cv(jj, RT)
     km = RM & (k < hi)
     col, v, base = sm._outlier_base_at(k, km, R, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
                                        N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, WB, GROUP, SB, ZB,
                                        HAS_BASE)
-    dv = v - base
+    return col, v - base, km
+
+
+@triton.jit
+def _add_outlier_terms(acc, acc1, col, dv, km, xo_ptr, XO_ROW, BB: tl.constexpr):
+    """(acc, acc1) + dv x at the outliers' columns (`_outlier_terms`; x of row 1 XO_ROW further, when BB == 2)."""
     acc += dv * tl.load(xo_ptr + col, mask=km, other=0.0)
     if BB == 2:
         acc1 += dv * tl.load(xo_ptr + XO_ROW + col, mask=km, other=0.0)
@@ -321,12 +338,10 @@ def _gemv_pairs_kernel(
     one = ONE.to(tl.uint32, bitcast=True)
     wp = codes_ptr + R * n_words + sm._cv(jj, RT) * WB
     if LATE:  # the first outlier step's columns and value - base: loaded now, applied after the loop
-        k0 = lo + s0 * NCH + sm._cv(jj, RT)
-        km0 = RM & (k0 < hi) & (k0 * 0 + s0 < s_end)
-        col0, v0, base0 = sm._outlier_base_at(k0, km0, R, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr,
-                                              N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, WB,
-                                              GROUP, SB, ZB, HAS_BASE)
-        dv0 = v0 - base0
+        col0, dv0, km0 = _outlier_terms(s0, lo, hi, R, RM, jj, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr,
+                                        N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH, WB,
+                                        GROUP, SB, ZB, HAS_BASE, RT)
+        km0 = km0 & (col0 * 0 + s0 < s_end)  # (a split program's share may hold no step)
     for t in range(c_begin, c_end, NCH):
         ch, C, _m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = sm._tile_words(
             t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB, GROUP, NSEG, SB, ZB, not RT)
@@ -381,9 +396,7 @@ def _gemv_pairs_kernel(
     if LATE:
         if PDL:
             gdc_wait()
-        acc += dv0 * tl.load(xo_ptr + col0, mask=km0, other=0.0)
-        if BB == 2:
-            acc1 += dv0 * tl.load(xo_ptr + N_PAD * 32 + col0, mask=km0, other=0.0)
+        acc, acc1 = _add_outlier_terms(acc, acc1, col0, dv0, km0, xo_ptr, N_PAD * 32, BB)
         s0 += 1
     while s0 < s_end:
         acc, acc1 = _row_outliers(acc, acc1, s0, lo, hi, R, RM, jj, xo_ptr, N_PAD * 32, codes_ptr, n_words, s_ptr,

@@ -100,30 +100,26 @@ def _pool(device: torch.device):
 def _anchor(pool_id, device: torch.device) -> tuple:
     """(graph, its tensor): one tiny op captured into the pool, never replayed, kept for the process."""
     t = torch.zeros(1, device=device)
+    return _captured(device, pool_id, t.add_, 1)[0], t
+
+
+def _capture(x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> _Graph:
+    static_x = x.clone()
+    graph, y = _captured(x.device, _pool(x.device), run, static_x)
+    return _Graph(graph, static_x, y)
+
+
+def _captured(device: torch.device, pool_id, fn: Callable, arg) -> tuple:
+    """(graph, fn(arg)): fn captured into a new CUDA graph allocating from pool `pool_id`, on a side stream that
+    follows (and is then followed by) the current one."""
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream(device=device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
         graph.capture_begin(pool=pool_id)
         try:
-            t.add_(1)
+            out = fn(arg)
         finally:
             graph.capture_end()
     torch.cuda.current_stream(device).wait_stream(stream)
-    return graph, t
-
-
-def _capture(x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> _Graph:
-    pool = _pool(x.device)
-    static_x = x.clone()
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream(device=x.device)
-    stream.wait_stream(torch.cuda.current_stream(x.device))
-    with torch.cuda.stream(stream):
-        graph.capture_begin(pool=pool)
-        try:
-            y = run(static_x)
-        finally:
-            graph.capture_end()
-    torch.cuda.current_stream(x.device).wait_stream(stream)
-    return _Graph(graph, static_x, y)
+    return graph, out

@@ -113,11 +113,12 @@ class SpQRLinear(nn.Module):
             b["outlier_row_ptr"], b["outlier_cols"], b["outlier_values"], b["perm"],
         )
 
-    def outlier_bases(self) -> torch.Tensor:
+    def outlier_bases(self, key: tuple | None = None) -> torch.Tensor:
         """fp32 [nnz]: the base weight at each outlier (`spqr_matmul.outlier_bases`), for the fused kernels' outlier
         steps. Computed on first use and kept, keyed by the buffers' identities and in-place versions (so a moved,
         reloaded or copied-into buffer recomputes it); under torch.compile the kept tensor is used as it is, or
-        computed inside the graph when there is none."""
+        computed inside the graph when there is none. `key`: `tensors_key(self.kernel_tensors()[:8])`, when the
+        caller has it already."""
         from ..kernels import ops
 
         tensors = self.kernel_tensors()[:8]
@@ -125,7 +126,7 @@ class SpQRLinear(nn.Module):
             if self._bases is not None:
                 return self._bases[1]
             return ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
-        key = tensors_key(tensors)
+        key = tensors_key(tensors) if key is None else key
         if self._bases is None or self._bases[0] != key:
             bases = ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
             self._bases = (key, bases)
@@ -209,19 +210,22 @@ def reference_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
     from ..kernels import ops  # (also registers torch.ops.spqrkit.*)
 
-    bases = layer.outlier_bases() if kernel in ("gemv_seg", "gemv_pairs", "dot", "dot_pairs") else None
+    takes_bases = kernel in ("gemv_seg", "gemv_pairs", "dot", "dot_pairs")
     tensors = layer.kernel_tensors()
     if not ops.eager(x):  # traced (torch.compile, export, fake tensors): the custom op
         return torch.ops.spqrkit.fused_matmul(x, *tensors, layer.bias, layer.out_features, *layer.kernel_layout(),
-                                              kernel, bases)
+                                              kernel, layer.outlier_bases() if takes_bases else None)
+    graphs = eager_graphs.wanted(x)
+    key = tensors_key(tensors[:8]) if graphs else None  # (once: the bases' key and the graphs')
+    bases = layer.outlier_bases(key) if takes_bases else None
 
     def run(x):  # the op's implementation directly: the custom op's dispatch costs the host 25-55 us a call
         return ops.fused_matmul_impl(x, *tensors, layer.bias, layer.out_features, *layer.kernel_layout(), kernel,
                                      bases)
 
-    if eager_graphs.wanted(x):  # small inputs: replayed from a CUDA graph of the call (eager_graphs)
-        return eager_graphs.call(layer.__dict__.setdefault("_graphs", {}), kernel,
-                                 tensors_key((*tensors, layer.bias, bases)), x, run)
+    if graphs:  # small inputs: replayed from a CUDA graph of the call (eager_graphs)
+        buffers = key + tensors_key((tensors[8], layer.bias, bases))
+        return eager_graphs.call(layer._graphs, kernel, buffers, x, run)
     return run(x)
 
 
