@@ -294,9 +294,9 @@ def _gemv_pairs_kernel(
     xp_ptr, sc_ptr, xs_ptr, xo_ptr, y_ptr, ws_ptr, cnt_ptr,
     codes_ptr, s_ptr, sst_ptr, z_ptr, zst_ptr, sst32_ptr, zst32_ptr, rowptr_ptr, cols_ptr, vals_ptr, perm_ptr,
     bases_ptr, bias_ptr,
-    OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, ONE, N_PAD, stride_yb, M,
-    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_BASE: tl.constexpr, PLAN: tl.constexpr, TYPES: tl.constexpr,
+    OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, CPS, ONE, N_PAD, stride_yb, M,
+    WB: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, BETA2: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_BASE: tl.constexpr, PLAN: tl.constexpr, TYPES: tl.constexpr,
     BR: tl.constexpr, NCH: tl.constexpr, SEG: tl.constexpr, SPLIT: tl.constexpr,
     SHARED2: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr, RT: tl.constexpr, BB: tl.constexpr,
     LATE: tl.constexpr,
@@ -315,7 +315,16 @@ def _gemv_pairs_kernel(
     registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008; again with the
     subnormal decode at 64 / 80 / 96 registers, 0.74x-1.00x at one row of x and 0.70x-0.96x at two,
     ab_gemv_pairs_prefetch_caps_b1_h200.json, ab_gemv_pairs_prefetch_b2_h200.json, where caps of 56 / 72 / 80
-    registers instead of 64 gave 0.78x-1.03x.)
+    registers instead of 64 gave 0.78x-1.03x.
+    Also tried and not kept, H200, 2026-11-27, 4 interleaved rounds on eight LLaMA-2 shapes at one and two rows of
+    x: the x pairs in chunk-major quads, read by four `ld.global.v4` per tile instead of 16 32-bit loads (offline
+    254 -> 243 main-loop instructions at BR 2): 0.95x-1.05x at one row, 0.94x-1.01x at two
+    (ab_gemv_pairs_x_vector_h200.json; with each thread's 64 bytes contiguous, i.e. uncoalesced, 0.94x-1.00x and
+    0.83x-0.87x, ab_gemv_pairs_x_vector_uncoalesced_h200.json); the words fetched into L2 ahead of their loads,
+    by one `cp.async.bulk.prefetch.L2` per row of the program's whole share at its start or by a `prefetch.global.L2`
+    per thread one or two tiles ahead: 0.85x-1.00x (ab_gemv_pairs_l2_prefetch_h200.json). Neither fewer load
+    instructions nor earlier DRAM requests made it faster, which fits the Nsight Compute picture in the module
+    docstring: neither issue (66%) nor DRAM (52%) is saturated at the occupancy that 64 registers allow.)
     BB = 2: two rows of x (M of them exist; each x kernel output holds row 1 N_PAD chunks after row 0): each pair of
     codes is masked out once and multiplied into a pair accumulator per row (`_pair_mac`); H200, 2026-11-26, before
     the subnormal decode (kernel_speed_pairs_b1_b2_h200.json): 11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 us at two
@@ -522,12 +531,18 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     plan, types = pair_plan(wbits, group)
     sp, ssp = sm._stat_ptrs(scale, scale_stats)
     zp, zsp = sm._stat_ptrs(zero, zero_stats)
+    # BETA2 is a compile-time constant (the row block's second-level block, rows0 // BETA2, is then a shift instead
+    # of a division: 16 instructions fewer per program): H200, 2026-11-27, two alternating runs of kernel_speed.py
+    # each (means): 8.4 / 16.3 / 17.0 / 20.2 / 54.2 / 60.3 / 17.1 / 24.9 us on 7B q/k/v/o, gate/up, down, 70B q/o,
+    # gate/up, down, 7B qkv, gate+up against 8.6 / 16.7 / 17.1 / 20.3 / 54.5 / 58.3 / 17.3 / 25.2 as a runtime argument
+    # (70B down slower by 3%, the rest 0-3% faster); end to end 212.1 / 212.4 against 211.3 / 211.7 tokens/s, within
+    # noise (before_after_beta2_*_h200.json).
     _gemv_pairs_kernel[(n_rb, split)](
         xp.view(torch.int32), sc, xs, xo, y, ws if ws is not None else sc, cnt if cnt is not None else perm,
         codes, sp, ssp, zp, zsp, sm._int32_pairs(ssp, scale_bits), sm._int32_pairs(zsp, zero_bits), row_ptr, cols,
         vals, perm, bases if bases is not None else vals, bias if bias is not None else x,
-        out_features, n_chunks, n_groups, n_sw, n_zw, max(beta2, 1), cps, sm.FLOAT_ONE_BITS, n_pad, y.stride(0), M,
-        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, HAS_BIAS=bias is not None, HAS_BASE=bases is not None,
+        out_features, n_chunks, n_groups, n_sw, n_zw, cps, sm.FLOAT_ONE_BITS, n_pad, y.stride(0), M,
+        WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BETA2=max(beta2, 1), HAS_BIAS=bias is not None, HAS_BASE=bases is not None,
         PLAN=plan, TYPES=types, BR=BR, NCH=NCH, SEG=sm._segment(group), SPLIT=split > 1,
         SHARED2=beta2 > 0 and beta2 % BR == 0, ASM=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl,
         RT=sm.chunk_major_tile() if rows_in_thread is None else rows_in_thread, BB=M, LATE=outliers_late,
