@@ -8,7 +8,7 @@ prompt is 71 such words. Each configuration generates `--new-tokens` tokens twic
 included) and the second, whose tokens/s is reported (random weights may emit the end-of-sequence id early: the
 token count is reported too).
 
-    python benchmarks/generate_text_speed.py [--layers 32] [--new-tokens 64] [--json out.json]      # GPU
+    python benchmarks/generate_text_speed.py [--layers 32] [--new-tokens 64] [--modes eager,compile] [--json out.json]
 """
 
 from __future__ import annotations
@@ -43,8 +43,12 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--preset", default="spqr-w3")
+    p.add_argument("--modes", default="eager,compile", help="comma-separated: eager, compile (static cache)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",")]
+    if not modes or any(m not in ("eager", "compile") for m in modes):
+        p.error(f"--modes takes eager and / or compile, got {args.modes!r}")
     if not torch.cuda.is_available():
         print("benchmarks/generate_text_speed.py needs a CUDA device", file=sys.stderr)
         return 2
@@ -68,7 +72,7 @@ def main(argv=None) -> int:
                 delattr(model.get_submodule(holder), attr)
             torch.cuda.empty_cache()
         fuse_projections(model)
-        for static in (False, True):
+        for static in [m == "compile" for m in modes]:
             torch._dynamo.reset()
             t = time.perf_counter()
             generate_text(model, tokenizer, prompt, max_new_tokens=args.new_tokens, chat=False, static_cache=static)

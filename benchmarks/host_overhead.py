@@ -24,7 +24,8 @@ import torch
 from spqrkit.config import get_preset
 from spqrkit.format.synthetic import random_quantized_weight
 from spqrkit.kernels import gemv_pairs, ops
-from spqrkit.modules.linear import SpQRLinear, choose_kernel
+from spqrkit.modules import eager_graphs
+from spqrkit.modules.linear import SpQRLinear, choose_kernel, select_matmul, tensors_key
 
 
 def per_call_us(fn, calls: int, rounds: int) -> float:
@@ -43,11 +44,28 @@ def per_call_us(fn, calls: int, rounds: int) -> float:
 
 
 def launch_paths(layer: SpQRLinear, dense: torch.nn.Linear, x: torch.Tensor, kernel: str) -> dict:
-    """name -> a call, from the whole layer down to the kernel's launcher (for the kernel the selector picks)."""
+    """name -> a call, from the whole layer down to the kernel's launcher (for the kernel the selector picks), and
+    the pieces of an eager call through its CUDA graph (`spqrkit.modules.eager_graphs`): the kernel's selection,
+    the buffers' key (`linear.tensors_key` of the packed tensors, bias and outlier bases), the replay alone (x
+    copied in, the graph replayed, its output copied out)."""
     n = layer.in_features
     bases = layer.outlier_bases()
     tensors = (*layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout())
     paths = {"fp16 nn.Linear": lambda: dense(x), "SpQRLinear": lambda: layer(x)}
+    if eager_graphs.wanted(x) and kernel != "dequantize":
+        packed = layer.kernel_tensors()
+        paths["  choose_kernel"] = lambda: select_matmul(layer, x)  # (the layer keeps its pick: _matmul)
+        paths["  its buffers' key"] = lambda: tensors_key(packed[:8]) + tensors_key((packed[8], layer.bias, bases))
+        impl = lambda v: ops.fused_matmul_impl(v, *tensors, kernel, bases)
+        impl(x)  # (compiles, and makes the constants a capture cannot copy from the host, as the layer's first call)
+        entry = eager_graphs._capture(x, impl)
+
+        def replay():
+            entry.x.copy_(x)
+            entry.graph.replay()
+            return entry.y.clone()
+
+        paths["  its graph replay"] = replay
     if kernel != "dequantize":
         paths["custom op dispatch"] = lambda: torch.ops.spqrkit.fused_matmul(x, *tensors, kernel, bases)
         paths["op implementation"] = lambda: ops.fused_matmul_impl(x, *tensors, kernel, bases)
@@ -80,7 +98,7 @@ def main(argv=None) -> int:
             for name, fn in launch_paths(layer, dense, x, kernel).items():
                 us = per_call_us(fn, args.calls, args.rounds)
                 rows_out.append({"rows": rows, "kernel": kernel, "path": name, "us_per_call": us})
-                print(f"{n}x{n} {rows:>4} rows ({kernel:<10}) {name:<22} {us:8.1f} us per call", flush=True)
+                print(f"{n}x{n} {rows:>4} rows ({kernel:<10}) {name:<24} {us:8.1f} us per call", flush=True)
     if args.json:
         args.json.write_text(json.dumps({
             "benchmark": "host_overhead", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,

@@ -61,6 +61,7 @@ class SpQRLinear(nn.Module):
             self.register_parameter("bias", None)
         self._bases: tuple[tuple, torch.Tensor] | None = None  # (key, tensor): see outlier_bases
         self._graphs: dict = {}  # eager calls' CUDA graphs (spqrkit.modules.eager_graphs)
+        self._choices: dict = {}  # (rows, dtype, device type, SPQRKIT_MATMUL) -> choose_kernel's pick: see _matmul
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> SpQRLinear:
@@ -121,6 +122,8 @@ class SpQRLinear(nn.Module):
         caller has it already."""
         from ..kernels import ops
 
+        if key is not None and self._bases is not None and self._bases[0] == key:  # (the eager hot path)
+            return self._bases[1]
         tensors = self.kernel_tensors()[:8]
         if torch.compiler.is_compiling():
             if self._bases is not None:
@@ -142,8 +145,15 @@ class SpQRLinear(nn.Module):
         return self._matmul(x)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """The hook the kernels use: the implementation `select_matmul` picks for this layer and input."""
-        return select_matmul(self, x)(self, x)
+        """The hook the kernels use: the implementation `select_matmul` picks for this layer and input. The pick
+        depends on the layer's layout (fixed), x's rows, dtype and device type and SPQRKIT_MATMUL only, so it is
+        kept per layer under those: an eager decode step asks again at every linear (choose_kernel's checks cost
+        the host about 7 us a call, benchmarks/host_overhead.py)."""
+        key = (x.numel() // max(x.shape[-1], 1), x.dtype, x.device.type, os.environ.get(MATMUL_ENV))
+        kernel = self._choices.get(key)
+        if kernel is None:
+            kernel = self._choices[key] = choose_kernel(self, x)
+        return MATMULS[kernel](self, x)
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) / .half() would cast the fp16 statistics and outlier values like weights (and to bf16,
@@ -170,10 +180,10 @@ class SpQRLinear(nn.Module):
 
 
 def tensors_key(tensors) -> tuple:
-    """Identity, address, device and in-place version of each tensor (None skipped): a key that changes when a
-    buffer is replaced, moved or written in place (inference tensors keep no version: theirs counts as 0)."""
-    return tuple((id(t), t.data_ptr(), 0 if t.is_inference() else t._version, t.device)
-                 for t in tensors if t is not None)
+    """Identity, address and in-place version of each tensor (None skipped): a key that changes when a buffer is
+    replaced, moved (a new tensor at a new address: device addresses are unique across devices) or written in place
+    (inference tensors keep no version: theirs counts as 0)."""
+    return tuple((id(t), t.data_ptr(), 0 if t.is_inference() else t._version) for t in tensors if t is not None)
 
 
 def dequantize_layers(model: nn.Module, dtype: torch.dtype | None = None) -> int:
