@@ -56,8 +56,9 @@ def kernels():
     plan, types = pair_plan(3, 16)
     return [
         ("gemv_pairs 1 row", gp._gemv_pairs_kernel,
-         {k: v for k, v in dict(SPQR_W3, BETA2=16, HAS_BASE=True, PLAN=plan, TYPES=types, BR=4, NCH=64, SEG=16, SPLIT=False,
-                                SHARED2=True, ASM=True, PDL=True, RT=m.chunk_major_tile(), BB=1, LATE=False).items()
+         {k: v for k, v in dict(SPQR_W3, BETA2=16, HAS_BASE=True, PLAN=plan, TYPES=types, BR=4, NCH=64, SEG=16,
+                                SPLIT=False, SHARED2=True, ASM=True, PDL=True, RT=m.chunk_major_tile(), BB=1,
+                                LATE=False).items()
           if k != "KO"}, 2, 4 * 64 * 32 // 64),
         ("gemv_seg 1 row", m._gemv_seg_kernel,
          dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=m.chunk_major_tile(), PREFETCH=False,

@@ -152,6 +152,8 @@ class SpQRLinear(nn.Module):
         key = (x.numel() // max(x.shape[-1], 1), x.dtype, x.device.type, os.environ.get(MATMUL_ENV))
         kernel = self._choices.get(key)
         if kernel is None:
+            if len(self._choices) >= 64:  # (prefill row counts vary with the prompt: keep the dict small)
+                self._choices.clear()
             kernel = self._choices[key] = choose_kernel(self, x)
         return MATMULS[kernel](self, x)
 
