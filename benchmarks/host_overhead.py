@@ -43,6 +43,12 @@ def per_call_us(fn, calls: int, rounds: int) -> float:
     return statistics.median(times)
 
 
+def square_layers(n: int) -> tuple[SpQRLinear, torch.nn.Linear]:
+    """(a random spqr-w3 SpQRLinear, an fp16 nn.Linear), both n x n, on the GPU."""
+    layer = SpQRLinear.from_quantized(random_quantized_weight(n, n, get_preset("spqr-w3"), seed=0, device="cuda"))
+    return layer, torch.nn.Linear(n, n, bias=False, device="cuda", dtype=torch.float16)
+
+
 def launch_paths(layer: SpQRLinear, dense: torch.nn.Linear, x: torch.Tensor, kernel: str) -> dict:
     """name -> a call, from the whole layer down to the kernel's launcher (for the kernel the selector picks), and
     the pieces of an eager call through its CUDA graph (`spqrkit.modules.eager_graphs`): the kernel's selection,
@@ -88,8 +94,7 @@ def main(argv=None) -> int:
         print("benchmarks/host_overhead.py needs a CUDA device", file=sys.stderr)
         return 2
     n = args.size
-    layer = SpQRLinear.from_quantized(random_quantized_weight(n, n, get_preset("spqr-w3"), seed=0, device="cuda"))
-    dense = torch.nn.Linear(n, n, bias=False, device="cuda", dtype=torch.float16)
+    layer, dense = square_layers(n)
     rows_out = []
     with torch.inference_mode():
         for rows in (int(r) for r in args.rows.split(",")):

@@ -16,14 +16,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from host_overhead import per_call_us, square_layers
 
 import spqrkit.modules.linear as L
-from spqrkit.config import get_preset
-from spqrkit.format.synthetic import random_quantized_weight
 from spqrkit.kernels import ops
 
 NEW = (L.SpQRLinear._matmul, L.tensors_key, L.SpQRLinear.outlier_bases)
@@ -54,46 +52,31 @@ def use(old: bool) -> None:
     L.SpQRLinear._matmul, L.tensors_key, L.SpQRLinear.outlier_bases = (old_matmul, old_key, old_bases) if old else NEW
 
 
-def per_call_us(fn, calls: int = 500) -> float:
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return 1e6 * (time.perf_counter() - t) / calls
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--generate-rounds", type=int, default=4)
-    p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=8, help="alternating rounds of 500 calls per row count")
+    parser.add_argument("--generate-rounds", type=int, default=4)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/host_path_ab.py needs a CUDA device", file=sys.stderr)
-        return 2
+        sys.exit("benchmarks/host_path_ab.py needs a CUDA device")
     out = {"benchmark": "host_path_ab", "device": torch.cuda.get_device_name(0), "layer": {}, "generate": {}}
-    n = 4096
-    layer = L.SpQRLinear.from_quantized(random_quantized_weight(n, n, get_preset("spqr-w3"), seed=0, device="cuda"))
-    dense = torch.nn.Linear(n, n, bias=False, device="cuda", dtype=torch.float16)
+    layer, dense = square_layers(4096)
     print("| rows | before us | after us | fp16 nn.Linear us | rounds after < before |\n|---|---|---|---|---|")
     with torch.inference_mode():
         for rows in (1, 8):
-            x = torch.randn(rows, n, device="cuda", dtype=torch.float16)
+            x = torch.randn(rows, layer.in_features, device="cuda", dtype=torch.float16)
             res = {"old": [], "new": [], "fp16": []}
             for _ in range(args.rounds):
                 for v in ("old", "new"):
                     use(v == "old")
-                    res[v].append(per_call_us(lambda x=x: layer(x)))
-                res["fp16"].append(per_call_us(lambda x=x: dense(x)))
+                    res[v].append(per_call_us(lambda x=x: layer(x), 500, 1))
+                res["fp16"].append(per_call_us(lambda x=x: dense(x), 500, 1))
             use(False)
             out["layer"][rows] = res
             wins = sum(b < a for a, b in zip(res["old"], res["new"]))
             print(f"| {rows} | {statistics.median(res['old']):.1f} | {statistics.median(res['new']):.1f} | "
                   f"{statistics.median(res['fp16']):.1f} | {wins} of {args.rounds} |", flush=True)
-    sys.path.insert(0, str(Path(__file__).parent))
     import generate as harness
     from generate_text_speed import word_tokenizer
 
