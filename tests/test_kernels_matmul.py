@@ -324,6 +324,19 @@ def test_torch_compile_traces_the_kernels_without_graph_breaks(kernel, monkeypat
     _check(layer, x, compiled(x))
 
 
+def test_torch_compile_with_dynamic_rows_picks_per_row_count(monkeypatch):
+    """A layer compiled with dynamic shapes (fullgraph) over several row counts: the selector runs at trace time
+    (the eager path's kept picks are not used under tracing), each output matches the reference."""
+    monkeypatch.delenv(linear_mod.MATMUL_ENV, raising=False)
+    layer = _layer(32, 64, get_preset("spqr-w3"))
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="inductor" if on_cuda else "aot_eager")
+    for rows in (2, 3, 9):
+        x = torch.randn(rows, 64, device=DEVICE)
+        _check(layer, x, compiled(x))
+    assert not layer._choices  # (nothing kept from traced calls)
+
+
 def test_selector(monkeypatch):
     layer = _layer(32, 64, get_preset("spqr-w3"))
     x = torch.randn(1, 64)
