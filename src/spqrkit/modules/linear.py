@@ -148,8 +148,8 @@ class SpQRLinear(nn.Module):
         """The hook the kernels use: the implementation `select_matmul` picks for this layer and input. The pick
         depends on the layer's layout (fixed), x's rows, dtype and device type and SPQRKIT_MATMUL only, so it is
         kept per layer under those: an eager decode step asks again at every linear (choose_kernel's checks cost
-        the host about 7 us a call, benchmarks/host_overhead.py). Traced calls (torch.compile) ask each time: a
-        symbolic row count is no dict key, and a compiled graph asks once anyway."""
+        the host about 7 us a call, benchmarks/host_overhead.py). Traced calls (torch.compile) ask each time: no dict
+        side effects in traced code, and a compiled graph asks once anyway."""
         if torch.compiler.is_compiling():
             return select_matmul(self, x)(self, x)
         key = (x.numel() // max(x.shape[-1], 1), x.dtype, x.device.type, os.environ.get(MATMUL_ENV))
