@@ -25,7 +25,7 @@ from spqrkit.config import get_preset
 from spqrkit.format.synthetic import random_quantized_weight
 from spqrkit.kernels import gemv_pairs, ops
 from spqrkit.modules import eager_graphs
-from spqrkit.modules.linear import SpQRLinear, choose_kernel, select_matmul, tensors_key
+from spqrkit.modules.linear import SpQRLinear, choose_kernel, tensors_key
 
 
 def per_call_us(fn, calls: int, rounds: int) -> float:
@@ -60,7 +60,7 @@ def launch_paths(layer: SpQRLinear, dense: torch.nn.Linear, x: torch.Tensor, ker
     paths = {"fp16 nn.Linear": lambda: dense(x), "SpQRLinear": lambda: layer(x)}
     if eager_graphs.wanted(x) and kernel != "dequantize":
         packed = layer.kernel_tensors()
-        paths["  choose_kernel"] = lambda: select_matmul(layer, x)  # (the layer keeps its pick: _matmul)
+        paths["  choose_kernel"] = lambda: choose_kernel(layer, x)  # (eager calls keep its pick: select_matmul)
         paths["  its buffers' key"] = lambda: tensors_key(packed[:8]) + tensors_key((packed[8], layer.bias, bases))
         impl = lambda v: ops.fused_matmul_impl(v, *tensors, kernel, bases)
         impl(x)  # (compiles, and makes the constants a capture cannot copy from the host, as the layer's first call)

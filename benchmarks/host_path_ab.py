@@ -1,6 +1,7 @@
-"""Same-process A/B of the eager host path's change of 2026-11-27 (GPU): SpQRLinear's kept kernel pick, the buffers'
-key without the device and the outlier bases' early return, against the code before it (restored here by patching:
-`select_matmul` per call, `tensors_key` with each tensor's device, `outlier_bases` without the early return).
+"""Same-process A/B of the eager host path's change of 2026-11-27 (GPU): the kept kernel picks of `select_matmul`,
+the buffers' key without the device and the outlier bases' early return, against the code before it (restored here
+by patching: `choose_kernel` per call, `tensors_key` with each tensor's device, `outlier_bases` gathering the
+packed tensors at every call).
 
 The host's speed can move by tens of per cent between processes on the GPU machines, so the two are alternated in
 one process: per-call host time of an eager 4096x4096 SpQRLinear at 1 and 8 rows of x (with fp16 nn.Linear), then
@@ -28,7 +29,7 @@ NEW = (L.SpQRLinear._matmul, L.tensors_key, L.SpQRLinear.outlier_bases)
 
 
 def old_matmul(self, x):
-    return L.select_matmul(self, x)(self, x)
+    return L.MATMULS[L.choose_kernel(self, x)](self, x)
 
 
 def old_key(tensors):

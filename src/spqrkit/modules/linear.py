@@ -61,7 +61,7 @@ class SpQRLinear(nn.Module):
             self.register_parameter("bias", None)
         self._bases: tuple[tuple, torch.Tensor] | None = None  # (key, tensor): see outlier_bases
         self._graphs: dict = {}  # eager calls' CUDA graphs (spqrkit.modules.eager_graphs)
-        self._choices: dict = {}  # (rows, dtype, device type, SPQRKIT_MATMUL) -> choose_kernel's pick: see _matmul
+        self._choices: dict = {}  # (rows, dtype, device type, SPQRKIT_MATMUL) -> choose_kernel's pick (select_matmul)
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> SpQRLinear:
@@ -119,19 +119,19 @@ class SpQRLinear(nn.Module):
         steps. Computed on first use and kept, keyed by the buffers' identities and in-place versions (so a moved,
         reloaded or copied-into buffer recomputes it); under torch.compile the kept tensor is used as it is, or
         computed inside the graph when there is none. `key`: `tensors_key(self.kernel_tensors()[:8])`, when the
-        caller has it already."""
+        caller has it already (an eager call)."""
         from ..kernels import ops
 
-        if key is not None and self._bases is not None and self._bases[0] == key:  # (the eager hot path)
-            return self._bases[1]
-        tensors = self.kernel_tensors()[:8]
-        if torch.compiler.is_compiling():
-            if self._bases is not None:
-                return self._bases[1]
-            return ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
-        key = tensors_key(tensors) if key is None else key
+        if key is None:
+            tensors = self.kernel_tensors()[:8]
+            if torch.compiler.is_compiling():
+                if self._bases is not None:
+                    return self._bases[1]
+                return ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
+            key = tensors_key(tensors)
         if self._bases is None or self._bases[0] != key:
-            bases = ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
+            bases = ops.outlier_bases(*self.kernel_tensors()[:8], self.in_features, self.out_features,
+                                      *self.kernel_layout())
             self._bases = (key, bases)
         return self._bases[1]
 
@@ -145,20 +145,8 @@ class SpQRLinear(nn.Module):
         return self._matmul(x)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """The hook the kernels use: the implementation `select_matmul` picks for this layer and input. The pick
-        depends on the layer's layout (fixed), x's rows, dtype and device type and SPQRKIT_MATMUL only, so it is
-        kept per layer under those: an eager decode step asks again at every linear (choose_kernel's checks cost
-        the host about 7 us a call, benchmarks/host_overhead.py). Traced calls (torch.compile) ask each time: no dict
-        side effects in traced code, and a compiled graph asks once anyway."""
-        if torch.compiler.is_compiling():
-            return select_matmul(self, x)(self, x)
-        key = (x.numel() // max(x.shape[-1], 1), x.dtype, x.device.type, os.environ.get(MATMUL_ENV))
-        kernel = self._choices.get(key)
-        if kernel is None:
-            if len(self._choices) >= 64:  # (prefill row counts vary with the prompt: keep the dict small)
-                self._choices.clear()
-            kernel = self._choices[key] = choose_kernel(self, x)
-        return MATMULS[kernel](self, x)
+        """The hook the kernels use: the implementation `select_matmul` picks for this layer and input."""
+        return select_matmul(self, x)(self, x)
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) / .half() would cast the fp16 statistics and outlier values like weights (and to bf16,
@@ -380,5 +368,17 @@ def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
 
 
 def select_matmul(layer: SpQRLinear, x: torch.Tensor) -> Matmul:
-    """The matmul for this layer's layout and this input (see `choose_kernel`)."""
-    return MATMULS[choose_kernel(layer, x)]
+    """The matmul for this layer's layout and this input (see `choose_kernel`). The pick depends on the layer's
+    layout (fixed), x's rows, dtype and device type and SPQRKIT_MATMUL only, so eager calls keep it per layer under
+    those (`layer._choices`, at most 64: prefill row counts vary): an eager decode step asks at every linear, and
+    choose_kernel's checks cost the host about 7 us a call (benchmarks/host_overhead.py). Traced calls
+    (torch.compile) ask each time: no dict side effects in traced code, and a compiled graph asks once anyway."""
+    if torch.compiler.is_compiling():
+        return MATMULS[choose_kernel(layer, x)]
+    key = (x.numel() // max(x.shape[-1], 1), x.dtype, x.device.type, os.environ.get(MATMUL_ENV))
+    kernel = layer._choices.get(key)
+    if kernel is None:
+        if len(layer._choices) >= 64:
+            layer._choices.clear()
+        kernel = layer._choices[key] = choose_kernel(layer, x)
+    return MATMULS[kernel]
