@@ -10,6 +10,8 @@ is reported and not timed).
 
     python benchmarks/kernel_ab.py --kernel gemv_pairs --variant base='{}' \\
         --variant magic='{"subnormal": false}' --shapes "7B q/k/v/o,70B gate/up" --batches 1,2 --json ab.json
+
+A variant's options may name another kernel ("kernel": "gemv_cuda"), to time two kernels side by side.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import torch.nn.functional as F
 from kernel_speed import ACT_DTYPE, SHAPES, copies_for, copy_bandwidth, layer_bytes, make_layers, time_graph
 
 from spqrkit.config import get_preset
-from spqrkit.kernels import dot_pairs, gemv_pairs, spqr_matmul
+from spqrkit.kernels import dot_pairs, gemv_cuda, gemv_pairs, spqr_matmul
 from spqrkit.modules.linear import MATMULS
 
 LAUNCHERS = {"gemv_pairs": gemv_pairs.gemv_pairs, "dot_pairs": dot_pairs.dot_pairs, "gemv_seg": spqr_matmul.gemv,
-             "dot": spqr_matmul.dot}
+             "dot": spqr_matmul.dot, "gemv_cuda": gemv_cuda.gemv_cuda}
 FIXED = {"gemv_seg": {"segments": True}}  # options that make the launcher that kernel
 
 
@@ -68,7 +70,6 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown shapes {unknown}; known: {sorted(SHAPES)}")
     batches = [int(b) for b in args.batches.split(",")]
-    fn = LAUNCHERS[args.kernel]
     variants = dict(args.variant)
     bw = copy_bandwidth(10)
     cases = []
@@ -84,12 +85,19 @@ def main(argv=None) -> int:
                    "err": {}, "times": {v: [] for v in [*variants, "fp16"]}}
 
             def call(lay, opts, x=x, out=out):
-                return fn(x, *lay.kernel_tensors(), None, out, *lay.kernel_layout(),
-                          bases=lay.outlier_bases(), **FIXED.get(args.kernel, {}), **opts)
+                opts = dict(opts)
+                kernel = opts.pop("kernel", args.kernel)  # (a variant may name another kernel)
+                return LAUNCHERS[kernel](x, *lay.kernel_tensors(), None, out, *lay.kernel_layout(),
+                                         bases=lay.outlier_bases(), **FIXED.get(kernel, {}), **opts)
 
             live = {}
             for v, opts in variants.items():
-                y = call(layers[0], opts).float()
+                try:
+                    y = call(layers[0], opts).float()
+                except (RuntimeError, ValueError) as e:  # (reported, not timed: the other variants still run)
+                    print(f"{name} b{batch} {v}: {type(e).__name__}: {e}", file=sys.stderr)
+                    row["err"][v] = float("inf")
+                    continue
                 err = ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
                 row["err"][v] = err
                 if err <= 2e-2:

@@ -490,7 +490,7 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
 def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None,
                num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None, rows_in_thread=None,
-               outliers_late=None):
+               outliers_late=None, num_stages=1):
     """y [M, out] = x [M, in] W^T (+ bias) for one or two rows of fp16 or bf16 x (`supports`), two kernels (module
     docstring); y in x's dtype.
     Options as `spqr_matmul.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
@@ -547,7 +547,7 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
         PLAN=plan, TYPES=types, BR=BR, NCH=NCH, SEG=sm._segment(group), SPLIT=split > 1,
         SHARED2=beta2 > 0 and beta2 % BR == 0, ASM=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl,
         RT=sm.chunk_major_tile() if rows_in_thread is None else rows_in_thread, BB=M, LATE=outliers_late,
-        num_warps=num_warps, num_stages=1, **({"launch_pdl": True} if pdl else {}),
+        num_warps=num_warps, num_stages=num_stages, **({"launch_pdl": True} if pdl else {}),
         **({"maxnreg": max_registers} if max_registers else {}),
     )
     return y
