@@ -11,7 +11,7 @@ is reported and not timed).
     python benchmarks/kernel_ab.py --kernel gemv_pairs --variant base='{}' \\
         --variant magic='{"subnormal": false}' --shapes "7B q/k/v/o,70B gate/up" --batches 1,2 --json ab.json
 
-A variant's options may name another kernel ("kernel": "gemv_cuda"), to time two kernels side by side.
+A variant's options may name another kernel ("kernel": "gemv_seg"), to time two kernels side by side.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from kernel_speed import ACT_DTYPE, SHAPES, copies_for, copy_bandwidth, layer_bytes, make_layers, time_graph
 
 from spqrkit.config import get_preset
-from spqrkit.kernels import dot_pairs, gemv_cuda, gemv_pairs, spqr_matmul
+from spqrkit.kernels import dot_pairs, gemv_pairs, spqr_matmul
 from spqrkit.modules.linear import MATMULS
 
 LAUNCHERS = {"gemv_pairs": gemv_pairs.gemv_pairs, "dot_pairs": dot_pairs.dot_pairs, "gemv_seg": spqr_matmul.gemv,
-             "dot": spqr_matmul.dot, "gemv_cuda": gemv_cuda.gemv_cuda}
+             "dot": spqr_matmul.dot}
 FIXED = {"gemv_seg": {"segments": True}}  # options that make the launcher that kernel
 
 

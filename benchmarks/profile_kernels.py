@@ -26,8 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--preset", default="spqr-w3")
     p.add_argument("--outlier-share", type=float, default=0.01)
-    p.add_argument("--kernels", default="gemv",
-                   help="comma-separated: MATMULS names, spqr-quant, or gemv_cuda(_ldg / _bulk)")
+    p.add_argument("--kernels", default="gemv", help="comma-separated: MATMULS names, or spqr-quant")
     p.add_argument("--calls", type=int, default=5)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -47,12 +46,6 @@ def main(argv=None) -> int:
             tensors = {k: v.cpu() for k, v in layer.packed_tensors().items()}
             theirs = to_spqr_quant(tensors, (out, n_in), get_preset(args.preset))
             call = lambda theirs=theirs: spqr_quant_matvec(theirs, x)
-        elif name.startswith("gemv_cuda"):  # gemv_cuda (bulk copies where it can), gemv_cuda_ldg, gemv_cuda_bulk
-            from spqrkit.kernels.gemv_cuda import gemv_cuda
-
-            opts = {"gemv_cuda_ldg": {"bulk": False}, "gemv_cuda_bulk": {"bulk": True}}.get(name, {})
-            call = lambda opts=opts: gemv_cuda(x, *layer.kernel_tensors(), None, out, *layer.kernel_layout(),
-                                               bases=layer.outlier_bases(), **opts)
         else:
             call = lambda name=name: MATMULS[name](layer, x)
         for _ in range(args.calls):

@@ -22,6 +22,13 @@ weight offline; in one interleaved A/B it ran at 0.88x-1.05x the subnormal decod
 only at 4096^2, by 4%; 0.88x at 8192x28672) and 0.89x-0.95x at two, H200, 2026-11-26, ab_subnormal_b1_h200.json,
 ab_subnormal_b2_h200.json.)
 
+The same arithmetic written by hand in CUDA C++ (NVRTC; commit 07bc94a, `gemv_cuda`, removed after): every offset
+a compile-time constant, 3.1 instructions per weight in its main loop offline, x pairs in 16-byte loads, the words
+loaded one chunk ahead or staged through shared memory by bulk copies. It ran at 0.85x-0.95x this kernel's speed at
+best (H200, 2026-11-27, 3 interleaved rounds on eight shapes, ab_gemv_cuda_v*_b1_h200.json) and executed as many
+instructions (Nsight Compute at 28672x8192: 30.5M against 31.7M warp instructions; ncu_h200/ncu_gemv_*_b1.txt):
+what limits batch 1 is the decode's cost per weight and the loads' latency, not Triton's code.
+
 Two kernels: `_gather_x_pairs_kernel` writes x'' in the pair order (`pair_order`) as fp16, the chunk scales 2**k,
 the group sums X and x in the permuted order, and zeroes the split-K sums; `_gemv_pairs_kernel` then runs
 gemv_seg's tiling (one program per BR output rows, a [NCH chunks, BR rows] tile, a thread holding one chunk of BR
@@ -490,7 +497,7 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
 def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
                out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None,
                num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None, rows_in_thread=None,
-               outliers_late=None, num_stages=1):
+               outliers_late=None):
     """y [M, out] = x [M, in] W^T (+ bias) for one or two rows of fp16 or bf16 x (`supports`), two kernels (module
     docstring); y in x's dtype.
     Options as `spqr_matmul.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
@@ -511,7 +518,11 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     # warps (9.2 at 4096^2 against 9.9 for 4 x 64; 4 x 128 / 4 warps 9.1 / 16.6 at 4096^2 / 4096x11008 against
     # 9.2 / 17.5, within the rounds' spread at 4096^2). A second sweep (ab_gemv_pairs_tiles2_b1_h200.json, 4 rounds
     # at 4096^2 / 4096x11008 / 8192^2 / 12288x4096) kept these: 1-row blocks 0.68x-0.81x, 2 / 4 x 128 with 4 warps
-    # 0.84x-1.01x, 2 x 32 with 1 warp 0.82x-0.97x, 4 x 64 at 56 registers 0.86x-0.97x.
+    # 0.84x-1.01x, 2 x 32 with 1 warp 0.82x-0.97x, 4 x 64 at 56 registers 0.86x-0.97x. Split K (`split`) beyond
+    # `split_plan`'s default: 2, 3, 4 or 8 programs per row block, or 32-chunk tiles with 2, at one and two rows of
+    # x: 0.67x-1.01x, the default best or equal on all eight shapes (H200, 2026-11-27, ab_gemv_pairs_split_h200.json);
+    # software-pipelining stages (num_stages 2 or 3) leave the machine code unchanged (no load is pipelined) and
+    # timed 1.00x (ab_gemv_cuda_v1_b1_h200.json).
     wide = out_features >= 8192
     BR = block_rows or (4 if wide else 2)
     NCH = chunks or 64
@@ -547,7 +558,7 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
         PLAN=plan, TYPES=types, BR=BR, NCH=NCH, SEG=sm._segment(group), SPLIT=split > 1,
         SHARED2=beta2 > 0 and beta2 % BR == 0, ASM=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl,
         RT=sm.chunk_major_tile() if rows_in_thread is None else rows_in_thread, BB=M, LATE=outliers_late,
-        num_warps=num_warps, num_stages=num_stages, **({"launch_pdl": True} if pdl else {}),
+        num_warps=num_warps, num_stages=1, **({"launch_pdl": True} if pdl else {}),
         **({"maxnreg": max_registers} if max_registers else {}),
     )
     return y
