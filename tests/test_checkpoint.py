@@ -176,6 +176,24 @@ def test_a_loaded_checkpoint_saves_again_identically(root, tmp_path):
     assert all(again.tensors[key].sha256 == info.tensors[key].sha256 for key in info.tensors)
 
 
+@pytest.mark.parametrize("case", ["llama-spqr-w3-tied", "qwen2-spqr-w4"])
+def test_a_fused_model_is_refused_and_saves_identically_unfused(root, tmp_path, case):
+    """save_checkpoint refuses a model with fused projections (its state dict names the fused layers, which no
+    model of the architecture has) and writes nothing; unfused again (exactly), the model writes the checkpoint it
+    was loaded from, tensor for tensor (qwen2: q, k and v with biases)."""
+    info = saved(case, root)
+    loaded = spqrkit.load(info.folder)
+    report = spqrkit.fuse_projections(loaded)
+    assert report.fused and not report.skipped
+    with pytest.raises(FormatError, match="unfuse_projections"):
+        save_checkpoint(tmp_path / "fused", loaded, {}, info.config)
+    assert not (tmp_path / "fused").exists()
+    assert sorted(spqrkit.unfuse_projections(loaded)) == sorted(report.fused)
+    again = save_checkpoint(tmp_path / "again", loaded, {}, info.config)
+    assert again.layers == info.layers and set(again.tensors) == set(info.tensors)
+    assert all(again.tensors[key].sha256 == info.tensors[key].sha256 for key in info.tensors)
+
+
 def test_dense_dtype_and_load_dtype(root):
     model, report = quantized("llama-spqr-w3-tied")
     info = save_checkpoint(root / "half", model, report.quantized, report.config, dense_dtype=torch.float16)

@@ -7,12 +7,12 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spqrkit.config import get_preset
-from spqrkit.format.pack import concat_packed_rows, dequantize_packed
+from spqrkit.format.pack import concat_packed_rows, dequantize_packed, split_packed_rows
 from spqrkit.format.spec import FormatError
 from spqrkit.format.synthetic import random_packed_layer
-from spqrkit.models.fusion import fusable_sets, fuse_projections
+from spqrkit.models.fusion import fusable_sets, fuse_projections, unfuse_projections
 from spqrkit.models.pipeline import quantize_model
-from spqrkit.modules.fused import FusionError, LinearSlice, SharedOutput, concat_linears
+from spqrkit.modules.fused import FusionError, LinearSlice, SharedOutput, concat_linears, split_linear
 from spqrkit.modules.linear import SpQRLinear, reference_matmul
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -28,7 +28,7 @@ def spqr_layer(out, n_in, config, seed, perm=None, device="cpu", **kwargs) -> Sp
 @pytest.mark.parametrize("preset", ["spqr-w3", "gptq-w4", "gptq-w4-g128"])
 def test_concat_packed_rows_is_the_row_concatenation(preset):
     """Exact: the concatenated layer dequantizes to the parts' weights stacked (rows with many outliers, rows with
-    none, and an odd column count included)."""
+    none, and an odd column count included), and `split_packed_rows` gives the parts back."""
     config = get_preset(preset)
     n_in = 200
     perm = torch.randperm(n_in, generator=torch.Generator().manual_seed(0))
@@ -39,6 +39,18 @@ def test_concat_packed_rows_is_the_row_concatenation(preset):
     expected = torch.cat([dequantize_packed(t, (out, n_in), config) for t, out in zip(parts, outs)])
     assert torch.equal(dequantize_packed(joined, (sum(outs), n_in), config), expected)
     assert joined["outlier_values"].shape[0] == sum(t["outlier_values"].shape[0] for t in parts)
+    # the row split is its inverse, bit for bit, in copies
+    back = split_packed_rows(joined, outs, n_in, config)
+    assert len(back) == 3
+    for part, again in zip(parts, back):
+        assert part.keys() == again.keys()
+        assert all(torch.equal(part[k], again[k]) and part[k].dtype == again[k].dtype for k in part)
+        assert all(again[k].untyped_storage().data_ptr() != joined[k].untyped_storage().data_ptr() for k in again)
+    if config.beta2:  # (second-level statistics come in whole blocks of beta2 rows)
+        with pytest.raises(FormatError, match="multiples of beta2"):
+            split_packed_rows(joined, [8, 88], n_in, config)
+    with pytest.raises(FormatError, match="expected"):
+        split_packed_rows(joined, [32, 32], n_in, config)  # (rows that do not add up to the layer's)
 
 
 def test_concat_packed_rows_refuses_different_permutations():
@@ -278,3 +290,32 @@ def test_every_family_fuses_and_keeps_its_output(kind, one_thread):
     else:
         assert not report.skipped and len(report.fused) == n_sets
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spqr", [False, True])
+def test_unfuse_projections_restores_the_model(spqr):
+    """fuse then unfuse: the same modules under the same names, the same state dict bit for bit, the same output."""
+    model = tiny_llama(spqr)
+    ids = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kinds = {name: type(m) for name, m in model.named_modules()}
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        fused = fuse_projections(model).fused
+        removed = unfuse_projections(model)
+        again = model(input_ids=ids).logits
+    assert sorted(removed) == sorted(fused) and len(removed) == 4
+    assert {name: type(m) for name, m in model.named_modules()} == kinds  # no slices, no fused layers left
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert torch.equal(again, logits)
+    assert unfuse_projections(model) == []  # (nothing fused: nothing to do)
+
+
+def test_split_linear_checks_its_rows():
+    layer = nn.Linear(8, 6)
+    a, b = split_linear(layer, [2, 4])
+    x = torch.randn(3, 8)
+    assert torch.equal(torch.cat([a(x), b(x)], -1), layer(x))
+    with pytest.raises(FusionError, match="add up"):
+        split_linear(layer, [2, 3])

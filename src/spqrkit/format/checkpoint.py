@@ -149,11 +149,16 @@ def save_checkpoint(
     extra_files: more text files to write into the folder, by name.
     Tied parameters (e.g. an LM head tied to the embeddings) are written once, under the first name.
     """
+    from ..modules.fused import LinearSlice
     from ..modules.linear import SpQRLinear
 
     if max_shard_bytes < 1:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     modules = dict(model.named_modules())
+    fused = [name for name, module in modules.items() if isinstance(module, LinearSlice)]
+    if fused:  # (its state dict names the fused layers, which no model of its architecture has)
+        raise FormatError(f"the model holds fused projections ({fused[0]} and {len(fused) - 1} more are slices of a "
+                          "fused layer): call spqrkit.unfuse_projections(model) before saving it")
     layers: dict[str, tuple[dict[str, torch.Tensor], LayerEntry]] = {}
     for name, qw in quantized.items():
         module = modules.get(name)

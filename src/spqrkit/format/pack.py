@@ -217,3 +217,42 @@ def concat_packed_rows(
             joined[name] = torch.cat([tensors[name] for tensors in parts]).contiguous()
     check_layer_tensors(joined, sum(out_features), in_features, config, where=where)
     return joined
+
+
+def split_packed_rows(
+    tensors: dict[str, torch.Tensor], out_features: list[int], in_features: int, config: QuantConfig, *,
+    where: str = "split",
+) -> list[dict[str, torch.Tensor]]:
+    """The stored tensors of the layers made of consecutive row ranges of one layer, of `out_features[i]` rows each
+    in order: the row split of docs/format.md ("Splitting a layer across devices"), the inverse of
+    `concat_packed_rows`. Exact (copies and integer offsets); every part keeps the whole permutation. Each part's
+    rows must be a multiple of beta2 (its second-level statistics are whole blocks)."""
+    total = sum(out_features)
+    check_layer_tensors(tensors, total, in_features, config, where=where, check_values=False)
+    if not out_features or min(out_features) < 1:
+        raise FormatError(f"{where}: row counts must be positive, got {out_features}")
+    if config.beta2 and any(out % config.beta2 for out in out_features):
+        raise FormatError(f"{where}: row counts {out_features} are not multiples of beta2={config.beta2}")
+    row_ptr = tensors["outlier_row_ptr"]
+    parts = []
+    r0 = 0
+    for out in out_features:
+        r1 = r0 + out
+        k0, k1 = int(row_ptr[r0]), int(row_ptr[r1])
+        part = {}
+        for name, t in tensors.items():
+            if name == "perm":
+                part[name] = t.clone()
+            elif name == "outlier_row_ptr":
+                part[name] = (t[r0:r1 + 1] - t[r0]).to(torch.int32)
+            elif name in ("outlier_cols", "outlier_values"):
+                part[name] = t[k0:k1].clone()
+            elif name.endswith("_stats"):  # [out / beta2, n_groups, 2]
+                part[name] = t[r0 // config.beta2:r1 // config.beta2].clone()
+            else:  # codes, statistic codes, fp16 statistics: one row per output row
+                part[name] = t[r0:r1].clone()
+        check_layer_tensors(part, out, in_features, config, where=f"{where}[{len(parts)}]")
+        parts.append(part)
+        r0 = r1
+    return parts
+

@@ -4,6 +4,8 @@ Every set of the layout with two or more linears (LLaMA-like: q/k/v and gate/up)
 registered on the module that holds the set as `fused_<names>` (e.g. `self_attn.fused_q_proj_k_proj_v_proj`), and
 each linear's place is taken by a `LinearSlice`. A set whose linears cannot be concatenated (different
 permutations, a bias on some only, mixed module types) is left as it is, and the report says why.
+`unfuse_projections` is the inverse (exact): each slice's place goes back to a layer of its own rows, and the fused
+layers leave the model (a checkpoint is written from the unfused model: `save_checkpoint` refuses a fused one).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..modules.fused import FusionError, LinearSlice, SharedOutput, concat_linears
+from ..modules.fused import FusionError, LinearSlice, SharedOutput, concat_linears, split_linear
 from .families import block_layout, decoder_blocks
 
 
@@ -73,3 +75,29 @@ def fuse_projections(model: nn.Module) -> FusionReport:
                 setattr(parent, child, LinearSlice(shared, i, layer.in_features))
             report.fused.append(".".join([where, *prefix, attr]))
     return report
+
+
+def unfuse_projections(model: nn.Module) -> list[str]:
+    """Undo `fuse_projections` in place: every `LinearSlice` is replaced by a layer of its rows of the fused layer
+    (`split_linear`: exact, an SpQRLinear's packed tensors as they were before fusing), and each fused layer is
+    removed from the module holding it. Returns the removed fused layers' names (empty for a model never fused)."""
+    slices: dict[int, list[tuple[str, LinearSlice]]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LinearSlice):
+            slices.setdefault(id(module.shared), []).append((name, module))
+    owners = {id(module): name for name, module in model.named_modules()}
+    removed = []
+    for group in slices.values():
+        shared = group[0][1].shared
+        fused_name = owners.get(id(shared.layer))
+        parts = split_linear(shared.layer, [stop - start for start, stop in shared.ranges])
+        for name, module in group:
+            parent, child = _parent(model, name)
+            setattr(parent, child, parts[module.index])
+        shared.clear()
+        if fused_name is not None:
+            holder, attr = _parent(model, fused_name)
+            delattr(holder, attr)
+            removed.append(fused_name)
+    return removed
+

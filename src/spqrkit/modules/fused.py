@@ -14,7 +14,9 @@ hold one output per layer). A slice called with another tensor, or twice with on
 its projections in any other way still gets correct outputs, only without the saving.
 
 Which sets exist is the model family's data (`spqrkit.models.families`); `spqrkit.models.fusion.fuse_projections`
-walks a model. A fused model is for inference: its state dict names the fused layers, not the checkpoint's.
+walks a model. A fused model is for inference: its state dict names the fused layers, not the checkpoint's;
+`split_linear` (the exact inverse of `concat_linears`) lets `spqrkit.models.fusion.unfuse_projections` restore the
+original layers, e.g. before saving.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import itertools
 import torch
 from torch import nn
 
-from ..format.pack import concat_packed_rows
+from ..format.pack import concat_packed_rows, split_packed_rows
 from .linear import SpQRLinear
 
 
@@ -74,6 +76,35 @@ def concat_linears(layers: list[nn.Module]) -> nn.Module:
     if all(has_bias):
         fused.bias = nn.Parameter(torch.cat([layer.bias.detach() for layer in layers]), requires_grad=False)
     return fused
+
+
+def split_linear(layer: nn.Module, out_features: list[int]) -> list[nn.Module]:
+    """The inverse of `concat_linears`: layers of `out_features[i]` consecutive rows of `layer` each, in order (an
+    SpQRLinear by the format's exact row split, `split_packed_rows`; an nn.Linear by its weight's rows), each with
+    its rows of the bias. Copies: the parts share no storage with `layer`."""
+    if sum(out_features) != layer.out_features:
+        raise FusionError(f"row counts {out_features} do not add up to the layer's {layer.out_features}")
+    if isinstance(layer, SpQRLinear):
+        packed = split_packed_rows(layer.packed_tensors(), out_features, layer.in_features, layer.config,
+                                   where="fused linear")
+        parts = []
+        for tensors, out in zip(packed, out_features):
+            part = SpQRLinear(layer.in_features, out, layer.config, tensors["outlier_values"].shape[0], bias=False,
+                              device="meta")
+            part.load_packed(tensors)
+            parts.append(part)
+    elif type(layer) is nn.Linear:
+        parts = []
+        for w in layer.weight.detach().split(out_features):
+            part = nn.Linear(layer.in_features, w.shape[0], bias=False, device="meta")
+            part.weight = nn.Parameter(w.clone(), requires_grad=False)
+            parts.append(part)
+    else:
+        raise FusionError(f"an SpQRLinear or nn.Linear to split, got {type(layer).__name__}")
+    if layer.bias is not None:
+        for part, b in zip(parts, layer.bias.detach().split(out_features)):
+            part.bias = nn.Parameter(b.clone(), requires_grad=False)
+    return parts
 
 
 class SharedOutput:
