@@ -25,7 +25,8 @@ ab_subnormal_b2_h200.json.)
 The same arithmetic written by hand in CUDA C++ (NVRTC; commit 07bc94a, `gemv_cuda`, removed after): every offset
 a compile-time constant, 3.1 instructions per weight in its main loop offline, x pairs in 16-byte loads, the words
 loaded one chunk ahead or staged through shared memory by bulk copies. It ran at 0.85x-0.95x this kernel's speed at
-best (H200, 2026-11-27, 3 interleaved rounds on eight shapes, ab_gemv_cuda_v*_b1_h200.json) and executed as many
+best (H200, 2026-11-27, 3 interleaved rounds on eight shapes, ab_gemv_cuda_v*_b1_h200.json; H100 0.82x-0.92x,
+ab_gemv_cuda_v4_b1_h100.json) and executed as many
 instructions (Nsight Compute at 28672x8192: 30.5M against 31.7M warp instructions; ncu_h200/ncu_gemv_*_b1.txt):
 what limits batch 1 is the decode's cost per weight and the loads' latency, not Triton's code.
 
