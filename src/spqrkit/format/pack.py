@@ -227,10 +227,9 @@ def split_packed_rows(
     in order: the row split of docs/format.md ("Splitting a layer across devices"), the inverse of
     `concat_packed_rows`. Exact (copies and integer offsets); every part keeps the whole permutation. Each part's
     rows must be a multiple of beta2 (its second-level statistics are whole blocks)."""
-    total = sum(out_features)
-    check_layer_tensors(tensors, total, in_features, config, where=where, check_values=False)
     if not out_features or min(out_features) < 1:
         raise FormatError(f"{where}: row counts must be positive, got {out_features}")
+    check_layer_tensors(tensors, sum(out_features), in_features, config, where=where, check_values=False)
     if config.beta2 and any(out % config.beta2 for out in out_features):
         raise FormatError(f"{where}: row counts {out_features} are not multiples of beta2={config.beta2}")
     row_ptr = tensors["outlier_row_ptr"]
@@ -255,4 +254,3 @@ def split_packed_rows(
         parts.append(part)
         r0 = r1
     return parts
-

@@ -26,9 +26,9 @@ The same arithmetic written by hand in CUDA C++ (NVRTC; commit 07bc94a, `gemv_cu
 a compile-time constant, 3.1 instructions per weight in its main loop offline, x pairs in 16-byte loads, the words
 loaded one chunk ahead or staged through shared memory by bulk copies. It ran at 0.85x-0.95x this kernel's speed at
 best (H200, 2026-11-27, 3 interleaved rounds on eight shapes, ab_gemv_cuda_v*_b1_h200.json; H100 0.82x-0.92x,
-ab_gemv_cuda_v4_b1_h100.json) and executed as many
-instructions (Nsight Compute at 28672x8192: 30.5M against 31.7M warp instructions; ncu_h200/ncu_gemv_*_b1.txt):
-what limits batch 1 is the decode's cost per weight and the loads' latency, not Triton's code.
+ab_gemv_cuda_v4_b1_h100.json) and executed as many instructions (Nsight Compute at 28672x8192: 30.5M against 31.7M
+warp instructions; ncu_h200/ncu_gemv_*_b1.txt): what limits batch 1 is the decode's cost per weight and the loads'
+latency, not Triton's code.
 
 Two kernels: `_gather_x_pairs_kernel` writes x'' in the pair order (`pair_order`) as fp16, the chunk scales 2**k,
 the group sums X and x in the permuted order, and zeroes the split-K sums; `_gemv_pairs_kernel` then runs

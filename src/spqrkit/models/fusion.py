@@ -100,4 +100,3 @@ def unfuse_projections(model: nn.Module) -> list[str]:
             delattr(holder, attr)
             removed.append(fused_name)
     return removed
-
