@@ -59,12 +59,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--preset", default="spqr-w3")
+    p.add_argument("--beta1", type=int, help="the preset's group size overridden (e.g. 32, 64)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernel_ab.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    config = get_preset(args.preset)
+    config = get_preset(args.preset, **({"beta1": args.beta1} if args.beta1 else {}))
     names = [s.strip() for s in args.shapes.split(",")]
     unknown = [n for n in names if n not in SHAPES]
     if unknown:
@@ -113,7 +114,8 @@ def main(argv=None) -> int:
         del layers, dense
         torch.cuda.empty_cache()
     base = next(iter(variants))
-    print(f"copy bandwidth {bw / 1e9:.0f} GB/s; {args.kernel}, {args.preset}, {args.rounds} rounds; "
+    print(f"copy bandwidth {bw / 1e9:.0f} GB/s; {args.kernel}, {args.preset} (beta1 {config.beta1}), "
+          f"{args.rounds} rounds; "
           f"us (x {base}, x fp16, % of copy)")
     print(f"{'shape':<14} {'b':>2} " + " ".join(f"{v:>26}" for v in [*variants, "fp16"]))
     for row in cases:
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                        "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(),
-                       "kernel": args.kernel, "preset": args.preset, "variants": variants,
+                       "kernel": args.kernel, "preset": args.preset, "config": config.to_dict(), "variants": variants,
                        "copy_bandwidth_Bps": bw, "rounds": args.rounds, "cases": cases}, f, indent=1)
     return 0
 
