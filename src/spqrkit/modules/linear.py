@@ -122,6 +122,7 @@ class SpQRLinear(nn.Module):
         caller has it already (an eager call)."""
         from ..kernels import ops
 
+        tensors = None
         if key is None:
             tensors = self.kernel_tensors()[:8]
             if torch.compiler.is_compiling():
@@ -129,10 +130,10 @@ class SpQRLinear(nn.Module):
                     return self._bases[1]
                 return ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
             key = tensors_key(tensors)
-        if self._bases is None or self._bases[0] != key:
-            bases = ops.outlier_bases(*self.kernel_tensors()[:8], self.in_features, self.out_features,
-                                      *self.kernel_layout())
-            self._bases = (key, bases)
+        if self._bases is None or self._bases[0] != key:  # (gathered once: the caller's key, or ours above)
+            tensors = self.kernel_tensors()[:8] if tensors is None else tensors
+            self._bases = (key, ops.outlier_bases(*tensors, self.in_features, self.out_features,
+                                                  *self.kernel_layout()))
         return self._bases[1]
 
     def kernel_layout(self) -> tuple[int, int, int, int, int]:
