@@ -17,7 +17,7 @@ fi
 ncu_profile() {
   local name=$1 regex=$2; shift 2
   timeout 150 ncu --clock-control none --kernel-name "regex:$regex" --launch-skip 2 --launch-count 1 $sections $metrics \
-    python3 benchmarks/profile_kernels.py --calls 3 "$@" > "$out/ncu_$name.txt" 2>&1
+    python3 benchmarks/experiments/profile_kernels.py --calls 3 "$@" > "$out/ncu_$name.txt" 2>&1
   echo "== $name (exit $?)"
   grep -E "$keys" "$out/ncu_$name.txt" | sed 's/  */ /g' \
     | awk '{ if ($0 ~ /stalled/) { if ($NF + 0 > 0.05) print } else print }'

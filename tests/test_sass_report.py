@@ -1,4 +1,4 @@
-"""benchmarks/sass_report.py compiles the inference kernels for sm_90a without a GPU: they must compile, and the
+"""benchmarks/experiments/sass_report.py compiles the inference kernels for sm_90a without a GPU: they must compile, and the
 one-row decode kernel (the selector's batch-1 choice) must keep its main loop free of barriers and of register spills
 (the structure the H100 measurements of issue 4 were won with) and decode a weight with one LOP3; gemv_pairs (batch 1,
 fp16 x) must decode two weights per LOP3 and multiply them with one HFMA2; the tensor-core dot
@@ -22,7 +22,7 @@ def test_sass_report(tmp_path):
     out = tmp_path / "sass.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile for real, not interpret
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_report.py"), "--json", str(out)],
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "experiments" / "sass_report.py"), "--json", str(out)],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     if run.returncode == 2 and "cuobjdump" in run.stderr:
         pytest.skip(run.stderr.strip())
