@@ -19,8 +19,7 @@ from spqrkit.quant.solver import (
 )
 
 triton = pytest.importorskip("triton")
-from spqrkit.kernels.gptq_chunk import sweep_chunk_triton  # noqa: E402
-from spqrkit.kernels.spqr_fit import fit_group_triton  # noqa: E402
+from spqrkit.quant.solver_triton import fit_group_triton, sweep_chunk_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
