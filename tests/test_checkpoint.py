@@ -17,8 +17,9 @@ import spqrkit
 from spqrkit import cli
 from spqrkit.config import get_preset
 from spqrkit.format import checkpoint
-from spqrkit.format.checkpoint import read_safetensors_header, save_checkpoint, verify_checkpoint
+from spqrkit.format.checkpoint import read_safetensors_header, verify_checkpoint
 from spqrkit.format.spec import MANIFEST_FILE, SHARD_INDEX_FILE, FormatError
+from spqrkit.models.compressed import save_checkpoint
 from spqrkit.models.pipeline import quantize_model
 from spqrkit.modules.linear import SpQRLinear
 from test_families import TINY_CONFIGS, tiny_model

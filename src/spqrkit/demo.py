@@ -22,7 +22,7 @@ from .data.corpora import calibration_windows, tokenize_corpus
 from .data.tasks import TASK_NAMES
 from .eval.perplexity import perplexity
 from .eval.zeroshot import zero_shot
-from .models.loading import load_model
+from .models.source import load_model
 from .models.pipeline import quantize_model
 
 
