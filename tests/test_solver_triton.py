@@ -4,10 +4,10 @@ On a machine without CUDA, Triton's interpreter runs the kernel on the CPU (test
 before anything imports Triton); on the GPU machine the compiled kernel runs.
 """
 
+import math
+
 import pytest
 import torch
-
-import math
 
 from spqrkit.config import get_preset
 from spqrkit.quant.solver import (
