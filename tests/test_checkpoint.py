@@ -246,6 +246,21 @@ def test_writing_is_atomic(root, monkeypatch):
         save_checkpoint(saved("llama-spqr-w3-tied", root).folder, model, report.quantized, report.config)
 
 
+def test_the_format_writes_a_folder_from_tensors_alone(root, tmp_path):
+    """write_checkpoint needs no model: a checkpoint's own tensors, layers and config write the same shards again,
+    and a packed tensor that disagrees with the spec is refused before anything is written."""
+    info = saved("qwen2-spqr-w4", root)
+    tensors = checkpoint.load_tensors(info)
+    hf_config = transformers.AutoConfig.from_pretrained(info.folder)
+    again = checkpoint.write_checkpoint(tmp_path / "again", tensors, info.layers, info.config, hf_config)
+    assert again.tensors == info.tensors and again.shards == info.shards and again.layers == info.layers
+    name = next(iter(info.layers))
+    bad = dict(tensors, **{f"{name}.codes": tensors[f"{name}.codes"][:, :-1]})
+    with pytest.raises(FormatError, match=rf"{name}\.codes: torch\.int32 \[\d+, \d+\], but the format stores"):
+        checkpoint.write_checkpoint(tmp_path / "bad", bad, info.layers, info.config, hf_config)
+    assert not (tmp_path / "bad").exists()
+
+
 # ---------------------------------------------------------------------------------------------------- refusals
 @pytest.fixture
 def damaged(root, tmp_path):

@@ -6,8 +6,8 @@ checkpoint.py  writing, verifying and reading checkpoint folders (from tensors; 
 describe.py    what a checkpoint holds (`spqrkit inspect`)
 synthetic.py   random valid packed layers, for tests and benchmarks
 
-The format imports config/ and quant/ only; saving a model and loading one (models/compressed.py) and the
-transformers quantizer (models/hf_quantizer.py) sit above it and above modules/.
+The format imports nothing above quant/ (docs/architecture.md): saving a model, loading one (models/compressed.py)
+and the transformers quantizer (models/hf_quantizer.py) sit above it and above modules/.
 """
 
 from .spec import FORMAT_VERSION, QUANT_METHOD, FormatError
