@@ -22,8 +22,8 @@ from spqrkit.data.corpora import calibration_windows, tokenize_corpus
 from spqrkit.demo import restore_linear_weights, snapshot_linear_weights
 from spqrkit.eval.perplexity import perplexity
 from spqrkit.io_utils import atomic_write_text
-from spqrkit.models.loading import load_model
 from spqrkit.models.pipeline import quantize_model
+from spqrkit.models.source import load_model
 
 # The authors' engine on this model and protocol (SPQR.md, measured 2026-11-24 on the 2-core CPU machine).
 AUTHORS = {

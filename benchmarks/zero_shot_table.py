@@ -19,8 +19,8 @@ from spqrkit.data.corpora import calibration_windows
 from spqrkit.demo import restore_linear_weights, snapshot_linear_weights
 from spqrkit.eval.zeroshot import TASK_NAMES, zero_shot
 from spqrkit.io_utils import atomic_write_text
-from spqrkit.models.loading import load_model
 from spqrkit.models.pipeline import quantize_model
+from spqrkit.models.source import load_model
 
 ROWS = {
     "baseline": None,

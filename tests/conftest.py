@@ -10,7 +10,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from spqrkit.models.loading import DEFAULT_MODEL, load_model, load_tokenizer  # noqa: E402
+from spqrkit.models.source import DEFAULT_MODEL, load_model, load_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ import spqrkit
 from spqrkit import cli
 from spqrkit.config import get_preset
 from spqrkit.format import checkpoint
-from spqrkit.format.checkpoint import read_safetensors_header, save_checkpoint, verify_checkpoint
+from spqrkit.format.checkpoint import read_safetensors_header, verify_checkpoint
 from spqrkit.format.spec import MANIFEST_FILE, SHARD_INDEX_FILE, FormatError
+from spqrkit.models.compressed import save_checkpoint
 from spqrkit.models.pipeline import quantize_model
 from spqrkit.modules.linear import SpQRLinear
 from test_families import TINY_CONFIGS, tiny_model
@@ -243,6 +244,21 @@ def test_writing_is_atomic(root, monkeypatch):
     assert not target.exists() and list(target.parent.iterdir()) == []
     with pytest.raises(FileExistsError):
         save_checkpoint(saved("llama-spqr-w3-tied", root).folder, model, report.quantized, report.config)
+
+
+def test_the_format_writes_a_folder_from_tensors_alone(root, tmp_path):
+    """write_checkpoint needs no model: a checkpoint's own tensors, layers and config write the same shards again,
+    and a packed tensor that disagrees with the spec is refused before anything is written."""
+    info = saved("qwen2-spqr-w4", root)
+    tensors = checkpoint.load_tensors(info)
+    hf_config = transformers.AutoConfig.from_pretrained(info.folder)
+    again = checkpoint.write_checkpoint(tmp_path / "again", tensors, info.layers, info.config, hf_config)
+    assert again.tensors == info.tensors and again.shards == info.shards and again.layers == info.layers
+    name = next(iter(info.layers))
+    bad = dict(tensors, **{f"{name}.codes": tensors[f"{name}.codes"][:, :-1]})
+    with pytest.raises(FormatError, match=rf"{name}\.codes: torch\.int32 \[\d+, \d+\], but the format stores"):
+        checkpoint.write_checkpoint(tmp_path / "bad", bad, info.layers, info.config, hf_config)
+    assert not (tmp_path / "bad").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- refusals

@@ -6,16 +6,15 @@ without transformers' loading machinery. `spqrkit.fuse_projections(model)` then 
 linears (q/k/v, gate/up) as one layer, for inference; `spqrkit.unfuse_projections(model)` undoes it (before saving).
 """
 
-__version__ = "0.1.0"
-
-from .format.checkpoint import save_checkpoint, verify_checkpoint  # noqa: E402
-from .format.hf_quantizer import register as _register_with_transformers  # noqa: E402
-from .format.spec import FORMAT_VERSION, FormatError  # noqa: E402
-from .loading import load  # noqa: E402
-from .models.fusion import fuse_projections, unfuse_projections  # noqa: E402
-from .modules.linear import SpQRLinear  # noqa: E402
+from .format.checkpoint import verify_checkpoint
+from .format.spec import FORMAT_VERSION, FormatError
+from .models.compressed import load, save_checkpoint
+from .models.fusion import fuse_projections, unfuse_projections
+from .models.hf_quantizer import register as _register_with_transformers
+from .modules.linear import SpQRLinear
+from .version import __version__
 
 _register_with_transformers()
 
-__all__ = ["FORMAT_VERSION", "FormatError", "SpQRLinear", "fuse_projections", "load", "save_checkpoint",
-           "unfuse_projections", "verify_checkpoint"]
+__all__ = ["FORMAT_VERSION", "FormatError", "SpQRLinear", "__version__", "fuse_projections", "load",
+           "save_checkpoint", "unfuse_projections", "verify_checkpoint"]

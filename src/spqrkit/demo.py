@@ -22,8 +22,8 @@ from .data.corpora import calibration_windows, tokenize_corpus
 from .data.tasks import TASK_NAMES
 from .eval.perplexity import perplexity
 from .eval.zeroshot import zero_shot
-from .models.loading import load_model
 from .models.pipeline import quantize_model
+from .models.source import load_model
 
 
 DEFAULT_TASKS_LIMIT = 15  # items per zero-shot task and row: about 11 s a row on 2 idle CPU cores (20: 15 s)

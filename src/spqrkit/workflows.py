@@ -13,11 +13,12 @@ from .data.corpora import calibration_windows
 from .data.tasks import task_spec
 from .eval.perplexity import corpus_perplexity
 from .eval.zeroshot import zero_shot
+from .format.checkpoint import DEFAULT_MAX_SHARD_BYTES, is_checkpoint
 from .io_utils import atomic_folder, check_new_folder
-from .format.checkpoint import DEFAULT_MAX_SHARD_BYTES, is_checkpoint, save_checkpoint
-from .loading import load as spqrkit_load
-from .models.loading import load_model, load_tokenizer, resolve_model_ref
+from .models.compressed import load as spqrkit_load
+from .models.compressed import save_checkpoint
 from .models.pipeline import QuantizationReport, quantize_model
+from .models.source import load_model, load_tokenizer, resolve_model_ref
 
 QUANTIZATION_FILE = "spqrkit_quantization.json"
 

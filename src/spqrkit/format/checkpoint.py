@@ -21,13 +21,10 @@ from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from .. import __version__
 from ..config import ConfigError, QuantConfig
 from ..io_utils import atomic_folder
-from ..quant.representation import QuantizedWeight
-from .pack import pack_layer
+from ..version import __version__
 from .spec import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -82,9 +79,7 @@ class CheckpointInfo:
     @property
     def dense_keys(self) -> list[str]:
         """State-dict keys of tensors that are not part of a quantized layer's packed weight."""
-        packed = {f"{name}.{suffix}" for name, layer in self.layers.items()
-                  for suffix in layer_tensor_specs(layer.out_features, layer.in_features, self.config,
-                                                   layer.n_outliers)}
+        packed = packed_keys(self.layers, self.config)
         return [key for key in self.tensors if key not in packed]
 
     def tensor_bytes(self, key: str) -> int:
@@ -100,6 +95,12 @@ class CheckpointInfo:
     @property
     def files_bytes(self) -> int:
         return sum(shard["bytes"] for shard in self.shards.values())
+
+
+def packed_keys(layers: Mapping[str, LayerEntry], config: QuantConfig) -> set[str]:
+    """State-dict keys of the quantized layers' packed tensors (`{module name}.{suffix}`, docs/format.md)."""
+    return {f"{name}.{suffix}" for name, layer in layers.items()
+            for suffix in layer_tensor_specs(layer.out_features, layer.in_features, config, layer.n_outliers)}
 
 
 def is_checkpoint(folder: str | os.PathLike) -> bool:
@@ -129,58 +130,38 @@ def check_format_version(version: Any, where: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- writing
-def save_checkpoint(
+def write_checkpoint(
     out: str | os.PathLike,
-    model: nn.Module,
-    quantized: Mapping[str, QuantizedWeight],
+    tensors: Mapping[str, torch.Tensor],
+    layers: Mapping[str, LayerEntry],
     config: QuantConfig,
+    hf_config: Any,
     *,
-    tokenizer=None,
-    dense_dtype: torch.dtype | None = None,
+    generation_config: Any = None,
+    tokenizer: Any = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     extra_files: Mapping[str, str] | None = None,
 ) -> CheckpointInfo:
-    """Write `model` as a compressed checkpoint folder `out` (which must not exist; it appears only when complete).
+    """Write a compressed checkpoint folder `out` (which must not exist; it appears only when complete).
 
-    quantized: module name -> QuantizedWeight of the nn.Linear modules to store packed (their `weight` is not
-        written; their bias is). Modules that already are SpQRLinear are stored from their buffers.
-    dense_dtype: dtype of the floating-point tensors that are not quantized (embeddings, norms, head, biases);
-        None keeps each as it is in the model.
+    tensors: every tensor to store, by state-dict key, in the order to write: each quantized layer's packed tensors
+        (`{module name}.{suffix}`, with the dtypes and shapes of `layer_tensor_specs`) and the dense tensors.
+    layers: the quantized layers, by module name.
+    hf_config: the model's transformers config; written as config.json with its `quantization_config` entry set
+        (a copy is changed, not the object given).
+    generation_config, tokenizer: written into the folder too when given (anything with `save_pretrained`).
     extra_files: more text files to write into the folder, by name.
-    Tied parameters (e.g. an LM head tied to the embeddings) are written once, under the first name.
     """
-    from ..modules.fused import LinearSlice
-    from ..modules.linear import SpQRLinear
-
     if max_shard_bytes < 1:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-    modules = dict(model.named_modules())
-    fused = [name for name, module in modules.items() if isinstance(module, LinearSlice)]
-    if fused:  # (its state dict names the fused layers, which no model of its architecture has)
-        raise FormatError(f"the model holds fused projections ({fused[0]} and {len(fused) - 1} more are slices of a "
-                          "fused layer): call spqrkit.unfuse_projections(model) before saving it")
-    layers: dict[str, tuple[dict[str, torch.Tensor], LayerEntry]] = {}
-    for name, qw in quantized.items():
-        module = modules.get(name)
-        if not isinstance(module, nn.Linear):
-            raise FormatError(f"{name}: no nn.Linear of that name in the model to store as quantized")
-        if (module.out_features, module.in_features) != tuple(qw.shape):
-            raise FormatError(f"{name}: the model's linear is {tuple(module.weight.shape)}, its QuantizedWeight "
-                              f"{tuple(qw.shape)}")
-        if qw.config != config:
-            raise FormatError(f"{name}: quantized with a config different from the checkpoint's")
-        packed = {k: v.detach().cpu() for k, v in pack_layer(qw).items()}
-        layers[name] = (packed, LayerEntry(qw.out_features, qw.in_features, qw.n_outliers, module.bias is not None))
-    for name, module in modules.items():
-        if isinstance(module, SpQRLinear):
-            if module.config != config:
-                raise FormatError(f"{name}: an SpQRLinear with a config different from the checkpoint's")
-            module.check(name)
-            packed = {k: v.detach().cpu() for k, v in module.packed_tensors().items()}
-            layers[name] = (packed, LayerEntry(module.out_features, module.in_features, module.n_outliers,
-                                               module.bias is not None))
-
-    tensors = _tensors_to_write(model, layers, dense_dtype)
+    for name, layer in layers.items():
+        specs = layer_tensor_specs(layer.out_features, layer.in_features, config, layer.n_outliers)
+        for suffix, spec in specs.items():
+            t = tensors.get(f"{name}.{suffix}")
+            if t is None or t.dtype != spec.dtype or tuple(t.shape) != spec.shape:
+                got = "missing" if t is None else f"{t.dtype} {list(t.shape)}"
+                raise FormatError(f"{name}.{suffix}: {got}, but the format stores {spec.dtype} {list(spec.shape)}")
+    tensors = {key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}
     shards = _plan_shards(tensors, max_shard_bytes)
 
     with atomic_folder(out) as tmp:
@@ -198,14 +179,13 @@ def save_checkpoint(
                      "weight_map": {key: entry.file for key, entry in tensor_entries.items()}}
             (tmp / SHARD_INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True))
 
-        hf_config = copy.deepcopy(model.config)
+        hf_config = copy.deepcopy(hf_config)
         hf_config.quantization_config = quantization_config_dict(config)
-        stored_dtype = _dense_float_dtype(tensors, layers)
+        stored_dtype = _dense_float_dtype(tensors, packed_keys(layers, config))
         if stored_dtype is not None:
             hf_config.dtype = stored_dtype
         hf_config.save_pretrained(tmp)
-        generation_config = getattr(model, "generation_config", None)
-        if generation_config is not None and getattr(model, "can_generate", lambda: False)():
+        if generation_config is not None:
             generation_config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -217,7 +197,7 @@ def save_checkpoint(
             "format_version": FORMAT_VERSION,
             "spqrkit_version": __version__,
             "config": config.to_dict(),
-            "layers": {name: vars(entry) for name, (_, entry) in layers.items()},
+            "layers": {name: vars(entry) for name, entry in layers.items()},
             "shards": shard_entries,
             "tensors": {key: {"file": e.file, "dtype": e.dtype, "shape": list(e.shape), "sha256": e.sha256}
                         for key, e in tensor_entries.items()},
@@ -237,38 +217,8 @@ def _default_permissions(folder: Path) -> None:
         os.chmod(path, 0o666 & ~umask)
 
 
-def _tensors_to_write(
-    model: nn.Module, layers: Mapping[str, tuple[dict[str, torch.Tensor], LayerEntry]], dense_dtype: torch.dtype | None
-) -> dict[str, torch.Tensor]:
-    """State-dict order, with each quantized linear's weight replaced by its packed tensors; tied duplicates dropped."""
-    tensors: dict[str, torch.Tensor] = {}
-    seen: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
-    written_layers: set[str] = set()
-    for key, value in model.state_dict(keep_vars=False).items():
-        module_name, _, suffix = key.rpartition(".")
-        if module_name in layers:
-            if module_name not in written_layers:
-                packed, _ = layers[module_name]
-                tensors.update({f"{module_name}.{s}": t.contiguous() for s, t in packed.items()})
-                written_layers.add(module_name)
-            if suffix != "bias":
-                continue  # the weight (or a packed buffer, written above)
-        identity = (value.data_ptr(), tuple(value.shape), tuple(value.stride()))
-        if value.numel() and identity in seen:
-            continue  # tied to an earlier tensor (e.g. lm_head.weight to embed_tokens.weight)
-        seen[identity] = key
-        value = value.detach().to("cpu")
-        if dense_dtype is not None and value.is_floating_point():
-            value = value.to(dense_dtype)
-        tensors[key] = value.contiguous()
-    missing = set(layers) - written_layers
-    if missing:
-        raise FormatError(f"quantized layers {sorted(missing)} are not in the model's state dict")
-    return tensors
-
-
-def _dense_float_dtype(tensors: Mapping[str, torch.Tensor], layers) -> torch.dtype | None:
-    packed = {f"{name}.{s}" for name, (p, _) in layers.items() for s in p}
+def _dense_float_dtype(tensors: Mapping[str, torch.Tensor], packed: set[str]) -> torch.dtype | None:
+    """The most common dtype of the floating-point tensors outside the packed layers (config.json's `dtype`)."""
     dtypes = [t.dtype for k, t in tensors.items() if k not in packed and t.is_floating_point()]
     return max(set(dtypes), key=dtypes.count) if dtypes else None
 

@@ -15,6 +15,7 @@ from .spec import (
     CODES_PER_CHUNK,
     FormatError,
     check_layer_shape,
+    layer_bits,
     layer_tensor_specs,
     n_groups,
 )
@@ -114,6 +115,14 @@ def pack_layer(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     tensors = {name: t.contiguous() for name, t in tensors.items()}
     check_layer_tensors(tensors, out, n_in, config, where="packed layer")
     return tensors
+
+
+def real_bits(qw: QuantizedWeight) -> int:
+    """Total bits of this layer in the compressed checkpoint format (docs/format.md), exactly its tensor bytes
+    times 8: codes packed into whole 32-code chunks of int32 words (padding included), statistic codes packed
+    the same way along the group axis with their fp16 second-level (scale, zero) pairs, or fp16 statistics; CSR
+    outliers (fp16 value + 16-bit column per outlier, 32-bit row pointers); the 16-bit permutation."""
+    return layer_bits(qw.out_features, qw.in_features, qw.config, qw.n_outliers)
 
 
 def unpack_layer(tensors: dict[str, torch.Tensor], shape: tuple[int, int], config: QuantConfig) -> QuantizedWeight:

@@ -1,7 +1,7 @@
 """The compressed SpQR checkpoint format: its name, version and, for every stored tensor, dtype and shape.
 
 `docs/format.md` is the specification in prose; this module is its single executable source: the writer, the
-reader's checks, the quantized module's buffers and `QuantizedWeight.real_bits` all take shapes from
+reader's checks, the quantized module's buffers and `pack.real_bits` all take shapes from
 `layer_tensor_specs`. Nothing here touches tensor data.
 """
 

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import QuantConfig
+from ..format.pack import real_bits
 from ..quant.hessian import HessianAccumulator
 from ..quant.representation import QuantizedWeight
 from ..quant.solver import layer_error, quantize_matrices
@@ -564,7 +565,7 @@ def _solve(shared: _SharedInputSet, H: torch.Tensor | None, config: QuantConfig,
             n_outliers=qw.n_outliers,
             outlier_share=qw.outlier_share,
             paper_bits=qw.paper_bits,
-            real_bits=qw.real_bits,
+            real_bits=real_bits(qw),
             layer_error=error,
             seconds=seconds * W.numel() / total,
         ))

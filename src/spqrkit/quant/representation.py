@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 
 from ..config import QuantConfig
-from ..format.spec import layer_bits
 
 
 @dataclass
@@ -82,14 +81,6 @@ class QuantizedWeight:
     def paper_bits(self) -> float:
         """Total bits by the paper's Eq. 4 (no row pointers, permutation or padding)."""
         return self.numel * self.config.paper_avg_bits(self.in_features, self.outlier_share)
-
-    @property
-    def real_bits(self) -> int:
-        """Total bits of this layer in the compressed checkpoint format (docs/format.md), exactly its tensor bytes
-        times 8: codes packed into whole 32-code chunks of int32 words (padding included), statistic codes packed
-        the same way along the group axis with their fp16 second-level (scale, zero) pairs, or fp16 statistics; CSR
-        outliers (fp16 value + 16-bit column per outlier, 32-bit row pointers); the 16-bit permutation."""
-        return layer_bits(self.out_features, self.in_features, self.config, self.n_outliers)
 
     # ------------------------------------------------------------------ dequantization
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:

