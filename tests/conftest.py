@@ -10,6 +10,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from spqrkit.data.corpora import join_documents, load_corpus  # noqa: E402
 from spqrkit.models.source import DEFAULT_MODEL, load_model, load_tokenizer  # noqa: E402
 
 
@@ -32,6 +33,18 @@ def default_model_and_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def default_tokenizer():
-    """Tokenizer of the default model alone (about 3 s), for tests that need no weights."""
+def default_tokenizer(request):
+    """Tokenizer of the default model alone (about 3 s), for tests that need no weights; the loaded model's own
+    tokenizer (the same `load_tokenizer` result) when a test of this session loads the model anyway."""
+    if any("default_model_and_tokenizer" in item.fixturenames for item in request.session.items):
+        return request.getfixturevalue("default_model_and_tokenizer")[1]
     return load_tokenizer(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def calib_text(tmp_path_factory):
+    """A short calibration text file (the first LAMBADA documents, a few thousand tokens), for `--calib` in tests
+    whose subject is not the calibration corpus: tokenizing the whole built-in corpus costs seconds per call."""
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    path.write_text(join_documents(load_corpus("lambada")[:12]), encoding="utf-8")
+    return path

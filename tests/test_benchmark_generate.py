@@ -1,4 +1,5 @@
-"""CPU smoke test of benchmarks/generate.py: the whole harness on the tiny model, eager, two batch sizes."""
+"""CPU smoke test of benchmarks/generate.py: the whole harness on the tiny model, eager, two batch sizes, unfused
+and fused."""
 
 import importlib.util
 import json
@@ -19,40 +20,30 @@ def generate():
 
 
 def test_main_tiny_cpu(generate, one_thread, tmp_path):
+    """--fuse both: every model measured unfused (as --fuse off measures it), then with q/k/v and gate/up fused; the
+    SpQR sets get one permutation each (so they fuse), and the fp16 fused layers are dropped before the swap."""
     out = tmp_path / "generate.json"
     generate.main(["--tiny", "--device", "cpu", "--new-tokens", "4", "--prompt-len", "8", "--batch-sizes", "1,2",
-                   "--mode", "eager", "--repeats", "1", "--json", str(out)])
+                   "--mode", "eager", "--repeats", "1", "--fuse", "both", "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["benchmark"] == "generate" and result["torch"] and result["transformers"] and result["date"]
+    assert result["fuse"] == "both"
     rows = result["rows"]
-    assert [(r["config"], r["batch"]) for r in rows] == [("float32", 1), ("float32", 2), ("spqr-w3", 1),
-                                                         ("spqr-w3", 2)]
+    assert [(r["config"], r["batch"], r["fused"]) for r in rows] == [
+        ("float32", 1, False), ("float32", 2, False), ("float32 fused", 1, True), ("float32 fused", 2, True),
+        ("spqr-w3", 1, False), ("spqr-w3", 2, False), ("spqr-w3 fused", 1, True), ("spqr-w3 fused", 2, True)]
     for r in rows:
         assert r["mode"] == "eager" and r["graph_error"] is None
         for key in ("decode_tokens_per_s", "ms_per_token", "prefill_ms", "peak_gib", "linear_weight_gib",
-                    "speedup_vs_fp16"):
+                    "speedup_vs_fp16", "speedup_vs_fp16_unfused"):
             assert r[key] > 0, (r["config"], r["batch"], key)
     weights = result["linear_weights"]
     assert weights["spqr_bytes"] < weights["dense_bytes"] / 4  # fp32 dense here; ~4.4 bits per weight packed
     assert 0.005 < result["outlier_share"] < 0.015
-
-
-def test_main_tiny_cpu_fused(generate, one_thread, tmp_path):
-    """--fuse both: every model measured unfused, then with q/k/v and gate/up fused; the SpQR sets get one
-    permutation each (so they fuse), and the fp16 fused layers are dropped before the swap."""
-    out = tmp_path / "generate.json"
-    generate.main(["--tiny", "--device", "cpu", "--new-tokens", "2", "--prompt-len", "8", "--batch-sizes", "1",
-                   "--mode", "eager", "--repeats", "1", "--fuse", "both", "--json", str(out)])
-    result = json.loads(out.read_text())
-    assert result["fuse"] == "both"
-    assert [(r["config"], r["fused"]) for r in result["rows"]] == [
-        ("float32", False), ("float32 fused", True), ("spqr-w3", False), ("spqr-w3 fused", True)]
-    fused_spqr = result["rows"][3]
-    assert fused_spqr["speedup_vs_fp16"] > 0 and fused_spqr["speedup_vs_fp16_unfused"] > 0
     # the fused layers hold the same codes, statistics and outliers; one permutation and one row pointer array
     # per set instead of one per linear
-    unfused, fused = result["rows"][2]["linear_weight_gib"], fused_spqr["linear_weight_gib"]
-    assert 0.99 * unfused < fused < unfused
+    for unfused, fused in zip(rows[4:6], rows[6:8]):
+        assert 0.99 * unfused["linear_weight_gib"] < fused["linear_weight_gib"] < unfused["linear_weight_gib"]
 
 
 def test_static_cache_decode_matches_recompute(generate, one_thread):

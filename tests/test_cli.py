@@ -25,14 +25,25 @@ def tiny_llama_dir(tmp_path_factory, default_tokenizer):
 
 QUICK = ["--calib-windows", "4", "--calib-seqlen", "128", "--quiet"]
 
+# Tiny models run fastest on one thread (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def quick(calib_text):
+    """QUICK on a short calibration text: for the tests whose subject is not the built-in calibration corpus."""
+    return ["--calib", str(calib_text), *QUICK]
+
 
 def test_quantize_then_eval(tiny_llama_dir, tmp_path, capsys):
+    # The default calibration corpus (LAMBADA) end to end; the other tests calibrate on a short text file.
     out = tmp_path / "q"
     report = tmp_path / "report.json"
     assert cli.main(["quantize", str(tiny_llama_dir), "--preset", "spqr-w3", "--out", str(out), "--json", str(report),
                      "--beta1", "8", *QUICK]) == 0
     record = workflows.read_quantization_record(out)
     assert record["config"]["beta1"] == 8 and record["config"]["wbits"] == 3
+    assert record["calibration"] == {"corpus": "lambada", "windows": 4, "seqlen": 128, "seed": 0}
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
     info = verify_checkpoint(out)  # the compressed format by default, with the tokenizer beside it
     assert len(info.layers) == 2 * 7 and (out / "tokenizer.json").is_file()
@@ -48,26 +59,26 @@ def test_quantize_then_eval(tiny_llama_dir, tmp_path, capsys):
     assert "perplexity" in capsys.readouterr().out
 
 
-def test_quantize_dequantized_writes_a_plain_folder(tiny_llama_dir, tmp_path):
+def test_quantize_dequantized_writes_a_plain_folder(tiny_llama_dir, tmp_path, quick):
     out = tmp_path / "plain"
     assert cli.main(["quantize", str(tiny_llama_dir), "--preset", "rtn-w4", "--out", str(out), "--dequantized",
-                     *QUICK]) == 0
+                     *quick]) == 0
     assert not is_checkpoint(out) and workflows.read_quantization_record(out)["config"]["wbits"] == 4
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
 
 
-def test_existing_output_folder_is_refused_before_any_work(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+def test_existing_output_folder_is_refused_before_any_work(tiny_llama_dir, tmp_path, capsys, monkeypatch, quick):
     out = tmp_path / "exists"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     monkeypatch.setattr(workflows, "load_model", lambda *a, **k: pytest.fail("must not load the model"))
-    assert cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), *QUICK]) == 2
+    assert cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), *quick]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("dequantized", [False, True])
-def test_a_run_that_dies_while_saving_leaves_nothing(tiny_llama_dir, tmp_path, monkeypatch, dequantized):
+def test_a_run_that_dies_while_saving_leaves_nothing(tiny_llama_dir, tmp_path, monkeypatch, quick, dequantized):
     out = tmp_path / "crash"
 
     def boom(*args, **kwargs):
@@ -78,21 +89,21 @@ def test_a_run_that_dies_while_saving_leaves_nothing(tiny_llama_dir, tmp_path, m
     else:
         monkeypatch.setattr(checkpoint, "_write_safetensors", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), *QUICK] + ["--dequantized"] * dequantized)
+        cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), *quick] + ["--dequantized"] * dequantized)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_dimension_not_divisible_by_beta2_is_refused(tiny_llama_dir, tmp_path, capsys):
+def test_dimension_not_divisible_by_beta2_is_refused(tiny_llama_dir, tmp_path, capsys, quick):
     # k_proj / v_proj have 32 rows: beta2 = 64 cannot tile them.
     out = tmp_path / "q"
-    assert cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), "--beta2", "64", *QUICK]) == 2
+    assert cli.main(["quantize", str(tiny_llama_dir), "--out", str(out), "--beta2", "64", *quick]) == 2
     err = capsys.readouterr().err
     assert "beta2" in err and "k_proj" in err
     assert not out.exists()
 
 
-def test_nan_weights_are_refused(tiny_llama_dir, tmp_path, capsys):
+def test_nan_weights_are_refused(tiny_llama_dir, tmp_path, capsys, quick):
     bad_dir = tmp_path / "bad"
     model = LlamaForCausalLM.from_pretrained(tiny_llama_dir)
     with torch.no_grad():
@@ -101,23 +112,24 @@ def test_nan_weights_are_refused(tiny_llama_dir, tmp_path, capsys):
     (bad_dir / "tokenizer.json").write_bytes((tiny_llama_dir / "tokenizer.json").read_bytes())
     (bad_dir / "tokenizer_config.json").write_bytes((tiny_llama_dir / "tokenizer_config.json").read_bytes())
     out = tmp_path / "q"
-    assert cli.main(["quantize", str(bad_dir), "--out", str(out), *QUICK]) == 2
+    assert cli.main(["quantize", str(bad_dir), "--out", str(out), *quick]) == 2
     err = capsys.readouterr().err
     assert "NaN" in err and "up_proj" in err
     assert not out.exists()
 
 
-def test_unknown_model_family_is_refused(tmp_path, default_tokenizer, capsys):
+def test_unknown_model_family_is_refused(tmp_path, default_tokenizer, capsys, quick):
     path = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(default_tokenizer))).save_pretrained(path)
     default_tokenizer.save_pretrained(path)
-    assert cli.main(["quantize", str(path), "--out", str(tmp_path / "q"), *QUICK]) == 2
+    assert cli.main(["quantize", str(path), "--out", str(tmp_path / "q"), *quick]) == 2
     err = capsys.readouterr().err
     assert "gpt2" in err and "llama" in err
 
 
-def test_too_few_calibration_tokens_is_refused(tiny_llama_dir, tmp_path, capsys):
-    assert cli.main(["quantize", str(tiny_llama_dir), "--out", str(tmp_path / "q"), "--calib-windows", "1",
+def test_too_few_calibration_tokens_is_refused(tiny_llama_dir, tmp_path, capsys, calib_text):
+    assert cli.main(["quantize", str(tiny_llama_dir), "--out", str(tmp_path / "q"), "--calib", str(calib_text),
+                     "--calib-windows", "1",
                      "--calib-seqlen", "16", "--quiet"]) == 2
     assert "calibration tokens" in capsys.readouterr().err
 

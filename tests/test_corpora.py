@@ -87,9 +87,15 @@ def test_tokenize_corpus_tokenises_the_joined_text_once_without_special_tokens(d
     assert default_tokenizer.decode(tokens[0]) == text
 
 
+@pytest.fixture(scope="module")
+def streams(default_tokenizer):
+    """The built-in corpora as token streams, tokenized once for this module (about 2 s each)."""
+    return {name: tokenize_corpus(default_tokenizer, name) for name in ("wiki", "lambada")}
+
+
 @pytest.mark.parametrize(("name", "n_tokens"), [("wiki", WIKI_TOKENS), ("lambada", LAMBADA_TOKENS)])
-def test_builtin_corpus_token_counts(default_tokenizer, name, n_tokens):
-    assert tokenize_corpus(default_tokenizer, name).shape == (1, n_tokens)
+def test_builtin_corpus_token_counts(streams, name, n_tokens):
+    assert streams[name].shape == (1, n_tokens) and streams[name].dtype == torch.long
 
 
 def test_consecutive_windows_drop_the_trailing_partial_window():
@@ -124,10 +130,11 @@ def test_random_windows_need_one_full_window():
         random_windows(stream, n_windows=0, seqlen=5)
 
 
-def test_calibration_and_eval_windows_of_builtin_corpora(default_tokenizer):
+def test_calibration_and_eval_windows_of_builtin_corpora(default_tokenizer, streams):
+    # The defaults: random windows of LAMBADA for calibration, consecutive windows of wiki for evaluation.
     calibration = calibration_windows(default_tokenizer, n_windows=4, seqlen=2048, seed=0)
     assert calibration.shape == (4, 2048)
-    assert torch.equal(calibration, calibration_windows(default_tokenizer, "lambada", 4, 2048, seed=0))
+    assert torch.equal(calibration, random_windows(streams["lambada"], n_windows=4, seqlen=2048, seed=0))
     evaluation = eval_windows(default_tokenizer, seqlen=2048)
     assert evaluation.shape == (WIKI_TOKENS // 2048, 2048)
-    assert torch.equal(evaluation[0], tokenize_corpus(default_tokenizer, "wiki")[0, :2048])
+    assert torch.equal(evaluation, consecutive_windows(streams["wiki"], seqlen=2048))

@@ -30,6 +30,9 @@ from spqrkit.modules.linear import SpQRLinear
 from spqrkit.quant.representation import QuantizedWeight
 from spqrkit.quant.solver import quantize_matrices
 
+# Small matrices solve fastest on one thread (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def pack_with_python_ints(codes: list[int], bits: int) -> list[int]:
     """An independent reading of the spec: each 32-code chunk as one Python integer, cut into 32-bit words."""

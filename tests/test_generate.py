@@ -16,7 +16,7 @@ QUICK = ["--calib-windows", "2", "--calib-seqlen", "64", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, default_tokenizer, one_thread):
+def tiny_checkpoint(tmp_path_factory, default_tokenizer, calib_text, one_thread):
     """A 2-block random Llama with the default tokenizer, quantized rtn-w4 into a compressed checkpoint."""
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -24,7 +24,8 @@ def tiny_checkpoint(tmp_path_factory, default_tokenizer, one_thread):
     root = tmp_path_factory.mktemp("gen")
     LlamaForCausalLM(config).save_pretrained(root / "llama")
     default_tokenizer.save_pretrained(root / "llama")
-    assert cli.main(["quantize", str(root / "llama"), "--preset", "rtn-w4", "--out", str(root / "q"), *QUICK]) == 0
+    assert cli.main(["quantize", str(root / "llama"), "--preset", "rtn-w4", "--out", str(root / "q"),
+                     "--calib", str(calib_text), *QUICK]) == 0
     return root / "q"
 
 

@@ -10,6 +10,9 @@ from spqrkit.eval.perplexity import corpus_perplexity, perplexity, token_nll_sum
 VOCAB = 97
 SEQLEN = 16
 
+# Tiny models run fastest on one thread (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def tiny_llama():

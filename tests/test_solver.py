@@ -11,6 +11,9 @@ from spqrkit.quant import solver as S
 from spqrkit.quant.minmax import minmax_params, quantize_dequantize
 from spqrkit.quant.solver import SolverError, layer_error, loo_error_reduction, quantize_matrices
 
+# Small matrices solve fastest on one thread (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def make_problem(out=64, n=96, tokens=2048, seed=0, heavy_tail=False):
     """A weight and a correlated, anisotropic Hessian like a real layer's."""
