@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from kernel_speed import ACT_DTYPE, SHAPES, copies_for, copy_bandwidth, layer_bytes, make_layers, time_graph
 
 from spqrkit.config import get_preset
-from spqrkit.kernels import dot_pairs, gemv_pairs, spqr_matmul
+from spqrkit.kernels import dot, gemv, gemv_pairs
 from spqrkit.modules.linear import MATMULS
 
-LAUNCHERS = {"gemv_pairs": gemv_pairs.gemv_pairs, "dot_pairs": dot_pairs.dot_pairs, "gemv_seg": spqr_matmul.gemv,
-             "dot": spqr_matmul.dot}
+LAUNCHERS = {"gemv_pairs": gemv_pairs.gemv_pairs, "dot_pairs": dot.dot_pairs, "gemv_seg": gemv.gemv,
+             "dot": dot.dot}
 FIXED = {"gemv_seg": {"segments": True}}  # options that make the launcher that kernel
 
 

@@ -19,10 +19,10 @@ from spqrkit.kernels.pair_schedule import (
     pair_plan,
     schedule_group,
 )
-from spqrkit.modules import linear as linear_mod
 from spqrkit.modules.linear import MATMULS
 
 triton = pytest.importorskip("triton")
+from spqrkit.kernels import gemv_pairs, ops, reach, select
 from test_kernels_matmul import (
     DEVICE,
     GRID,
@@ -32,8 +32,6 @@ from test_kernels_matmul import (
     _layer,
     on_cuda,
 )
-
-from spqrkit.kernels import gemv_pairs, ops, spqr_matmul
 
 
 @pytest.mark.parametrize("key", sorted(SCHEDULES))
@@ -83,9 +81,9 @@ def test_masked_codes_are_subnormal_halves():
 def test_schedule_group_and_unsupported_layouts():
     assert [schedule_group(g) for g in (0, 2, 4, 8, 16, 32, 64, 128)] == [32, None, None, 8, 16, 32, 32, 32]
     assert pair_plan(5, 16) is None and pair_plan(3, 4) is None
-    assert spqr_matmul.unsupported_reason(64, 3, 16, "gemv_pairs") is None
-    assert "no fp16-pair schedule" in spqr_matmul.unsupported_reason(64, 3, 4, "gemv_pairs")
-    assert "no fp16-pair schedule" in spqr_matmul.unsupported_reason(64, 6, 16, "gemv_pairs")
+    assert reach.unsupported_reason(64, 3, 16, "gemv_pairs") is None
+    assert "no fp16-pair schedule" in reach.unsupported_reason(64, 3, 4, "gemv_pairs")
+    assert "no fp16-pair schedule" in reach.unsupported_reason(64, 6, 16, "gemv_pairs")
     assert gemv_pairs.supports(torch.float16, 3, 16)
     layer = _layer(32, 64, get_preset("spqr-w3"))
     assert gemv_pairs.supports(torch.bfloat16, 3, 16) and not gemv_pairs.supports(torch.float32, 3, 16)
@@ -184,7 +182,7 @@ def test_gemv_pairs_custom_op_and_torch_compile(monkeypatch):
     bases = layer.outlier_bases()
     torch.library.opcheck(ops.fused_matmul, (x, *layer.kernel_tensors(), layer.bias, 32, *layer.kernel_layout(),
                                              "gemv_pairs", bases), test_utils=("test_schema", "test_faketensor"))
-    monkeypatch.setenv(linear_mod.MATMUL_ENV, "gemv_pairs")
+    monkeypatch.setenv(select.MATMUL_ENV, "gemv_pairs")
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True, backend="inductor" if on_cuda else "aot_eager")
     _check(layer, x, compiled(x))

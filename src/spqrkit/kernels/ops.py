@@ -5,8 +5,8 @@ base weights), `spqrkit::dequantize_chunked` (the weight in the activation dtype
 output's shape and dtype. Nothing in them synchronises with the host: the outlier ranges are read from the row
 pointers on the device.
 
-Argument order and meaning: see the launchers in spqrkit.kernels.spqr_matmul. Eager callers (`eager`) may call the
-implementations directly (`fused_matmul_impl`, `spqr_matmul.dequantize_chunked`, `gather_x_chunked_impl`), which
+Argument order and meaning: see the launchers in spqrkit.kernels. Eager callers (`eager`) may call the
+implementations directly (`fused_matmul_impl`, `dequantize.dequantize_chunked`, `gather_x_chunked_impl`), which
 spares the host the custom-op dispatch; `SpQRLinear` does.
 """
 
@@ -17,7 +17,8 @@ import functools
 import torch
 from torch import Tensor
 
-from . import dot_pairs, gemv_pairs, spqr_matmul
+from . import dequantize, dot, gather, gemv, gemv_pairs
+from .reach import rows_per_launch
 
 
 def eager(x: Tensor) -> bool:
@@ -38,19 +39,19 @@ def fused_matmul_impl(
     cores), "gemv_xc" (the same after gathering x into the kernel's tile order), "gemv_seg" (x also pre-scaled per code
     position, statistics applied per segment), "gemv_pairs" (one or two rows of fp16 / bf16 x per launch, packed fp16
     pairs), "dot" (tensor cores, any number of rows in one call) or "dot_pairs" (dot with its operand decoded in fp16
-    pairs, fp16 x). `bases`: the outliers' base weights (`spqr_matmul.outlier_bases`), taken by gemv_seg, gemv_pairs,
+    pairs, fp16 x). `bases`: the outliers' base weights (`dequantize.outlier_bases`), taken by gemv_seg, gemv_pairs,
     dot and dot_pairs (None: they decode them again)."""
-    fn = {"gemv": spqr_matmul.gemv, "gemv_xc": functools.partial(spqr_matmul.gemv, x_chunked=True),
-          "gemv_seg": functools.partial(spqr_matmul.gemv, segments=True, bases=bases),
+    fn = {"gemv": gemv.gemv, "gemv_xc": functools.partial(gemv.gemv, x_chunked=True),
+          "gemv_seg": functools.partial(gemv.gemv, segments=True, bases=bases),
           "gemv_pairs": functools.partial(gemv_pairs.gemv_pairs, bases=bases),
-          "dot": functools.partial(spqr_matmul.dot, bases=bases),
-          "dot_pairs": functools.partial(dot_pairs.dot_pairs, bases=bases)}[kernel]
+          "dot": functools.partial(dot.dot, bases=bases),
+          "dot_pairs": functools.partial(dot.dot_pairs, bases=bases)}[kernel]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] == 0:  # no rows: nothing to launch
         return x.new_empty((*x.shape[:-1], out_features))
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    step = spqr_matmul.rows_per_launch(kernel) or x2.shape[0]
+    step = rows_per_launch(kernel) or x2.shape[0]
     parts = [
         fn(x2[i:i + step], codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
            out_features, wbits, group, beta2, scale_bits, zero_bits)
@@ -77,8 +78,8 @@ def outlier_bases(
     row_ptr: Tensor, cols: Tensor, vals: Tensor, in_features: int, out_features: int, wbits: int, group: int,
     beta2: int, scale_bits: int, zero_bits: int,
 ) -> Tensor:
-    """fp32 [nnz]: the base weight at each outlier (`spqr_matmul.outlier_bases`)."""
-    return spqr_matmul.outlier_bases(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features,
+    """fp32 [nnz]: the base weight at each outlier (`dequantize.outlier_bases`)."""
+    return dequantize.outlier_bases(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features,
                                      out_features, wbits, group, beta2, scale_bits, zero_bits)
 
 
@@ -94,9 +95,9 @@ def dequantize_chunked(
     row_ptr: Tensor, cols: Tensor, vals: Tensor, in_features: int, out_features: int, wbits: int, group: int,
     beta2: int, scale_bits: int, zero_bits: int, dtype: torch.dtype,
 ) -> Tensor:
-    """W [out, ceil(in / 32) * 32] in `dtype`, columns in `spqr_matmul.chunked_column_order`, outliers in place
-    (the implementation: `spqr_matmul.dequantize_chunked`)."""
-    return spqr_matmul.dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
+    """W [out, ceil(in / 32) * 32] in `dtype`, columns in `gather.chunked_column_order`, outliers in place
+    (the implementation: `dequantize.dequantize_chunked`)."""
+    return dequantize.dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
                                           in_features, out_features, wbits, group, beta2, scale_bits, zero_bits,
                                           dtype)
 
@@ -112,7 +113,7 @@ def gather_x_chunked_impl(x: Tensor, perm: Tensor) -> Tensor:
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    return spqr_matmul.gather_x_chunked(x2, perm).reshape(*x.shape[:-1], -1)
+    return gather.gather_x_chunked(x2, perm).reshape(*x.shape[:-1], -1)
 
 
 gather_x_chunked = torch.library.custom_op("spqrkit::gather_x_chunked", mutates_args=())(gather_x_chunked_impl)

@@ -12,7 +12,6 @@ once per layer and device and recomputed when a packed buffer changes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
@@ -28,6 +27,7 @@ from ..format.pack import (
 )
 from ..format.spec import layer_tensor_specs
 from ..quant.representation import QuantizedWeight
+from ..kernels import select
 from . import eager_graphs
 
 Matmul = Callable[["SpQRLinear", torch.Tensor], torch.Tensor]
@@ -266,10 +266,11 @@ def dot_pairs_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     """Large batches: the weight dequantized once to x's dtype by a kernel (columns in chunk-major order), then
     cuBLAS on x's columns gathered in the same order."""
-    from ..kernels import ops, spqr_matmul
+    from ..kernels import dequantize as dq
+    from ..kernels import ops
 
     eager = ops.eager(x)  # (the ops' implementations directly when nothing traces, as in `_fused`)
-    dequantize = spqr_matmul.dequantize_chunked if eager else ops.dequantize_chunked
+    dequantize = dq.dequantize_chunked if eager else ops.dequantize_chunked
     gather = ops.gather_x_chunked_impl if eager else ops.gather_x_chunked
     w = dequantize(*layer.kernel_tensors()[:8], layer.in_features, layer.out_features, *layer.kernel_layout(), x.dtype)
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
@@ -281,91 +282,12 @@ MATMULS: dict[str, Matmul] = {
     "gemv_pairs": gemv_pairs_matmul, "dot": dot_matmul, "dot_pairs": dot_pairs_matmul,
     "dequantize": dequantize_matmul,
 }
-# Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H200
-# (benchmarks/results/kernel_speed_h200.json, kernel_speed_b2_3_h200.json, kernel_speed_dot_b4_64_h200.json and
-# kernel_speed_b16_64_h200.json, 2026-11-26, spqr-w3, 1% outliers, all six LLaMA-2 shapes, with the outlier bases).
-# gemv_seg (CUDA cores, one pass) is the fastest at one and two rows (10.2 / 13.2 us at 4096^2 against 18.1 / 17.5
-# for dot and 14.3 / 14.4 for fp16 cuBLAS; at two rows on all six shapes); three rows run as four (20.3 us) and its
-# time keeps growing (32.9 at eight). dot (tensor cores) grows slowly with the rows, so it is chosen from three rows
-# on: in stop 11's runs at three rows it was faster on five of the six shapes (17.7 against 20.3 us at 4096^2, 39.8
-# against 53.7 at 4096x11008; 173.3 against 170.9 at 28672x8192 the exception), at four on five too, from eight on
-# all; stop 12's dot is 1.02x-1.36x faster again (16.6 / 16.6 / 17.3 / 21.7 / 29.0 us at 4 / 8 / 16 / 32 / 64 rows
-# at 4096^2). From 16 to 64 rows it beats dequantize + cuBLAS on all six shapes (64 rows: 29.0 against 49.6 us at
-# 4096^2, 278.4 against 584.3 at 8192x28672). Past 64 rows (prefill; not measured beyond) dequantize + cuBLAS, which
-# costs the same at any batch. At one row of fp16 or bf16 x gemv_pairs (packed fp16 pairs, kernels/gemv_pairs.py) is
-# faster still: 8.7 / 17.0 / 17.4 / 22.2 / 59.0 / 64.5 us on the six shapes against 10.1 / 20.6 / 20.8 / 29.1 / 75.7 /
-# 83.5 for gemv_seg in the same run (fp16 x, kernel_speed_pairs_final_h200.json; bf16: 1.18x-1.31x too; with stop
-# 17's subnormal decode 8.5 / 16.5 / 16.8 / 20.0 / 54.0 / 57.6, kernel_speed_subnormal_h200.json), and at two
-# rows (one launch: each code pair decoded once for both) 11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 against 13.5 / 25.9 /
-# 28.4 / 35.0 / 96.3 / 106.4 (kernel_speed_pairs_b1_b2_h200.json; bf16 at two rows tested, not timed). From 3 rows of
-# fp16 x dot_pairs (dot with its operand decoded in fp16 pairs, kernels/dot_pairs.py) replaces dot up to 32 rows:
-# 1.03x-1.10x faster on all six shapes at 3, 4, 8 and 16 rows (15.5 against 16.6 us at 4096^2 and 8 rows, 144.4
-# against 154.3 at 28672x8192; kernel_speed_dot_pairs_h200.json, kernel_speed_dot_pairs_b3_64_h200.json), still
-# 0.74x-0.96x of fp16 cuBLAS there; at 32 rows faster on five shapes (21.2 against 22.0 us at 4096^2, 200.5 against
-# 199.5 at 8192x28672), at 64 rows within 1% of dot either way (dot kept there).
-GEMV_PAIRS_MAX_ROWS = 2
-GEMV_SEG_MAX_ROWS = 2
-DOT_PAIRS_MAX_ROWS = 32
-DOT_MAX_ROWS = 64
-MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
-
-
-def _triton_ready() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
-    """The name (a key of MATMULS) of the implementation for this layer and input.
-
-    SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
-    off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv_pairs` up to GEMV_PAIRS_MAX_ROWS rows of fp16 / bf16 x, `gemv_seg` up to
-    GEMV_SEG_MAX_ROWS rows of x, `dot_pairs` up to DOT_PAIRS_MAX_ROWS rows of fp16 x, `dot` up to DOT_MAX_ROWS,
-    `dequantize` beyond; a layout the chosen kernel does not cover (gemv_pairs and dot_pairs: 2..4-bit codes in
-    groups of 8, 16, >= 32 or one per row; dot: groups under 8) falls back to the next of dot, gemv_seg (up to its
-    8 rows per launch), dequantize; dot only for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only baselines."""
-    wbits, group = layer.config.wbits, layer.config.beta1 or 0
-    forced = os.environ.get(MATMUL_ENV, "auto")
-    if forced != "auto":
-        if forced not in MATMULS:
-            raise ValueError(f"{MATMUL_ENV}={forced!r}: expected auto or one of {sorted(MATMULS)}")
-        if forced == "reference":
-            return forced
-        if not _triton_ready():
-            raise ValueError(f"{MATMUL_ENV}={forced}: Triton is not installed")
-        from ..kernels.spqr_matmul import unsupported_reason
-
-        reason = unsupported_reason(layer.in_features, wbits, group, forced)
-        if reason:
-            raise ValueError(f"{MATMUL_ENV}={forced}: {reason}")
-        return forced
-    if x.device.type != "cuda" or x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or not _triton_ready():
-        return "reference"
-    rows = x.numel() // max(x.shape[-1], 1)
-    if rows == 0:
-        return "reference"
-    from ..kernels.spqr_matmul import rows_per_launch, unsupported_reason
-
-    if rows <= GEMV_PAIRS_MAX_ROWS and x.dtype in (torch.float16, torch.bfloat16):
-        wanted = ["gemv_pairs", "gemv_seg", "dot", "dequantize"]
-    elif rows <= GEMV_SEG_MAX_ROWS:
-        wanted = ["gemv_seg", "dot", "dequantize"]
-    elif rows <= DOT_MAX_ROWS:  # (gemv_seg as the fallback only within one launch)
-        wanted = ["dot", "gemv_seg", "dequantize"] if rows <= rows_per_launch("gemv_seg") else ["dot", "dequantize"]
-        if x.dtype == torch.float16 and rows <= DOT_PAIRS_MAX_ROWS:
-            wanted.insert(0, "dot_pairs")
-    else:
-        wanted = ["dequantize"]
-    if x.dtype == torch.float32:  # (dot would multiply fp32 without the tensor cores: tl.dot's "ieee" precision)
-        wanted = [k for k in wanted if k != "dot"]
-    for kernel in wanted:
-        if unsupported_reason(layer.in_features, wbits, group, kernel) is None:
-            return kernel
-    return "reference"
+    """The name (a key of MATMULS) of the implementation for this layer and input: the kernel selector's
+    (`spqrkit.kernels.select`: its table, SPQRKIT_MATMUL forcing, the reference as the fallback)."""
+    return select.choose_kernel(x, layer.in_features, layer.config.wbits, layer.config.beta1 or 0)
 
 
 def select_matmul(layer: SpQRLinear, x: torch.Tensor) -> Matmul:
@@ -376,7 +298,7 @@ def select_matmul(layer: SpQRLinear, x: torch.Tensor) -> Matmul:
     (torch.compile) ask each time: no dict side effects in traced code, and a compiled graph asks once anyway."""
     if torch.compiler.is_compiling():
         return MATMULS[choose_kernel(layer, x)]
-    key = (x.numel() // max(x.shape[-1], 1), x.dtype, x.device.type, os.environ.get(MATMUL_ENV))
+    key = (x.numel() // max(x.shape[-1], 1), x.dtype, x.device.type, select.forced())
     kernel = layer._choices.get(key)
     if kernel is None:
         if len(layer._choices) >= 64:
