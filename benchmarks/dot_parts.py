@@ -29,8 +29,7 @@ from spqrkit.modules.linear import MATMULS
 
 
 def stages(layer, x, kernel="dot"):
-    return dot.dot_stages(x, *layer.kernel_tensors(), None, layer.out_features, *layer.kernel_layout(),
-                                  bases=layer.outlier_bases(), pairs=kernel == "dot_pairs")[0]
+    return dot.dot_stages(x, layer.packed_layer(layer.outlier_bases()), None, pairs=kernel == "dot_pairs")[0]
 
 
 def main(argv=None) -> int:

@@ -88,8 +88,8 @@ def main(argv=None) -> int:
             def call(lay, opts, x=x, out=out):
                 opts = dict(opts)
                 kernel = opts.pop("kernel", args.kernel)  # (a variant may name another kernel)
-                return LAUNCHERS[kernel](x, *lay.kernel_tensors(), None, out, *lay.kernel_layout(),
-                                         bases=lay.outlier_bases(), **FIXED.get(kernel, {}), **opts)
+                return LAUNCHERS[kernel](x, lay.packed_layer(lay.outlier_bases()), None, **FIXED.get(kernel, {}),
+                                         **opts)
 
             live = {}
             for v, opts in variants.items():

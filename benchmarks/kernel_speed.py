@@ -164,11 +164,10 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
         if "gemv_seg" in kernels and batch <= reach.GEMV_MAX_BATCH:
             ref = MATMULS["reference"](layers[0], x).float()
             for vname, params in SEG_VARIANTS.items():
-                y = gemv.gemv(x, *layers[0].kernel_tensors(), None, out, *layers[0].kernel_layout(),
-                                     **with_bases(layers[0], params))
+                y = launch(gemv.gemv, x, layers[0], params)
                 row[f"{vname}_err"] = ((y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-                row[f"{vname}_s"] = time_graph([lambda lay=lay, x=x, prm=params: gemv.gemv(
-                    x, *lay.kernel_tensors(), None, out, *lay.kernel_layout(), **with_bases(lay, prm))
+                row[f"{vname}_s"] = time_graph([lambda lay=lay, x=x, prm=params: launch(
+                    gemv.gemv, x, lay, prm)
                     for lay in layers], repeats)
         row["auto_kernel"] = choose_kernel(layers[0], x)
         row["auto_s"] = row.get(f"{row['auto_kernel']}_s")
@@ -192,10 +191,12 @@ SEG_VARIANTS = {"seg_nopdl": {"segments": True, "pdl": False}, "seg_nosplit": {"
                 "seg_decode": {"segments": True, "bases": None}}  # outliers decoded again, no outlier_bases
 
 
-def with_bases(layer, params):
-    """The launcher options `params` with the layer's outlier bases (as the selector's path passes them), unless
-    they set `bases` themselves (None: the outliers' codes and statistics decoded again)."""
-    return params if "bases" in params else {**params, "bases": layer.outlier_bases()}
+def launch(fn, x, layer, params):
+    """Launcher `fn` on the layer's packed tensors with options `params` and the layer's outlier bases (as the
+    selector's path passes them), unless `params` sets `bases` itself (None: the outliers decoded again)."""
+    opts = dict(params)
+    bases = opts.pop("bases") if "bases" in opts else layer.outlier_bases()
+    return fn(x, layer.packed_layer(bases), None, **opts)
 
 
 # (block_rows, chunks, warps) tried for gemv_xc (the best two of stop 8's sweep) and gemv_seg (rows in thread: a
@@ -239,10 +240,8 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
     layers = make_layers(out, n_in, config, 0)
     x = torch.randn(batch, n_in, device="cuda", dtype=ACT_DTYPE)
     results = []
-    wb, group, beta2, sb, zb = layers[0].kernel_layout()
-
     def run(fn, params, lay):
-        return fn(x, *lay.kernel_tensors(), None, out, wb, group, beta2, sb, zb, **with_bases(lay, params))
+        return launch(fn, x, lay, params)
 
     space = []
     if batch <= 4 and "gemv" in kernels:

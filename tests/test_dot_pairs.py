@@ -18,20 +18,22 @@ from spqrkit.kernels import dot, dot_pairs, gather, ops, reach, select
 from test_kernels_matmul import (
     DEVICE,
     GRID,
+    GRID_CPU,
     STAT_VARIANT_IDS,
     STAT_VARIANTS,
     _check,
     _layer,
+    sweep,
     on_cuda,
 )
 
 
 def _run(layer, x, **options):
-    return dot.dot_pairs(x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(),
-                               bases=options.pop("bases", layer.outlier_bases()), **options)
+    bases = options.pop("bases", layer.outlier_bases())
+    return dot.dot_pairs(x, layer.packed_layer(bases), layer.bias, **options)
 
 
-@pytest.mark.parametrize("wbits,beta1,beta2", GRID)
+@pytest.mark.parametrize("wbits,beta1,beta2", sweep(GRID, GRID_CPU))
 def test_dot_pairs_every_layout(wbits, beta1, beta2):
     from spqrkit.config import QuantConfig
 
@@ -60,7 +62,7 @@ def test_dot_pairs_outlier_extremes(outlier_share, dense_rows, empty_rows):
     _check(layer, x, _run(layer, x, bases=None))  # the outliers' codes and statistics decoded again
 
 
-@pytest.mark.parametrize("wbits,beta1,beta2", GRID[1::4])
+@pytest.mark.parametrize("wbits,beta1,beta2", sweep(GRID[1::4], GRID[1:2]))
 def test_dot_pairs_tiles_and_split(wbits, beta1, beta2):
     from spqrkit.config import QuantConfig
 
@@ -121,8 +123,8 @@ def test_dot_pairs_refuses_other_dtypes_and_layouts():
 def test_dot_pairs_custom_op_and_torch_compile(monkeypatch):
     layer = _layer(32, 64, get_preset("spqr-w3"))
     x = torch.randn(2, 64, device=DEVICE).half()
-    args = (x, *layer.kernel_tensors(), layer.bias, 32, *layer.kernel_layout(), "dot_pairs", layer.outlier_bases())
-    torch.library.opcheck(ops.fused_matmul, args, test_utils=("test_schema", "test_faketensor"))
+    args = ops.fused_matmul_args(x, layer.packed_layer(layer.outlier_bases()), layer.bias, "dot_pairs")
+    torch.library.opcheck(ops.fused_matmul_op, args, test_utils=("test_schema", "test_faketensor"))
     monkeypatch.setenv(select.MATMUL_ENV, "dot_pairs")
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True, backend="inductor" if on_cuda else "aot_eager")

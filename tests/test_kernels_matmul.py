@@ -15,7 +15,6 @@ import torch
 from spqrkit.config import QuantConfig, get_preset
 from spqrkit.format.pack import dequantize_packed
 from spqrkit.format.synthetic import random_quantized_weight
-from spqrkit.modules import linear as linear_mod
 from spqrkit.modules.linear import MATMULS, SpQRLinear, choose_kernel, reference_matmul
 
 triton = pytest.importorskip("triton")
@@ -49,10 +48,20 @@ def _check(layer, x, y):
 
 # Every wbits 2..4 with every beta1 in {8, 16, 32, 64}; beta2 cycles through {16, 32, 64}; 3-bit statistics.
 GRID = [(wb, b1, (16, 32, 64)[(i + j) % 3]) for i, wb in enumerate((2, 3, 4)) for j, b1 in enumerate((8, 16, 32, 64))]
+# Four layouts of GRID that together hold every wbits, beta1 and beta2 of it: what the CPU runs; the rest of the
+# grid is a gpu_sweep (the kernels branch on each of these values separately, never on their combination).
+GRID_CPU = [(2, 8, 16), (3, 16, 64), (4, 32, 32), (2, 64, 16)]
+assert all(g in GRID for g in GRID_CPU)
+SWEEP = pytest.mark.gpu_sweep
+
+
+def sweep(cases, on_cpu):
+    """pytest params of `cases`, those not in `on_cpu` marked gpu_sweep."""
+    return [pytest.param(*c, marks=() if c in on_cpu else SWEEP) for c in cases]
 
 
 @pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "dot"])
-@pytest.mark.parametrize("wbits,beta1,beta2", GRID)
+@pytest.mark.parametrize("wbits,beta1,beta2", sweep(GRID, GRID_CPU))
 def test_fused_kernels_every_layout(kernel, wbits, beta1, beta2):
     cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
     out, n_in = (beta2 * 2, 200) if not on_cuda else (beta2 * 40, 1000)
@@ -62,7 +71,7 @@ def test_fused_kernels_every_layout(kernel, wbits, beta1, beta2):
         _check(layer, x, MATMULS[kernel](layer, x))
 
 
-@pytest.mark.parametrize("wbits,beta1,beta2", GRID[::3])
+@pytest.mark.parametrize("wbits,beta1,beta2", sweep(GRID[::3], GRID[:1]))
 def test_gemv_tuning_options(wbits, beta1, beta2):
     """The gemv kernels' tuning options: gemv_seg's PREFETCH (next tile's words loaded ahead), PDL (programmatic
     dependent launch after the x kernel; on a GPU only, Triton's interpreter ignores it) and split K (several
@@ -71,25 +80,21 @@ def test_gemv_tuning_options(wbits, beta1, beta2):
     layer = _layer(beta2 * 2, 1100 if on_cuda else 300, cfg, dense_rows=3, empty_rows=5)
     for rows in (1, 3, 6):
         x = torch.randn(rows, layer.in_features, device=DEVICE)
-        y = gemv.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(),
-                             chunks=4, segments=True, prefetch=True)
+        y = gemv.gemv(x, layer.packed_layer(), layer.bias, chunks=4, segments=True, prefetch=True)
         _check(layer, x, y)
-        y = gemv.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(),
-                             chunks=4, segments=True, pdl=True)
+        y = gemv.gemv(x, layer.packed_layer(), layer.bias, chunks=4, segments=True, pdl=True)
         _check(layer, x, y)
         for split in (1, 2, 3, 100):  # 100: capped at one program per tile
             for rt in (True, False):  # rows in thread ([chunks, rows] tile) or not
-                y = gemv.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features,
-                                     *layer.kernel_layout(), chunks=4, segments=True, split=split,
+                y = gemv.gemv(x, layer.packed_layer(), layer.bias, chunks=4, segments=True, split=split,
                                      prefetch=split == 2, rows_in_thread=rt)
                 _check(layer, x, y)
         if rows != 3:  # outlier bases given (several steps of 16 outliers) rather than decoded again
-            y = gemv.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(),
-                                 chunks=4, segments=True, bases=layer.outlier_bases(), outliers_per_step=16)
+            y = gemv.gemv(x, layer.packed_layer(layer.outlier_bases()), layer.bias, chunks=4, segments=True,
+                          outliers_per_step=16)
             _check(layer, x, y)
         for flags in ({"segments": True}, {"x_chunked": True}) if rows <= 4 else ():  # 128 outliers per step
-            y = gemv.gemv(x, *layer.kernel_tensors(), layer.bias, layer.out_features,
-                                 *layer.kernel_layout(), chunks=4, num_warps=4, outliers_per_step=128, **flags)
+            y = gemv.gemv(x, layer.packed_layer(), layer.bias, chunks=4, num_warps=4, outliers_per_step=128, **flags)
             _check(layer, x, y)
 
 
@@ -103,9 +108,14 @@ STAT_VARIANTS = [
 STAT_VARIANT_IDS = ["spqr-w3", "gptq-w4", "gptq-w3-g128", "qscale-fp16zero", "fp16scale-qzero"]
 
 
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# On the CPU every statistics variant runs in one dtype (the variants rotate through the three), spqr-w3 in all three.
+STAT_DTYPE_CASES = [pytest.param(c, d, id=f"{i}-{str(d)[6:]}", marks=() if d == DTYPES[k % 3] or k == 0 else SWEEP)
+                    for k, (c, i) in enumerate(zip(STAT_VARIANTS, STAT_VARIANT_IDS)) for d in DTYPES]
+
+
 @pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"])
-@pytest.mark.parametrize("config", STAT_VARIANTS, ids=STAT_VARIANT_IDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("config,dtype", STAT_DTYPE_CASES)
 def test_kernels_statistics_variants_and_dtypes(kernel, config, dtype):
     if kernel == "dot" and dtype == torch.bfloat16 and not on_cuda:
         pytest.skip("Triton 3.6's interpreter multiplies bf16 tl.dot operands wrongly (2.5e10 off on a 16x16 "
@@ -142,7 +152,7 @@ def test_dequantize_kernel_is_the_reference_weight_bit_for_bit():
     real = (torch.arange(160).view(5, 32).t().reshape(-1) < 150).to(DEVICE)  # column i*5+j is permuted 32j+i
     # Triton's interpreter casts fp32 -> bf16 by truncation; compiled kernels round to nearest even, as torch does.
     for dtype in (torch.float32, torch.float16) + ((torch.bfloat16,) if on_cuda else ()):
-        w_chunked = ops.dequantize_chunked(*layer.kernel_tensors()[:8], 150, 64, *layer.kernel_layout(), dtype)
+        w_chunked = ops.dequantize_chunked(layer.packed_layer(), dtype)
         assert w_chunked.shape == (64, 160)
         assert bool((w_chunked[:, ~real] == 0).all())
         w = torch.empty(64, 150, dtype=dtype, device=DEVICE)
@@ -209,14 +219,14 @@ def test_gather_x_cols_is_the_reference(nch, kseg):
     assert xk[0, pos] == x[0, layer.perm[col].long()]
 
 
-@pytest.mark.parametrize("wbits,beta1,beta2", [(3, 16, 16), (2, 8, 32), (4, 32, 16), (3, 64, 64)])
+@pytest.mark.parametrize("wbits,beta1,beta2", sweep([(3, 16, 16), (2, 8, 32), (4, 32, 16), (3, 64, 64)], [(3, 16, 16)]))
 def test_dot_kernel_tiles_split_and_outlier_steps(wbits, beta1, beta2):
     """The dot kernel's options: split K (fp32 partial sums added atomically; 100 is capped at one program per
     tile), tiles of rows / chunks, the outlier kernel's rows per program and outliers per step (rows with many
     outliers take several steps), and more than 64 rows of x (the outlier kernel runs per 64)."""
     cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
     layer = _layer(beta2 * 2, 1100 if on_cuda else 300, cfg, dense_rows=3, empty_rows=5, outlier_share=0.05)
-    args = (*layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout())
+    args = (layer.packed_layer(), layer.bias)
     for rows in (1, 5, 17) + ((70,) if beta1 == 16 else ()):
         x = torch.randn(rows, layer.in_features, device=DEVICE)
         for split in (1, 2, 100):
@@ -227,8 +237,8 @@ def test_dot_kernel_tiles_split_and_outlier_steps(wbits, beta1, beta2):
         # rounding of the same fp32 base weight)
         bases = layer.outlier_bases()
         for xx in (x, x.half()) if rows == 5 else ():
-            torch.testing.assert_close(dot.dot(xx, *args, bases=bases, chunks=2, block_n=16, split=1),
-                                       dot.dot(xx, *args, chunks=2, block_n=16, split=1), rtol=0, atol=0)
+            given = dot.dot(xx, layer.packed_layer(bases), layer.bias, chunks=2, block_n=16, split=1)
+            torch.testing.assert_close(given, dot.dot(xx, *args, chunks=2, block_n=16, split=1), rtol=0, atol=0)
 
 
 def _reference_outlier_bases(layer):
@@ -301,16 +311,15 @@ def test_leading_dims_and_noncontiguous_input():
 def test_custom_op_registration_passes_opcheck():
     layer = _layer(32, 64, get_preset("spqr-w3"))
     x = torch.randn(2, 64, device=DEVICE)
-    args = (x, *layer.kernel_tensors(), layer.bias, 32, *layer.kernel_layout())
-    torch.library.opcheck(ops.fused_matmul, (*args, "gemv"), test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(ops.dequantize_chunked,
-                          (*layer.kernel_tensors()[:8], 64, 32, *layer.kernel_layout(), torch.float16),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(ops.gather_x_chunked, (x, layer.perm), test_utils=("test_schema", "test_faketensor"))
-    bases_args = (*layer.kernel_tensors()[:8], 64, 32, *layer.kernel_layout())
-    torch.library.opcheck(ops.outlier_bases, bases_args, test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(ops.fused_matmul, (*args, "gemv_seg", ops.outlier_bases(*bases_args)),
-                          test_utils=("test_schema", "test_faketensor"))
+    p = layer.packed_layer()
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(ops.fused_matmul_op, ops.fused_matmul_args(x, p, layer.bias, "gemv"), test_utils=checks)
+    torch.library.opcheck(ops.dequantize_chunked_op, ops.dequantize_chunked_args(p, torch.float16), test_utils=checks)
+    torch.library.opcheck(ops.gather_x_chunked, (x, layer.perm), test_utils=checks)
+    torch.library.opcheck(ops.outlier_bases_op, ops.outlier_bases_args(p), test_utils=checks)
+    with_bases = p.with_bases(ops.outlier_bases(p))
+    torch.library.opcheck(ops.fused_matmul_op, ops.fused_matmul_args(x, with_bases, layer.bias, "gemv_seg"),
+                          test_utils=checks)
 
 
 @pytest.mark.parametrize("kernel", ["gemv", "gemv_xc", "gemv_seg", "dot", "dequantize"])

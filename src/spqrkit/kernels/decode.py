@@ -1,4 +1,7 @@
-"""DOCSTRING"""
+"""Shared `@triton.jit` decoding of the packed format (docs/format.md): codes of 32-code chunks (b-bit codes in
+b int32 words per chunk), first-level statistics from their second-level codes or fp16 values, base weights, and the
+outliers' terms. Every kernel family builds on these; docs/kernels.md explains the decode tricks (magic-number
+conversion, codes decoded in place or at the top of a mantissa) and why each costs what it does."""
 from __future__ import annotations
 
 import triton

@@ -1,8 +1,13 @@
-"""DOCSTRING"""
+"""The weight dequantized once in the activation dtype (`dequantize_chunked`: large batches, then cuBLAS) and the
+derived outlier base weights (`outlier_bases`) the fused kernels read instead of decoding each outlier's code and
+statistics again. The dequantized weight is the reference's fp32 value rounded once; its columns are in a
+chunk-major order so that the stores are contiguous (`gather.chunked_column_order`)."""
 from __future__ import annotations
 
 import torch
 import triton
+
+from ..format.packed_layer import PackedLayer
 import triton.language as tl
 
 from .decode import (
@@ -83,13 +88,14 @@ def _scatter_outliers_kernel(w_ptr, rowptr_ptr, cols_ptr, vals_ptr, OUT, N_CHUNK
         k0 += KO
 
 
-def outlier_bases(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, in_features, out_features, wbits,
-                  group, beta2, scale_bits, zero_bits):
+def outlier_bases(p: PackedLayer):
     """fp32 [nnz]: the base weight s q - s z (`base_weight`: the dot operand's arithmetic) at each outlier's position,
     decoded from the packed tensors: a derived tensor (not stored in checkpoints; 4 bytes per outlier) that
     `gemv(segments=True)` and `dot` take as `bases`, so that their outlier steps read (column, value, base) instead of
     decoding the outlier's code and two statistics again (~12 dependent loads). `SpQRLinear` computes it once per layer
     and device."""
+    codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals = p.stored_tensors()
+    in_features, out_features, wbits, group, beta2, scale_bits, zero_bits = p.flat_layout()
     n_chunks, n_groups, n_sw, n_zw = layout_sizes(in_features, out_features, wbits, group, scale_bits, zero_bits)
     base = torch.empty(vals.shape[0], dtype=torch.float32, device=vals.device)
     if base.numel():
@@ -104,10 +110,11 @@ def outlier_bases(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     return base
 
 
-def dequantize_chunked(codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals,
-                       in_features, out_features, wbits, group, beta2, scale_bits, zero_bits, dtype):
+def dequantize_chunked(p: PackedLayer, dtype):
     """W_chunked [out, ceil(in / 32) * 32] in `dtype`: the weight with column i * n_chunks + j holding permuted
     column 32 j + i (zero past `in`); gather_x_chunked(x, perm) @ W_chunked.T = x @ W.T."""
+    codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals = p.stored_tensors()
+    in_features, out_features, wbits, group, beta2, scale_bits, zero_bits = p.flat_layout()
     n_chunks, n_groups, n_sw, n_zw = layout_sizes(in_features, out_features, wbits, group, scale_bits, zero_bits)
     w = torch.empty(out_features, n_chunks * 32, dtype=dtype, device=codes.device)
     sp, ssp = stat_pointers(scale, scale_stats)

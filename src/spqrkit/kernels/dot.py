@@ -1,10 +1,23 @@
-"""DOCSTRING"""
+"""The tensor-core kernels "dot" and "dot_pairs" (a few to 64 rows of x) and their launchers.
+
+Three launches (`dot_stages`): x is gathered once in its own dtype, transposed and in tiles of NCH chunks
+segment-major (`gather.gather_x_cols`: a segment of SEG codes of the tile's chunks is one contiguous slice); the
+dense kernel (`_dot_kernel`, or `dot_pairs.dot_pairs_kernel` with its operand decoded in fp16 pairs) owns [64 rows x
+up to 64 rows of x] and a share of the chunks (split K: fp32 atomics into a workspace the x kernel zeroes), builds
+per segment the [64, NCH SEG] weight operand s q - s z rounded to x's dtype by joins (so that it goes to shared
+memory in wide stores) and multiplies it with x's slice by one tl.dot (wgmma on Hopper); `_dot_outliers_kernel`
+then adds the outliers' (value - base) x, the bias, and casts. The dense and outlier kernels run as programmatic
+dependents (PDL) of the kernel before them where supported. docs/kernels.md has the measurements behind the
+defaults.
+"""
 from __future__ import annotations
 
 import os
 
 import torch
 import triton
+
+from ..format.packed_layer import PackedLayer
 import triton.language as tl
 
 from .decode import chunk_code_top, outlier_base_at, seg_group, seg_stat, top_weight
@@ -185,20 +198,17 @@ def _dot_outliers_kernel(
     tl.store(y_ptr + bb[None, :] * stride_yb + rows[:, None], acc.to(y_ptr.dtype.element_ty), mask=ym)
 
 
-def dot(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-        out_features, wbits, group, beta2, scale_bits, zero_bits, **options):
+def dot(x, p: PackedLayer, bias=None, **options):
     """y [M, out] = x [M, in] W^T (+ bias) on the tensor cores: the three launches of `dot_stages`, in order."""
-    stages, y = dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-                           out_features, wbits, group, beta2, scale_bits, zero_bits, **options)
+    stages, y = dot_stages(x, p, bias, **options)
     for _, launch in stages:
         launch()
     return y
 
 
-def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-               out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_m=None, block_n=None, chunks=None,
-               split=None, num_warps=None, num_stages=None, outlier_rows=4, outliers_per_step=None, pdl=None,
-               bases=None, programs_per_sm=None, pairs=False, max_registers=None):
+def dot_stages(x, p: PackedLayer, bias=None, *, block_m=None, block_n=None, chunks=None, split=None, num_warps=None,
+               num_stages=None, outlier_rows=4, outliers_per_step=None, pdl=None, programs_per_sm=None, pairs=False,
+               max_registers=None):
     """The `dot` kernel's launches, ([(name, launch)], y): y is filled when they run in order (benchmarks/dot_parts.py
     times each alone). "gather x": x gathered once, transposed, into segment-major tiles in its own dtype
     (`gather_x_cols`, which also zeroes the fp32 output when split); "dense": `_dot_kernel`, [block_n rows x block_m
@@ -213,36 +223,11 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     kernel is `dot_pairs_kernel` (fp16 x; its operand decoded in fp16 pairs, x in the pair order, two
     segments of 16 per chunk); `chunks` then defaults to DOT_PAIRS_CHUNKS. `max_registers`: a cap on dot_pairs' dense
     kernel's registers per thread (ptxas).
-
-    Defaults from H200 sweeps (2026-11-26, spqr-w3, the whole call, `kernel_speed.py --tune`; JSON in
-    benchmarks/results): 8 chunks, 128 registers and four programs per SM (16 chunks: 255 registers, two per SM;
-    18.0 / 44.2 / 168.0 us at 4096^2 / 11008x4096 / 28672x8192 and 8 rows of x against 18.8 / 45.2 / 181.1,
-    tune_dot_b8_nch8_h200.json); 12 programs per SM on layers of 2**27 weights and more (H100, 2026-11-26,
-    28672x8192 / 8192x28672 at 4, 8, 16, 32 rows of x, dot_pairs: 139.0 / 141.8 / 153.3 / 187.4 and 138.7 / 139.4
-    / 151.5 / 200.4 us against 142.3 / 146.2 / 159.3 / 192.4 and 141.7 / 149.8 / 156.7 / 199.4 with 8; dot at 64
-    rows 270.9 and 277.7 against 283.4 and 282.2; on 11008x4096 and 8192^2, 8 stayed best by 1-5%,
-    tune_dot_programs_per_sm_h100.json; the whole split landscape: dot_pairs_splits_h100.json; in the full
-    kernel_speed.py run after the change, dot_pairs at 4 / 8 / 16 rows 139.5 / 142.4 / 156.1 and 138.8 / 141.0 /
-    154.2 against 139.9 / 144.5 / 156.9 and 138.9 / 146.6 / 154.3 in the run before: 0-4%,
-    kernel_speed_pps12_h100.json); outliers 4 rows x 32 a step (16.7 / 39.1 / 156.1 against 18.0 / 43.8 / 168.0
-    with 1 x 64 at 8 rows, tune_dot_b8_b16_h200.json; at 64 rows 4 x 16: 29.5 / 285.2 / 293.0 us at 4096^2 /
-    28672x8192 / 8192x28672 against 31.5 / 316.0 / 312.6 with 4 x 32, tune_dot_b32_b64_h200.json); the split (with
-    4 programs per SM against the best split at 8 rows: 34.5 / 33.7 us at 4096x11008 (64 tiles), 37.3 / 34.7
-    at 11008x4096 (172), 151.3 / 140.8 at 28672x8192 (448), 164.9 / 146.3 at 8192x28672 (128),
-    dot_splits_h200.json). Slower or no faster: the next tile's words and windows prefetched into registers (199
-    registers, two programs per SM: 19.9 against 16.2 us at 4096^2, tune_dot_b8_top_decode_h200.json), two or
-    three software-pipelining stages (2.1-3.7x slower: the words then come by cp.async through shared memory,
-    tune_dot_b8_stages_h200.json), 8 warps, 128-row tiles, a cap of 128 or 96 registers, and the
-    outliers summed in the dense kernel's programs (each program's share after its dense loop, the last share
-    storing y: 23.3 against 18.8 us for the separate kernel at 4096^2 in one run,
-    tune_dot_b8_fused_outliers_h200.json), and the outlier kernel launched BEFORE the dense one (writing ws =
-    outlier sums + bias, the dense kernel's last program per tile storing y, so that the outliers overlap the dense
-    loop; H100, 2026-11-26, dot_pairs at 8 rows: 20.0 / 40.9 / 38.7 / 52.5 / 158.6 / 151.6 us on the six LLaMA-2
-    shapes against 15.6 / 33.0 / 32.5 / 44.5 / 142.4 / 145.5 in this order, slower without PDL too, and slower
-    still with the outlier kernel as a persistent grid of one or two programs per SM,
-    tune_dot_pairs_outliers_first_b8_h100.json). dot_pairs' next tile's words and windows and / or x slices
-    loaded one iteration ahead (158-189 registers): slower on every shape at 4, 8 and 16 rows (H100, 2026-11-26:
-    17.3 / 17.5 / 19.7 us against 15.7 at 4096^2 and 8 rows, tune_dot_pairs_prefetch_h100.json)."""
+    Defaults (tile, split, outlier steps): docs/kernels.md, "dot's defaults and what was tried"."""
+    codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm = p.flat_tensors()
+    out_features, wbits, group, beta2, scale_bits, zero_bits = (p.out_features, p.wbits, p.group, p.beta2,
+                                                               p.scale_bits, p.zero_bits)
+    bases = p.bases
     M, n_in = x.shape
     n_chunks, n_groups, n_sw, n_zw = layout_sizes(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
@@ -314,15 +299,13 @@ def dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     return [("gather x", gather), ("dense", dense_pairs if pairs else dense), ("outliers", outliers)], y
 
 
-def dot_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-              out_features, wbits, group, beta2, scale_bits, zero_bits, **options):
-    """y [M, out] = x [M, in] W^T (+ bias) for fp16 x (`supports`): `spqr_matmul.dot_stages` with the pair
-    operand, its three launches in order."""
-    if not pairs_supported(x.dtype, wbits, group):
-        raise ValueError(f"dot_pairs takes fp16 x and a layout with a pair schedule; got {x.dtype}, wbits {wbits}, "
-                         f"group {group}")
-    stages, y = dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-                              out_features, wbits, group, beta2, scale_bits, zero_bits, pairs=True, **options)
+def dot_pairs(x, p: PackedLayer, bias=None, **options):
+    """y [M, out] = x [M, in] W^T (+ bias) for fp16 x (`dot_pairs.supports`): `dot_stages` with the pair operand,
+    its three launches in order."""
+    if not pairs_supported(x.dtype, p.wbits, p.group):
+        raise ValueError(f"dot_pairs takes fp16 x and a layout with a pair schedule; got {x.dtype}, wbits {p.wbits}, "
+                         f"group {p.group}")
+    stages, y = dot_stages(x, p, bias, pairs=True, **options)
     for _, launch in stages:
         launch()
     return y

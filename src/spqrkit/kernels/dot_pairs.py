@@ -1,4 +1,16 @@
-"""DOCSTRING"""
+"""The dense kernel of "dot_pairs": `dot`'s tensor-core product with its weight operand decoded in packed fp16 pairs.
+
+Where `dot` builds its operand one weight at a time in fp32, here one LOP3 puts two codes of a chunk
+(`pair_schedule`) into the mantissas of an fp16 pair, and one `sub.f16x2` + one `fma.rn.f16x2` give the pair of
+weights w = q s16 + c16 (s16 = s, c16 = -s z, each rounded to fp16 once per group), rounded once to fp16. The pairs
+are split into halves and joined into two [rows, NCH 16] operands per tile (pairs 0-7 and 8-15 of each chunk), each
+followed by one tl.dot with x's slice; x comes in the schedule's pair order (`gather_x_cols` with the order). The
+split-K workspace, the outlier kernel and PDL are `dot`'s (`dot.dot_stages` with `pairs`); the outlier kernel
+rounds each outlier's base weight to fp16 from its fp32 value, which matches this operand's rounding up to an fp16
+ulp or two of that weight. Accuracy: each weight rounded to fp16 after an fp16 scale, products and sums in fp32:
+about twice the error of `dot`'s operand (tests/test_dot_pairs.py bounds it). Under Triton's interpreter the two
+fp16-pair instructions are emulated with one rounding (`ASM` off). fp16 x only: `dot` takes bf16.
+"""
 from __future__ import annotations
 
 import functools
@@ -119,7 +131,7 @@ def dot_pairs_kernel(
     SHARED2: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
 ):
     """Dense part: ws[b, rows] (+)= x W_base^T for a [BN rows, BM rows of x] tile over chunks [pid1 CPS, pid1 CPS +
-    CPS), as `spqr_matmul._dot_kernel` (split K, PDL, tile words and statistic windows) but for its operand
+    CPS), as `dot._dot_kernel` (split K, PDL, tile words and statistic windows) but for its operand
     (`_pair_operand`): per tile the groups' (s, -s z) are packed into fp16 pairs per accumulator type of the schedule
     (TYPES: the groups of the low and high halves), the 16 pairs of each chunk decoded with them, one tl.dot per
     half-chunk operand. x (xk) in the pair order, pairs 0-7 of the tile's chunks then pairs 8-15 (`gather_x_cols`

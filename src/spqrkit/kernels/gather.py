@@ -1,4 +1,7 @@
-"""DOCSTRING"""
+"""The x kernels: x gathered through the permutation into the order the main kernels read, each with its plain-torch
+reference. `gather_x_tiles` (gemv_xc, gemv_seg: tiles of chunks, code-major, optionally pre-scaled per code position
+and with segment sums), `gather_x_cols` (dot, dot_pairs: transposed, segment-major, optionally in the pair order) and
+`gather_x_chunked` (dequantize + cuBLAS: the chunk-major order of the dequantized weight's columns)."""
 from __future__ import annotations
 
 import torch

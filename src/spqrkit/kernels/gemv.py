@@ -1,8 +1,27 @@
-"""DOCSTRING"""
+"""The CUDA-core decode kernels for a few rows of x: "gemv", "gemv_xc" and "gemv_seg".
+
+One program owns BLOCK_R output rows and walks the input in tiles of NCH 32-code chunks: it loads each chunk's
+`wbits` words once, decodes code i of every chunk with constant shifts, multiplies by the group's scale and zero,
+and accumulates x * w on CUDA cores, one register tile per row of x.
+- "gemv": x gathered through the permutation inside the loop (no pre-kernel; a baseline, forced only);
+- "gemv_xc": one small kernel first gathers x (fp32) into tiles of NCH chunks, code-major (`gather_x_tiles`), so the
+  loop reads x contiguously, unmasked, at compile-time offsets;
+- "gemv_seg": the x kernel also scales x by 2**-e(i) for code position i, so each code is decoded IN PLACE (mask
+  and or into the mantissa of 2**23, one subtraction: no shift), the products q x are summed per segment (one group,
+  or a chunk) and s * sum - s z * sum(x) is added once per segment with the segment sums of x. Its tile is [chunks,
+  rows] or [rows, chunks] (`plan.chunk_major_tile`: a thread holds one chunk of several rows, so one x load serves
+  them all), the statistic codes of a chunk's groups come from one window of words, long rows are split across
+  programs (split K), and on Hopper it is launched as a programmatic dependent of the x kernel (PDL).
+Outliers (CSR, rows sorted) replace base weights: the dense base weights are summed first, then for the outliers of
+the program's rows (value - base) * x is added, elementwise into a [rows, KO] register tile summed once at the end.
+docs/kernels.md has the measurements behind the tiles and options.
+"""
 from __future__ import annotations
 
 import torch
 import triton
+
+from ..format.packed_layer import PackedLayer
 import triton.language as tl
 
 from .decode import (
@@ -305,19 +324,17 @@ def _gemv_kernel(
     gemv_store(acc0, acc1, acc2, acc3, o0, o1, o2, o3, y_ptr, stride_yb, bias_ptr, rows, rmask, M, HAS_BIAS, BB)
 
 
-def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-         out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None, num_warps=None,
-         num_stages=None, x_chunked=False, segments=False, prefetch=False, pdl=None, outliers_per_step=64,
-         split=None, rows_in_thread=None, bases=None):
+def gemv(x, p: PackedLayer, bias=None, *, block_rows=None, chunks=None, num_warps=None, num_stages=None,
+         x_chunked=False, segments=False, prefetch=False, pdl=None, outliers_per_step=64, split=None,
+         rows_in_thread=None):
     """y [M, out] = x [M, in] W^T (+ bias) for small M, on CUDA cores. `x_chunked`: first gather x (permuted, fp32)
     into tiles of the main kernel's chunks with one small kernel (`gather_x_tiles`), so that the main loop reads
     it contiguously, unmasked, at compile-time offsets. `segments` ("gemv_seg"): x also pre-scaled per code
     position, statistics applied per segment (`_gemv_seg_kernel`); with it, `prefetch` (next tile's words loaded
-    ahead; off: measured slower) and `pdl` (the main kernel launched as a programmatic dependent of the x kernel;
-    None = on where supported (`has_pdl`): on the H200 it saved 0.6-2 us per call on five LLaMA-2 shapes and cost
-    1.8 us on 8192x28672) are tuning options. `outliers_per_step` (KO, a power of two): outliers handled per tile;
-    32 * num_warps keeps every row of the outlier tile in one thread, so its row lookup needs no cross-warp
-    reduction (benchmarks/sass_report.py counts the barriers).
+    ahead; off by default: slower) and `pdl` (the main kernel launched as a programmatic dependent of the x kernel;
+    None = on where supported, `has_pdl`) are tuning options. `outliers_per_step` (KO, a power of two): outliers
+    handled per tile; 32 * num_warps keeps every row of the outlier tile in one thread, so its row lookup needs no
+    cross-warp reduction (benchmarks/sass_report.py counts the barriers).
     `split` (gemv_seg): programs per row block, each over its share of the tiles (split K, fp32 partial sums added
     atomically; so the summation order, not the result beyond fp32 rounding, varies from run to run); None: one
     per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg): the tile is [chunks, rows] (True)
@@ -325,6 +342,10 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     thread one chunk of several rows, so that it loads each x value once for them. `bases`
     (gemv_seg): the outliers' base weights (`outlier_bases`), so that an outlier costs its column, value and base
     instead of decoding its code and statistics again."""
+    codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm = p.flat_tensors()
+    out_features, wbits, group, beta2, scale_bits, zero_bits = (p.out_features, p.wbits, p.group, p.beta2,
+                                                               p.scale_bits, p.zero_bits)
+    bases = p.bases
     M, n_in = x.shape
     max_rows = rows_per_launch("gemv_seg" if segments else "gemv")
     if M > max_rows:
@@ -332,18 +353,14 @@ def gemv(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, pe
     n_chunks, n_groups, n_sw, n_zw = layout_sizes(n_in, out_features, wbits, group, scale_bits, zero_bits)
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     BB = max(1, triton.next_power_of_2(M))
-    # Tiles (benchmarks/kernel_speed.py, spqr-w3, H200, 2026-11-25). gemv_seg, rows in thread, 2 warps. One row of
-    # x: 4 rows x 32 chunks (13.5 us at 4096^2; 4 x 64 14.6, 2 x 32 16.5, 8 x 32 17.4), 4 x 64 for layers of 2**27
-    # weights and more (97.5 us at 28672x8192 against 103.9 for 4 x 32; 106.3 against 111.5 at 8192x28672, but
-    # 30.2 against 27.4 at 4096x11008). 3-4 rows of x: 8 x 32 below 8192 columns (23.1 us at 4096^2; 4 x 64 24.7,
-    # 4 x 32 26.2), 4 x 64 from 8192 on (179.7 us at 28672x8192 against 202.0 for 4 x 32, 221.5 for 8 x 32).
-    # gemv_xc (H100): 4 x 32 / 2 warps at one row; at 3-4 rows of x, 8 x 16 tiles with 4 warps avoid spills.
+    # Tiles (docs/kernels.md, gemv_seg's tiles): gemv_seg keeps rows in thread with 2 warps, wider chunk tiles for
+    # large layers and 3+ rows of x; gemv / gemv_xc take 8 x 16 tiles with 4 warps at 3-4 rows of x (no spills).
     if segments:
-        if BB <= 2:  # (H200, 2026-11-26, with the one-LOP3 decode: 4 x 64 24.4 us at 11008x4096 against 25.3)
+        if BB <= 2:
             br, nch = (4, 64) if n_in * out_features >= 2 ** 27 or out_features >= 8192 else (4, 32)
         elif BB == 4:
             br, nch = (4, 64) if n_chunks >= 256 else (8, 32)
-        else:  # 5-8 rows of x: 4 x 64 (254 registers) took 31.6 us at 4096^2 against 41.5 for 4 x 32
+        else:  # 5-8 rows of x
             br, nch = 4, 64
         BR, NCH, num_warps = block_rows or br, chunks or nch, num_warps or 2
     else:

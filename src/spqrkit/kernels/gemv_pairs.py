@@ -1,10 +1,35 @@
-"""DOCSTRING"""
+"""The decode kernel "gemv_pairs": y = x W^T (+ b) for one or two rows of x (fp16 or bf16), in packed fp16 pairs.
+
+Two weights share each instruction (`pair_schedule`): one LOP3 masks two codes out of a 32-bit window of the chunk's
+words, one in each half's mantissa (bit e of the half) under a zero exponent field, which makes the pair the two
+SUBNORMAL fp16 values q 2**(e - 24), exactly; one `fma.rn.f16x2` adds (q_a x''_a, q_b x''_b) to a pair accumulator,
+x'' = x 2**(24 - e - k) written by the x kernel per code position. Per chunk and group the fp16 pair sums are
+converted to fp32 once and combined with the group's statistics:
+    y_r += s (2**k P - z X),
+P = sum of q x 2**-k over the group (fp16 pairs), X = sum of x over the group (fp32, from the x kernel), k per chunk
+chosen by the x kernel from the chunk's largest |x| so that every x'' fits fp16 and the pair sums stay far below
+overflow (`X_SCALE_HEADROOM`); the same scaling brings bf16 x of any range into fp16's (y is then written in bf16).
+Accuracy: x'' is x exactly but for values below 2**-14 of the chunk's largest (fp16 subnormals), and each pair sum
+of at most 16 products is rounded to fp16 once per product inside a group; the group sums are added in fp32, so the
+error stays of the order of the output's own fp16 rounding (tests/test_gemv_pairs.py bounds it).
+
+Two kernels: `_gather_x_pairs_kernel` writes x'' in the pair order (`pair_order`) as fp16, the chunk scales 2**k,
+the group sums X and x in the permuted order, and zeroes the split-K sums; `_gemv_pairs_kernel` then runs
+gemv_seg's tiling (one program per BR output rows, a thread holding one chunk of BR rows so that each x pair it
+loads serves all of them, split K on long rows, PDL after the x kernel where supported) with this arithmetic.
+Outliers go one per element of the tile: element (j, r) adds (value - base) x of outlier j of row r's current step
+(`_row_outliers`), so no [rows, outliers] mask is needed. Under Triton's interpreter (no inline PTX) the fp16-pair
+instructions are emulated with the same roundings (`ASM` off); compiled, they are inline PTX. docs/kernels.md has
+the measurements behind the defaults and what was tried.
+"""
 from __future__ import annotations
 
 import os
 
 import torch
 import triton
+
+from ..format.packed_layer import PackedLayer
 import triton.language as tl
 
 from .decode import fp16_half, outlier_base_at, pick_word, seg_group
@@ -36,15 +61,7 @@ from .tile import (
     zero_share,
 )
 
-# Registers per thread (ptxas' cap; 96 without one, no spills at 64): H200, 2026-11-26, tune_pairs5_b1_h200.json:
-# 8.7 against 9.2 us at 4096^2, 17.4 against 17.8 at 11008x4096, 58.2 against 60.8 at 28672x8192 (more programs per
-# SM to hide the loads' latency: 27% occupancy at 96). A later run (tune_pairs6_b1_h200.json) kept the gain at 4096^2
-# (8.6 against 9.1) and 4096x11008 (17.7 against 18.4) but not at 28672x8192 (59.8 against 57.1 without the cap):
-# runs differ by up to 4% there.
-# The same cap with two rows of x: a cap of 96 was 5-7% faster at 28672x8192 (73.5 / 75.1 against 78.9 us) but
-# 1.14x-1.24x slower on the other five shapes (13.1 / 25.6 / 26.6 / 34.1 / 107.5 against 11.4 / 21.8 / 23.4 / 28.9 /
-# 86.5 us; H200, 2026-11-26, tune_pairs_b2_h200.json, kernel_speed_pairs_b2_cap96_h200.json against
-# kernel_speed_pairs_b1_b2_h200.json).
+# Registers per thread (ptxas' cap): more programs per multiprocessor hide the loads' latency (docs/kernels.md).
 MAX_REGISTERS = 64
 
 
@@ -168,10 +185,7 @@ def _gather_x_pairs_kernel(x_ptr, stride_xb, xp_ptr, sc_ptr, xs_ptr, xo_ptr, per
     x[perm[32 c + i]] (fp32: the outliers' x at their column, without a lookup of perm). Also zeroes the N_ZERO
     int32 words at zero_ptr (split K's sums and counters). Row b = program_id(1) of x goes to each output's b-th row
     of N_PAD chunks. PDL: let the main kernel launch at once (its loads of the weights before its `gdc_wait` are
-    safe because this kernel starts after the one before it completes: tried and not kept, this kernel launched as
-    a programmatic dependent of that one too, waiting for it first: 1.01x-1.08x per call back to back and within
-    noise end to end, H200, 2026-11-26, ab_gemv_pairs_x_pdl_b1_h200.json, x_pdl_on/off_*_h200.json; as measured it
-    let the main kernel launch before that wait, and so read weights a preceding kernel might still be writing)."""
+    safe because this kernel starts after the one before it completes)."""
     if PDL:
         gdc_launch_dependents()
     pid = tl.program_id(0)
@@ -226,31 +240,14 @@ def _gemv_pairs_kernel(
     xo_ptr: x in the permuted order (the outliers' x at their column, `_row_outliers`); PLAN / TYPES:
     `pair_plan(WB, GROUP)` (its magic exponents are dot_pairs': the codes here stay subnormal); ONE
     (FLOAT_ONE_BITS) is a runtime value, so that the compiler keeps the or-ed constant of the statistic decode in a
-    register (`pair_stat`: ONE LOP3 per mask-and-or); the rest as `spqr_matmul._gemv_seg_kernel` with
-    rows in thread (the tile [NCH, BR] or [BR, NCH]: RT, `spqr_matmul.chunk_major_tile`). Outliers: one step of NCH
+    register (`pair_stat`: ONE LOP3 per mask-and-or); the rest as `gemv._gemv_seg_kernel` with
+    rows in thread (the tile [NCH, BR] or [BR, NCH]: RT, `plan.chunk_major_tile`). Outliers: one step of NCH
     per row (`_row_outliers`) per tile while any are left, the rest after the loop; with SPLIT each program takes a
     share of the steps. LATE: the first step's columns and value - base are loaded before the loop and its terms
     added after it (its chain of dependent loads, row pointers -> outliers -> x at their columns, then overlaps the
     tiles instead of delaying the first).
-    (Loading each tile's words and statistic windows one tile ahead was slower on every shape measured: 128
-    registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008; again with the
-    subnormal decode at 64 / 80 / 96 registers, 0.74x-1.00x at one row of x and 0.70x-0.96x at two,
-    ab_gemv_pairs_prefetch_caps_b1_h200.json, ab_gemv_pairs_prefetch_b2_h200.json, where caps of 56 / 72 / 80
-    registers instead of 64 gave 0.78x-1.03x.
-    Also tried and not kept, H200, 2026-11-27, 4 interleaved rounds on eight LLaMA-2 shapes at one and two rows of
-    x: the x pairs in chunk-major quads, read by four `ld.global.v4` per tile instead of 16 32-bit loads (offline
-    254 -> 243 main-loop instructions at BR 2): 0.95x-1.05x at one row, 0.94x-1.01x at two
-    (ab_gemv_pairs_x_vector_h200.json; with each thread's 64 bytes contiguous, i.e. uncoalesced, 0.94x-1.00x and
-    0.83x-0.87x, ab_gemv_pairs_x_vector_uncoalesced_h200.json); the words fetched into L2 ahead of their loads,
-    by one `cp.async.bulk.prefetch.L2` per row of the program's whole share at its start or by a `prefetch.global.L2`
-    per thread one or two tiles ahead: 0.85x-1.00x (ab_gemv_pairs_l2_prefetch_h200.json). Neither fewer load
-    instructions nor earlier DRAM requests made it faster, which fits the Nsight Compute picture in the module
-    docstring: neither issue (66%) nor DRAM (52%) is saturated at the occupancy that 64 registers allow.)
     BB = 2: two rows of x (M of them exist; each x kernel output holds row 1 N_PAD chunks after row 0): each pair of
-    codes is masked out once and multiplied into a pair accumulator per row (`_pair_mac`); H200, 2026-11-26, before
-    the subnormal decode (kernel_speed_pairs_b1_b2_h200.json): 11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 us at two
-    rows of fp16 x against 13.5 / 25.9 / 28.4 / 35.0 / 96.3 / 106.4 for gemv_seg (1.18x-1.23x) and 13.8 / 28.7 /
-    28.6 / 38.9 / 108.9 / 114.4 for fp16 cuBLAS (1.21x-1.38x)."""
+    codes is masked out once and multiplied into a pair accumulator per row (`_pair_mac`)."""
     rb, rows0, rows, rmask = row_block(OUT, BR)
     jj = tl.arange(0, NCH)
     n_words = N_CHUNKS * WB
@@ -365,7 +362,7 @@ def gather_x_pairs(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int,
     sc = torch.empty(M, n_chunks_pad, dtype=torch.float32, device=x.device)
     xs = torch.empty(M, n_chunks_pad * (32 // seg), dtype=torch.float32, device=x.device)
     xo = torch.empty(M, n_chunks_pad * 32, dtype=torch.float32, device=x.device)
-    cb = min(8, n_chunks_pad)  # (8 chunks a program: the x kernel is latency-bound, 3.9 us at 32 on the H200)
+    cb = min(8, n_chunks_pad)  # (8 chunks a program: the x kernel is latency-bound)
     _gather_x_pairs_kernel[(n_chunks_pad // cb, M)](
         x, x.stride(0), xp, sc, xs, xo, perm, zero if zero is not None else perm, x.shape[-1],
         0 if zero is None else zero.numel(), n_chunks_pad,
@@ -401,40 +398,31 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
     return xp.view(1, -1), torch.exp2(k).view(1, -1), xs, xv.reshape(1, -1)
 
 
-def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-               out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None,
-               num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None, rows_in_thread=None,
-               outliers_late=None):
+def gemv_pairs(x, p: PackedLayer, bias=None, *, block_rows=None, chunks=None, num_warps=None, split=None, pdl=None,
+               max_registers=MAX_REGISTERS, rows_in_thread=None, outliers_late=None):
     """y [M, out] = x [M, in] W^T (+ bias) for one or two rows of fp16 or bf16 x (`supports`), two kernels (module
     docstring); y in x's dtype.
-    Options as `spqr_matmul.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
+    Options as `gemv.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
     chunks; pdl: None = where supported); `max_registers`: a cap on registers per thread (ptxas; None: none);
-    `rows_in_thread`: the tile orientation, [NCH, BR] (True) or [BR, NCH] (None: `spqr_matmul.chunk_major_tile`,
+    `rows_in_thread`: the tile orientation, [NCH, BR] (True) or [BR, NCH] (None: `plan.chunk_major_tile`,
     the one in which the installed Triton gives each thread one chunk of every row of its block)."""
+    codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm = p.flat_tensors()
+    out_features, wbits, group, beta2, scale_bits, zero_bits = (p.out_features, p.wbits, p.group, p.beta2,
+                                                               p.scale_bits, p.zero_bits)
+    bases = p.bases
     M, n_in = x.shape
     if not 1 <= M <= PAIRS_MAX_ROWS or not supports(x.dtype, wbits, group):
         raise ValueError(f"gemv_pairs takes 1..{PAIRS_MAX_ROWS} rows of fp16 / bf16 x and a layout with a pair "
                          f"schedule; got {M} rows of {x.dtype}, wbits {wbits}, group {group}")
     n_chunks, n_groups, n_sw, n_zw = layout_sizes(n_in, out_features, wbits, group, scale_bits, zero_bits)
-    # Tiles (benchmarks/kernel_ab.py, H200, 2026-11-26, spqr-w3, subnormal decode, 3 interleaved rounds,
-    # ab_subnormal_tiles_b1_h200.json): 4 rows x 64 chunks, 2 warps from 8192 rows on (2048+ row blocks fill the
-    # GPU): 17.3 / 24.8 / 50.8 / 54.4 us at 12288x4096 / 22016x4096 / 28672x8192 / 8192x28672 against 18.7 / 29.5 /
-    # 53.2 / 54.6 with the earlier 4 x 32, 1 warp (from 2**27 weights) / 2 x 64, 2 warps; below 8192 rows 2 x 64, 2
-    # warps (9.2 at 4096^2 against 9.9 for 4 x 64; 4 x 128 / 4 warps 9.1 / 16.6 at 4096^2 / 4096x11008 against
-    # 9.2 / 17.5, within the rounds' spread at 4096^2). A second sweep (ab_gemv_pairs_tiles2_b1_h200.json, 4 rounds
-    # at 4096^2 / 4096x11008 / 8192^2 / 12288x4096) kept these: 1-row blocks 0.68x-0.81x, 2 / 4 x 128 with 4 warps
-    # 0.84x-1.01x, 2 x 32 with 1 warp 0.82x-0.97x, 4 x 64 at 56 registers 0.86x-0.97x. Split K (`split`) beyond
-    # `split_plan`'s default: 2, 3, 4 or 8 programs per row block, or 32-chunk tiles with 2, at one and two rows of
-    # x: 0.67x-1.01x, the default best or equal on all eight shapes (H200, 2026-11-27, ab_gemv_pairs_split_h200.json);
-    # software-pipelining stages (num_stages 2 or 3) leave the machine code unchanged (no load is pipelined) and
-    # timed 1.00x (ab_gemv_cuda_v1_b1_h200.json).
+    # Tiles: 4 rows x 64 chunks from 8192 rows on (enough row blocks to fill the GPU), 2 x 64 below; 2 warps
+    # (docs/kernels.md, gemv_pairs' defaults).
     wide = out_features >= 8192
     BR = block_rows or (4 if wide else 2)
     NCH = chunks or 64
     num_warps = num_warps or 2
-    # The first outlier step's loads before the loop, its terms after it (`LATE`), at one row of x in 2-row blocks
-    # (H200, 2026-11-26, 4 interleaved rounds, ab_gemv_pairs_outliers_late_b1/b2_h200.json): 8.5 / 17.3 against
-    # 9.3 / 17.7 us at 4096^2 / 4096x11008; in 4-row blocks (8192+ rows) 0.86x-0.94x, at two rows of x 0.84x-1.00x.
+    # The first outlier step's loads before the loop, its terms after it (`LATE`): at one row of x in 2-row blocks
+    # only, where its chain of dependent loads would otherwise delay the first tile.
     if outliers_late is None:
         outliers_late = M == 1 and BR == 2
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
@@ -447,12 +435,7 @@ def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, va
     plan, types = pair_plan(wbits, group)
     sp, ssp = stat_pointers(scale, scale_stats)
     zp, zsp = stat_pointers(zero, zero_stats)
-    # BETA2 is a compile-time constant (the row block's second-level block, rows0 // BETA2, is then a shift instead
-    # of a division: 16 instructions fewer per program): H200, 2026-11-27, two alternating runs of kernel_speed.py
-    # each (means): 8.4 / 16.3 / 17.0 / 20.2 / 54.2 / 60.3 / 17.1 / 24.9 us on 7B q/k/v/o, gate/up, down, 70B q/o,
-    # gate/up, down, 7B qkv, gate+up against 8.6 / 16.7 / 17.1 / 20.3 / 54.5 / 58.3 / 17.3 / 25.2 as a runtime argument
-    # (70B down slower by 3%, the rest 0-3% faster); end to end 212.1 / 212.4 against 211.3 / 211.7 tokens/s, within
-    # noise (before_after_beta2_*_h200.json).
+    # BETA2 is a compile-time constant: the row block's second-level block, rows0 // BETA2, is then a shift.
     _gemv_pairs_kernel[(n_rb, split)](
         xp.view(torch.int32), sc, xs, xo, y, ws if ws is not None else sc, cnt if cnt is not None else perm,
         codes, sp, ssp, zp, zsp, int32_pairs(ssp, scale_bits), int32_pairs(zsp, zero_bits), row_ptr, cols,

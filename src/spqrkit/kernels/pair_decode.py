@@ -1,4 +1,6 @@
-"""DOCSTRING"""
+"""`@triton.jit` helpers of the fp16-pair decode shared by gemv_pairs and dot_pairs: a 32-bit window of a chunk's
+words holding two codes (`pair_schedule`), a compile-time-indexed put, and a group statistic decoded at the top of
+an fp32 mantissa."""
 from __future__ import annotations
 
 import triton
@@ -39,7 +41,7 @@ def put(T: tl.constexpr, v, a0, a1, a2, a3, a4, a5):
 @triton.jit
 def pair_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS, BETA2, BITS: tl.constexpr,
                SHARED2: tl.constexpr, one):
-    """First-level statistic (fp32, the tile's shape) of groups G of rows R, as `spqr_matmul.seg_stat` computes
+    """First-level statistic (fp32, the tile's shape) of groups G of rows R, as `decode.seg_stat` computes
     it but decoded at the top of an fp32 mantissa (as the dot kernel's weights): code J of the window `win` is
     shifted to bits 23 - BITS .. 22 and or-ed into 1.0 (`one`, a runtime FLOAT_ONE_BITS: one LOP3), and one FFMA
     with (s2 2**BITS, -s2 z2 - s2 2**BITS) gives s2 (q - z2); those two come once per chunk and group for the

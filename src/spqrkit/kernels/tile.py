@@ -1,4 +1,6 @@
-"""DOCSTRING"""
+"""Shared `@triton.jit` helpers for the kernels' tiles: a tile's words and statistic windows, the orientation of a
+[chunks, rows] / [rows, chunks] tile, a program's share under split K and the stores that end it (fp32 partial sums
+added atomically, the row block's last program writing y), and the PDL intrinsics (programmatic dependent launch)."""
 from __future__ import annotations
 
 import triton

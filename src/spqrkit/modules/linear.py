@@ -2,12 +2,12 @@
 
 The packed tensors are buffers named as in the checkpoint (`codes`, `scale_codes`, ..., `perm`), so a state dict
 loads straight into them, and `bias` is an ordinary parameter in the model dtype. `forward` goes through one hook,
-`_matmul`, which asks `select_matmul` for the implementation of this layout, input and device: on CUDA one of the
-Triton kernels of spqrkit.kernels.spqr_matmul (registered as torch custom ops in spqrkit.kernels.ops), elsewhere —
-and for layouts the kernels do not cover — the plain-torch reference (dequantize to fp32, cast to the activation
-dtype, F.linear), which is also the oracle the kernels are tested against. No path caches a dequantized weight; the
-fused kernels take one derived tensor, the outliers' base weights (4 bytes per outlier, `outlier_bases`), computed
-once per layer and device and recomputed when a packed buffer changes.
+`_matmul`, which runs the implementation the kernel selector (`spqrkit.kernels.select`) picks for this layout,
+input and device: a Triton kernel on CUDA (called directly in eager code, through the torch custom ops of
+`spqrkit.kernels.ops` when traced), else the plain-torch reference (dequantize to fp32, cast to the activation dtype,
+F.linear), which is also the oracle the kernels are tested against. No path caches a dequantized weight; the fused
+kernels take one derived tensor, the outliers' base weights (4 bytes per outlier, `outlier_bases`), computed once
+per layer and device and recomputed when a packed buffer changes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import QuantConfig
+from ..format.packed_layer import PackedLayer
 from ..format.pack import (
     check_layer_tensors,
     dequantize_packed,
@@ -100,46 +101,29 @@ class SpQRLinear(nn.Module):
         """fp32 [out, in], the reference dequantization."""
         return dequantize_packed(self.packed_tensors(), (self.out_features, self.in_features), self.config)
 
-    def kernel_tensors(self) -> tuple:
-        """The packed tensors in the kernels' argument order (spqrkit.kernels.spqr_matmul): codes, scale (codes or
-        fp16), scale_stats or None, zero (codes or fp16), zero_stats or None, row_ptr, cols, values, perm."""
-        b = self._buffers
-        c = self.config
-        return (
-            b["codes"],
-            b["scale_codes"] if c.scale_bits is not None else b["scale"],
-            b["scale_stats"] if c.scale_bits is not None else None,
-            b["zero_codes"] if c.zero_bits is not None else b["zero"],
-            b["zero_stats"] if c.zero_bits is not None else None,
-            b["outlier_row_ptr"], b["outlier_cols"], b["outlier_values"], b["perm"],
-        )
+    def packed_layer(self, bases: torch.Tensor | None = None) -> PackedLayer:
+        """The buffers as the kernels take them (no copies), carrying `bases` (see `outlier_bases`)."""
+        return PackedLayer.from_tensors(self._buffers, self.out_features, self.in_features, self.config, bases)
 
     def outlier_bases(self, key: tuple | None = None) -> torch.Tensor:
-        """fp32 [nnz]: the base weight at each outlier (`spqr_matmul.outlier_bases`), for the fused kernels' outlier
-        steps. Computed on first use and kept, keyed by the buffers' identities and in-place versions (so a moved,
-        reloaded or copied-into buffer recomputes it); under torch.compile the kept tensor is used as it is, or
-        computed inside the graph when there is none. `key`: `tensors_key(self.kernel_tensors()[:8])`, when the
-        caller has it already (an eager call)."""
+        """fp32 [nnz]: the base weight at each outlier (`kernels.dequantize.outlier_bases`), for the fused kernels'
+        outlier steps. Computed on first use and kept, keyed by the buffers' identities and in-place versions (so a
+        moved, reloaded or copied-into buffer recomputes it); under torch.compile the kept tensor is used as it is,
+        or computed inside the graph when there is none. `key`: `tensors_key(self.packed_layer().stored_tensors())`,
+        when the caller has it already (an eager call)."""
         from ..kernels import ops
 
-        tensors = None
+        p = None
         if key is None:
-            tensors = self.kernel_tensors()[:8]
+            p = self.packed_layer()
             if torch.compiler.is_compiling():
                 if self._bases is not None:
                     return self._bases[1]
-                return ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
-            key = tensors_key(tensors)
+                return ops.outlier_bases(p)
+            key = tensors_key(p.stored_tensors())
         if self._bases is None or self._bases[0] != key:  # (gathered once: the caller's key, or ours above)
-            tensors = self.kernel_tensors()[:8] if tensors is None else tensors
-            self._bases = (key, ops.outlier_bases(*tensors, self.in_features, self.out_features,
-                                                  *self.kernel_layout()))
+            self._bases = (key, ops.outlier_bases(self.packed_layer() if p is None else p))
         return self._bases[1]
-
-    def kernel_layout(self) -> tuple[int, int, int, int, int]:
-        """(wbits, group (0 = one per row), beta2 (0 = none), scale_bits, zero_bits (0 = fp16)) for the kernels."""
-        c = self.config
-        return c.wbits, c.beta1 or 0, c.beta2 or 0, c.scale_bits or 0, c.zero_bits or 0
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,20 +199,19 @@ def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
     from ..kernels import ops  # (also registers torch.ops.spqrkit.*)
 
     takes_bases = kernel in ("gemv_seg", "gemv_pairs", "dot", "dot_pairs")
-    tensors = layer.kernel_tensors()
+    p = layer.packed_layer()
     if not ops.eager(x):  # traced (torch.compile, export, fake tensors): the custom op
-        return torch.ops.spqrkit.fused_matmul(x, *tensors, layer.bias, layer.out_features, *layer.kernel_layout(),
-                                              kernel, layer.outlier_bases() if takes_bases else None)
+        return ops.fused_matmul(x, p.with_bases(layer.outlier_bases()) if takes_bases else p, layer.bias, kernel)
     graphs = eager_graphs.wanted(x)
-    key = tensors_key(tensors[:8]) if graphs else None  # (once: the bases' key and the graphs')
-    bases = layer.outlier_bases(key) if takes_bases else None
+    key = tensors_key(p.stored_tensors()) if graphs else None  # (once: the bases' key and the graphs')
+    if takes_bases:
+        p = p.with_bases(layer.outlier_bases(key))
 
-    def run(x):  # the op's implementation directly: the custom op's dispatch costs the host 25-55 us a call
-        return ops.fused_matmul_impl(x, *tensors, layer.bias, layer.out_features, *layer.kernel_layout(), kernel,
-                                     bases)
+    def run(x):  # the op's implementation directly: no custom-op dispatch on the host
+        return ops.fused_matmul_impl(x, p, layer.bias, kernel)
 
     if graphs:  # small inputs: replayed from a CUDA graph of the call (eager_graphs)
-        buffers = key + tensors_key((tensors[8], layer.bias, bases))
+        buffers = key + tensors_key((p.perm, layer.bias, p.bases))
         return eager_graphs.call(layer._graphs, kernel, buffers, x, run)
     return run(x)
 
@@ -272,7 +255,7 @@ def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     eager = ops.eager(x)  # (the ops' implementations directly when nothing traces, as in `_fused`)
     dequantize = dq.dequantize_chunked if eager else ops.dequantize_chunked
     gather = ops.gather_x_chunked_impl if eager else ops.gather_x_chunked
-    w = dequantize(*layer.kernel_tensors()[:8], layer.in_features, layer.out_features, *layer.kernel_layout(), x.dtype)
+    w = dequantize(layer.packed_layer(), x.dtype)
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
     return F.linear(gather(x, layer.perm), w, bias)
 
@@ -294,7 +277,7 @@ def select_matmul(layer: SpQRLinear, x: torch.Tensor) -> Matmul:
     """The matmul for this layer's layout and this input (see `choose_kernel`). The pick depends on the layer's
     layout (fixed), x's rows, dtype and device type and SPQRKIT_MATMUL only, so eager calls keep it per layer under
     those (`layer._choices`, at most 64: prefill row counts vary): an eager decode step asks at every linear, and
-    choose_kernel's checks cost the host about 7 us a call (benchmarks/host_overhead.py). Traced calls
+    choose_kernel's checks cost the host microseconds a call. Traced calls
     (torch.compile) ask each time: no dict side effects in traced code, and a compiled graph asks once anyway."""
     if torch.compiler.is_compiling():
         return MATMULS[choose_kernel(layer, x)]
