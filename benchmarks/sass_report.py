@@ -84,7 +84,7 @@ def kernels():
     ]
 
 
-# software-pipelining stages as the launchers pass them (spqr_matmul: gemv_seg and dot's dense kernel 1, gemv_pairs 1;
+# software-pipelining stages as the launchers pass them (gemv_seg and dot's dense kernel 1, gemv_pairs 1;
 # gemv 3; the others Triton's default, 3)
 NUM_STAGES = {"gemv_seg 1 row": 1, "gemv_pairs 1 row": 1, "dot 16 rows": 1, "dot_pairs 16 rows": 1}
 MAX_REGISTERS = {"gemv_pairs 1 row": gp.MAX_REGISTERS}  # (ptxas' cap, as launched)

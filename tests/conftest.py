@@ -35,3 +35,15 @@ def default_model_and_tokenizer():
 def default_tokenizer():
     """Tokenizer of the default model alone (about 3 s), for tests that need no weights."""
     return load_tokenizer(DEFAULT_MODEL)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu_sweep` tests (exhaustive layout sweeps and large shapes of the kernels) run where the kernels are
+    compiled, on CUDA (benchmarks/gpu_tests.sh); on the CPU the smallest cases that reach every code path run in
+    Triton's interpreter instead. `-m gpu_sweep` runs them anyway."""
+    if torch.cuda.is_available() or "gpu_sweep" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="gpu_sweep: an exhaustive kernel sweep, run compiled on the GPU")
+    for item in items:
+        if "gpu_sweep" in item.keywords:
+            item.add_marker(skip)
