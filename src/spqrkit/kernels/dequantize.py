@@ -90,10 +90,10 @@ def _scatter_outliers_kernel(w_ptr, rowptr_ptr, cols_ptr, vals_ptr, OUT, N_CHUNK
 
 def outlier_bases(p: PackedLayer):
     """fp32 [nnz]: the base weight s q - s z (`base_weight`: the dot operand's arithmetic) at each outlier's position,
-    decoded from the packed tensors: a derived tensor (not stored in checkpoints; 4 bytes per outlier) that
-    `gemv(segments=True)` and `dot` take as `bases`, so that their outlier steps read (column, value, base) instead of
-    decoding the outlier's code and two statistics again (~12 dependent loads). `SpQRLinear` computes it once per layer
-    and device."""
+    decoded from the packed tensors: a derived tensor (not stored in checkpoints; 4 bytes per outlier) that gemv_seg,
+    gemv_pairs, dot and dot_pairs take as `PackedLayer.bases`, so that their outlier steps read (column, value, base)
+    instead of decoding the outlier's code and two statistics again (~12 dependent loads). `SpQRLinear` computes it
+    once per layer and device."""
     codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals = p.stored_tensors()
     in_features, out_features, wbits, group, beta2, scale_bits, zero_bits = p.flat_layout()
     n_chunks, n_groups, n_sw, n_zw = layout_sizes(in_features, out_features, wbits, group, scale_bits, zero_bits)

@@ -219,7 +219,7 @@ def dot_stages(x, p: PackedLayer, bias=None, *, block_m=None, block_n=None, chun
     layers of 2**27 weights and more: a large grid runs several waves of programs, and finer shares even out its
     last one). `pdl` (None: where supported, `has_pdl`): the dense and outlier kernels launched as programmatic
     dependents of the kernel before them.
-    `bases`: the outliers' base weights (`outlier_bases`; None: decoded again per outlier). `pairs`: the dense
+    `p.bases`: the outliers' base weights (`outlier_bases`; None: decoded again per outlier). `pairs`: the dense
     kernel is `dot_pairs_kernel` (fp16 x; its operand decoded in fp16 pairs, x in the pair order, two
     segments of 16 per chunk); `chunks` then defaults to DOT_PAIRS_CHUNKS. `max_registers`: a cap on dot_pairs' dense
     kernel's registers per thread (ptxas).

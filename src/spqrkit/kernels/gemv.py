@@ -339,7 +339,7 @@ def gemv(x, p: PackedLayer, bias=None, *, block_rows=None, chunks=None, num_warp
     atomically; so the summation order, not the result beyond fp32 rounding, varies from run to run); None: one
     per SPLIT_CHUNKS chunks of a row, 1 = no split. `rows_in_thread` (gemv_seg): the tile is [chunks, rows] (True)
     or [rows, chunks] (False); None: `chunk_major_tile()`, the orientation in which the installed Triton gives each
-    thread one chunk of several rows, so that it loads each x value once for them. `bases`
+    thread one chunk of several rows, so that it loads each x value once for them. `p.bases`
     (gemv_seg): the outliers' base weights (`outlier_bases`), so that an outlier costs its column, value and base
     instead of decoding its code and statistics again."""
     codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm = p.flat_tensors()

@@ -205,7 +205,7 @@ def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
     graphs = eager_graphs.wanted(x)
     key = tensors_key(p.stored_tensors()) if graphs else None  # (once: the bases' key and the graphs')
     if takes_bases:
-        p = p.with_bases(layer.outlier_bases(key))
+        p.bases = layer.outlier_bases(key)  # (p is this call's own: set in place, no second structure)
 
     def run(x):  # the op's implementation directly: no custom-op dispatch on the host
         return ops.fused_matmul_impl(x, p, layer.bias, kernel)
