@@ -1,7 +1,8 @@
 """The SpQR matmul kernels (gemv, dot, dequantize) against the plain-torch reference, on random layouts.
 
-Without CUDA, Triton's interpreter runs them on the CPU (tests/conftest.py sets TRITON_INTERPRET) on small shapes;
-on the GPU machine the same tests run compiled, plus larger shapes. The dequantize kernel is exact (it writes the
+Without CUDA, Triton's interpreter runs them on the CPU (tests/conftest.py sets TRITON_INTERPRET) on the smallest
+cases that reach every code path; on the GPU machine the same tests run compiled on larger shapes, with the
+exhaustive sweeps marked gpu_sweep (benchmarks/gpu_tests.sh). The dequantize kernel is exact (it writes the
 reference's fp32 weight rounded to the output dtype); the fused kernels sum in a different order than cuBLAS and
 the gemv kernel skips the reference's rounding of the weight to the activation dtype, so their outputs are checked
 against an fp64 product within a bound that scales with sum |x| |w|.
