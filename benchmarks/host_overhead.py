@@ -56,13 +56,13 @@ def launch_paths(layer: SpQRLinear, dense: torch.nn.Linear, x: torch.Tensor, ker
     copied in, the graph replayed, its output copied out)."""
     n = layer.in_features
     bases = layer.outlier_bases()
-    tensors = (*layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout())
+    p = layer.packed_layer(bases)
     paths = {"fp16 nn.Linear": lambda: dense(x), "SpQRLinear": lambda: layer(x)}
     if eager_graphs.wanted(x) and kernel != "dequantize":
-        packed = layer.kernel_tensors()
+        packed = layer.packed_layer()
         paths["  choose_kernel"] = lambda: choose_kernel(layer, x)  # (eager calls keep its pick: select_matmul)
-        paths["  its buffers' key"] = lambda: tensors_key(packed[:8]) + tensors_key((packed[8], layer.bias, bases))
-        impl = lambda v: ops.fused_matmul_impl(v, *tensors, kernel, bases)
+        paths["  its buffers' key"] = lambda: tensors_key(packed.stored_tensors()) + tensors_key((packed.perm, layer.bias, bases))
+        impl = lambda v: ops.fused_matmul_impl(v, p, layer.bias, kernel)
         impl(x)  # (compiles, and makes the constants a capture cannot copy from the host, as the layer's first call)
         entry = eager_graphs._capture(x, impl)
 
@@ -73,10 +73,10 @@ def launch_paths(layer: SpQRLinear, dense: torch.nn.Linear, x: torch.Tensor, ker
 
         paths["  its graph replay"] = replay
     if kernel != "dequantize":
-        paths["custom op dispatch"] = lambda: torch.ops.spqrkit.fused_matmul(x, *tensors, kernel, bases)
-        paths["op implementation"] = lambda: ops.fused_matmul_impl(x, *tensors, kernel, bases)
+        paths["custom op dispatch"] = lambda: ops.fused_matmul(x, p, layer.bias, kernel)
+        paths["op implementation"] = lambda: ops.fused_matmul_impl(x, p, layer.bias, kernel)
     if kernel == "gemv_pairs":
-        paths["gemv_pairs launcher"] = lambda: gemv_pairs.gemv_pairs(x, *tensors, bases=bases)
+        paths["gemv_pairs launcher"] = lambda: gemv_pairs.gemv_pairs(x, p, layer.bias)
         paths["its x kernel alone"] = lambda: gemv_pairs.gather_x_pairs(
             x, layer.perm, layer.config.wbits, layer.config.beta1 or 0, 64, -(-n // 2048) * 64)
     return paths

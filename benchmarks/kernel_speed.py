@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import statistics
 import sys
@@ -29,11 +30,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from spqrkit.config import QuantConfig, get_preset
 from spqrkit.format.synthetic import random_quantized_weight
-from spqrkit.kernels import dot_pairs, gemv_pairs, spqr_matmul
-from spqrkit.modules import linear as linear_mod
+from spqrkit.kernels import dot, dot_pairs, gemv, gemv_pairs, reach, select
 from spqrkit.modules.linear import MATMULS, SpQRLinear, choose_kernel
 
 SHAPES = {  # [out, in]
@@ -152,24 +151,23 @@ def bench_shape(name, out, n_in, config, batches, repeats, spqr_quant, seed=0, k
         t16 = time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense_copies], repeats)
         row["fp16_s"] = t16
         for kernel in kernels:
-            if spqr_matmul.unsupported_reason(n_in, config.wbits, config.beta1 or 0, kernel):
+            if reach.unsupported_reason(n_in, config.wbits, config.beta1 or 0, kernel):
                 continue
             if kernel == "dot_pairs" and not dot_pairs.supports(ACT_DTYPE, config.wbits, config.beta1 or 0):
                 continue
-            if kernel.startswith("gemv") and batch > (spqr_matmul.rows_per_launch(kernel) if kernel == "gemv_pairs"
-                                                      else spqr_matmul.GEMV_SEG_MAX_BATCH):
+            if kernel.startswith("gemv") and batch > (reach.rows_per_launch(kernel) if kernel == "gemv_pairs"
+                                                      else reach.GEMV_SEG_MAX_BATCH):
                 continue  # the gemv kernels take 4 (gemv_seg 8, gemv_pairs 1) rows of x per launch
             row[f"{kernel}_err"] = check(layers[0], x, kernel)
             row[f"{kernel}_s"] = time_graph([lambda lay=lay, k=kernel, x=x: MATMULS[k](lay, x)
                                                for lay in layers], repeats)
-        if "gemv_seg" in kernels and batch <= spqr_matmul.GEMV_MAX_BATCH:
+        if "gemv_seg" in kernels and batch <= reach.GEMV_MAX_BATCH:
             ref = MATMULS["reference"](layers[0], x).float()
             for vname, params in SEG_VARIANTS.items():
-                y = spqr_matmul.gemv(x, *layers[0].kernel_tensors(), None, out, *layers[0].kernel_layout(),
-                                     **with_bases(layers[0], params))
+                y = launch(gemv.gemv, x, layers[0], params)
                 row[f"{vname}_err"] = ((y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-                row[f"{vname}_s"] = time_graph([lambda lay=lay, x=x, prm=params: spqr_matmul.gemv(
-                    x, *lay.kernel_tensors(), None, out, *lay.kernel_layout(), **with_bases(lay, prm))
+                row[f"{vname}_s"] = time_graph([lambda lay=lay, x=x, prm=params: launch(
+                    gemv.gemv, x, lay, prm)
                     for lay in layers], repeats)
         row["auto_kernel"] = choose_kernel(layers[0], x)
         row["auto_s"] = row.get(f"{row['auto_kernel']}_s")
@@ -193,10 +191,12 @@ SEG_VARIANTS = {"seg_nopdl": {"segments": True, "pdl": False}, "seg_nosplit": {"
                 "seg_decode": {"segments": True, "bases": None}}  # outliers decoded again, no outlier_bases
 
 
-def with_bases(layer, params):
-    """The launcher options `params` with the layer's outlier bases (as the selector's path passes them), unless
-    they set `bases` themselves (None: the outliers' codes and statistics decoded again)."""
-    return params if "bases" in params else {**params, "bases": layer.outlier_bases()}
+def launch(fn, x, layer, params):
+    """Launcher `fn` on the layer's packed tensors with options `params` and the layer's outlier bases (as the
+    selector's path passes them), unless `params` sets `bases` itself (None: the outliers decoded again)."""
+    opts = dict(params)
+    bases = opts.pop("bases") if "bases" in opts else layer.outlier_bases()
+    return fn(x, layer.packed_layer(bases), None, **opts)
 
 
 # (block_rows, chunks, warps) tried for gemv_xc (the best two of stop 8's sweep) and gemv_seg (rows in thread: a
@@ -240,28 +240,26 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
     layers = make_layers(out, n_in, config, 0)
     x = torch.randn(batch, n_in, device="cuda", dtype=ACT_DTYPE)
     results = []
-    wb, group, beta2, sb, zb = layers[0].kernel_layout()
-
     def run(fn, params, lay):
-        return fn(x, *lay.kernel_tensors(), None, out, wb, group, beta2, sb, zb, **with_bases(lay, params))
+        return launch(fn, x, lay, params)
 
     space = []
     if batch <= 4 and "gemv" in kernels:
         for br, nch, nw in itertools.product((2, 4, 8), (16, 32), (2, 4)):
-            space.append((spqr_matmul.gemv, "gemv", {"block_rows": br, "chunks": nch, "num_warps": nw}))
+            space.append((gemv.gemv, "gemv", {"block_rows": br, "chunks": nch, "num_warps": nw}))
     if batch <= 4 and "gemv_xc" in kernels:
         for br, nch, nw in XC_TILES:
-            space.append((spqr_matmul.gemv, "gemv_xc", {"block_rows": br, "chunks": nch, "num_warps": nw,
+            space.append((gemv.gemv, "gemv_xc", {"block_rows": br, "chunks": nch, "num_warps": nw,
                                                         "x_chunked": True}))
-    if batch <= spqr_matmul.GEMV_SEG_MAX_BATCH and "gemv_seg" in kernels:
+    if batch <= reach.GEMV_SEG_MAX_BATCH and "gemv_seg" in kernels:
         for br, nch, nw in SEG_TILES:  # rows in thread (the default)
-            space.append((spqr_matmul.gemv, "gemv_seg", {"block_rows": br, "chunks": nch, "num_warps": nw,
+            space.append((gemv.gemv, "gemv_seg", {"block_rows": br, "chunks": nch, "num_warps": nw,
                                                          "segments": True}))
         for flags in ({"prefetch": True}, {"pdl": False}, {"prefetch": True, "pdl": False}, {"split": 2},
                       {"block_rows": 4, "chunks": 64, "prefetch": True}):
-            space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, **flags}))
-        space.append((spqr_matmul.gemv, "gemv_seg", {"segments": True, "rows_in_thread": False}))  # stop 8's
-    if batch <= gemv_pairs.PAIRS_MAX_ROWS and "gemv_pairs" in kernels:
+            space.append((gemv.gemv, "gemv_seg", {"segments": True, **flags}))
+        space.append((gemv.gemv, "gemv_seg", {"segments": True, "rows_in_thread": False}))  # stop 8's
+    if batch <= reach.PAIRS_MAX_ROWS and "gemv_pairs" in kernels:
         for br, nch, nw in PAIRS_TILES:
             space.append((gemv_pairs.gemv_pairs, "gemv_pairs", {"block_rows": br, "chunks": nch, "num_warps": nw}))
         for flags in ({"pdl": False}, {"split": 2}, {"max_registers": None}, {"max_registers": 80},
@@ -270,12 +268,12 @@ def tune(out, n_in, config, batch, repeats, kernels=("gemv", "gemv_xc", "dot")):
             space.append((gemv_pairs.gemv_pairs, "gemv_pairs", flags))
     if "dot" in kernels:
         for bn, nch, split, warps in DOT_TILES:
-            space.append((spqr_matmul.dot, "dot", {"block_n": bn, "chunks": nch, "split": split, "num_warps": warps}))
+            space.append((dot.dot, "dot", {"block_n": bn, "chunks": nch, "split": split, "num_warps": warps}))
         for flags in DOT_FLAGS:
-            space.append((spqr_matmul.dot, "dot", flags))
+            space.append((dot.dot, "dot", flags))
     if "dot_pairs" in kernels and dot_pairs.supports(ACT_DTYPE, config.wbits, config.beta1 or 0):
         for flags in DOT_PAIRS_FLAGS:
-            space.append((dot_pairs.dot_pairs, "dot_pairs", flags))
+            space.append((dot.dot_pairs, "dot_pairs", flags))
     ref = MATMULS["reference"](layers[0], x).float()
     for fn, name, params in space:
         try:
@@ -353,7 +351,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/kernel_speed.py needs a CUDA device", file=sys.stderr)
         return 2
-    linear_mod.os.environ.pop(linear_mod.MATMUL_ENV, None)
+    os.environ.pop(select.MATMUL_ENV, None)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = True  # torch's default for fp16
     global OUTLIER_SHARE, ACT_DTYPE
     OUTLIER_SHARE = args.outlier_share
@@ -383,7 +381,7 @@ def main(argv=None) -> int:
               "preset": args.preset, "outlier_share": args.outlier_share, "dtype": args.dtype,
               "config": config.to_dict() if hasattr(config, "to_dict") else repr(config),
               "copy_bandwidth_Bps": copy_bw, "spqr_quant": spqr_quant_note or "available", "rows": rows,
-              "selector": {"gemv_seg_max_rows": linear_mod.GEMV_SEG_MAX_ROWS, "dot_max_rows": linear_mod.DOT_MAX_ROWS}}
+              "selector": {"gemv_seg_max_rows": select.GEMV_SEG_MAX_ROWS, "dot_max_rows": select.DOT_MAX_ROWS}}
 
     def save():
         if args.json:

@@ -48,3 +48,15 @@ def calib_text(tmp_path_factory):
     path = tmp_path_factory.mktemp("calib") / "calib.txt"
     path.write_text(join_documents(load_corpus("lambada")[:12]), encoding="utf-8")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu_sweep` tests (exhaustive layout sweeps and large shapes of the kernels) run where the kernels are
+    compiled, on CUDA (benchmarks/gpu_tests.sh); on the CPU the smallest cases that reach every code path run in
+    Triton's interpreter instead. `-m gpu_sweep` runs them anyway."""
+    if torch.cuda.is_available() or "gpu_sweep" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="gpu_sweep: an exhaustive kernel sweep, run compiled on the GPU")
+    for item in items:
+        if "gpu_sweep" in item.keywords:
+            item.add_marker(skip)

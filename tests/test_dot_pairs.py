@@ -11,29 +11,29 @@ import torch
 
 from spqrkit.config import get_preset
 from spqrkit.kernels.pair_schedule import pair_order
-from spqrkit.modules import linear as linear_mod
 from spqrkit.modules.linear import MATMULS
 
 triton = pytest.importorskip("triton")
+from spqrkit.kernels import dot, dot_pairs, gather, ops, reach, select
 from test_kernels_matmul import (
     DEVICE,
     GRID,
+    GRID_CPU,
     STAT_VARIANT_IDS,
     STAT_VARIANTS,
     _check,
     _layer,
+    sweep,
     on_cuda,
 )
 
-from spqrkit.kernels import dot_pairs, ops, spqr_matmul
-
 
 def _run(layer, x, **options):
-    return dot_pairs.dot_pairs(x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout(),
-                               bases=options.pop("bases", layer.outlier_bases()), **options)
+    bases = options.pop("bases", layer.outlier_bases())
+    return dot.dot_pairs(x, layer.packed_layer(bases), layer.bias, **options)
 
 
-@pytest.mark.parametrize("wbits,beta1,beta2", GRID)
+@pytest.mark.parametrize("wbits,beta1,beta2", sweep(GRID, GRID_CPU))
 def test_dot_pairs_every_layout(wbits, beta1, beta2):
     from spqrkit.config import QuantConfig
 
@@ -62,7 +62,7 @@ def test_dot_pairs_outlier_extremes(outlier_share, dense_rows, empty_rows):
     _check(layer, x, _run(layer, x, bases=None))  # the outliers' codes and statistics decoded again
 
 
-@pytest.mark.parametrize("wbits,beta1,beta2", GRID[1::4])
+@pytest.mark.parametrize("wbits,beta1,beta2", sweep(GRID[1::4], GRID[1:2]))
 def test_dot_pairs_tiles_and_split(wbits, beta1, beta2):
     from spqrkit.config import QuantConfig
 
@@ -80,7 +80,7 @@ def test_gather_x_in_the_pair_order_is_the_reference():
     x = torch.randn(3, 150, device=DEVICE).half()
     order, inv = dot_pairs.pair_column_orders(3, 16, x.device)
     assert [int(inv[c]) for c in pair_order(3, 16)] == list(range(32))
-    xk = spqr_matmul.gather_x_cols(x, layer.perm, 2, 16, 16, order=order)  # [n_tiles * 64, 16 rows]
+    xk = gather.gather_x_cols(x, layer.perm, 2, 16, 16, order=order)  # [n_tiles * 64, 16 rows]
     perm = layer.perm.to(torch.int64) & 0xFFFF
     expected = torch.zeros(xk.shape[0], 16, dtype=torch.float16, device=DEVICE)
     for k in range(xk.shape[0]):  # tiles of 2 chunks, segment-major: pairs 0-7 of both chunks, then pairs 8-15
@@ -116,16 +116,16 @@ def test_dot_pairs_refuses_other_dtypes_and_layouts():
     layer = _layer(32, 64, get_preset("spqr-w3"))
     with pytest.raises(ValueError, match="fp16 x"):
         _run(layer, torch.randn(2, 64, device=DEVICE))
-    assert "no fp16-pair schedule" in spqr_matmul.unsupported_reason(64, 6, 16, "dot_pairs")
-    assert spqr_matmul.unsupported_reason(64, 3, 16, "dot_pairs") is None
+    assert "no fp16-pair schedule" in reach.unsupported_reason(64, 6, 16, "dot_pairs")
+    assert reach.unsupported_reason(64, 3, 16, "dot_pairs") is None
 
 
 def test_dot_pairs_custom_op_and_torch_compile(monkeypatch):
     layer = _layer(32, 64, get_preset("spqr-w3"))
     x = torch.randn(2, 64, device=DEVICE).half()
-    args = (x, *layer.kernel_tensors(), layer.bias, 32, *layer.kernel_layout(), "dot_pairs", layer.outlier_bases())
-    torch.library.opcheck(ops.fused_matmul, args, test_utils=("test_schema", "test_faketensor"))
-    monkeypatch.setenv(linear_mod.MATMUL_ENV, "dot_pairs")
+    args = ops.fused_matmul_args(x, layer.packed_layer(layer.outlier_bases()), layer.bias, "dot_pairs")
+    torch.library.opcheck(ops.fused_matmul_op, args, test_utils=("test_schema", "test_faketensor"))
+    monkeypatch.setenv(select.MATMUL_ENV, "dot_pairs")
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True, backend="inductor" if on_cuda else "aot_eager")
     _check(layer, x, compiled(x))

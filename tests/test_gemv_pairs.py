@@ -19,21 +19,21 @@ from spqrkit.kernels.pair_schedule import (
     pair_plan,
     schedule_group,
 )
-from spqrkit.modules import linear as linear_mod
 from spqrkit.modules.linear import MATMULS
 
 triton = pytest.importorskip("triton")
+from spqrkit.kernels import gemv_pairs, ops, reach, select
 from test_kernels_matmul import (
     DEVICE,
     GRID,
+    GRID_CPU,
     STAT_VARIANT_IDS,
     STAT_VARIANTS,
     _check,
     _layer,
+    sweep,
     on_cuda,
 )
-
-from spqrkit.kernels import gemv_pairs, ops, spqr_matmul
 
 
 @pytest.mark.parametrize("key", sorted(SCHEDULES))
@@ -83,15 +83,14 @@ def test_masked_codes_are_subnormal_halves():
 def test_schedule_group_and_unsupported_layouts():
     assert [schedule_group(g) for g in (0, 2, 4, 8, 16, 32, 64, 128)] == [32, None, None, 8, 16, 32, 32, 32]
     assert pair_plan(5, 16) is None and pair_plan(3, 4) is None
-    assert spqr_matmul.unsupported_reason(64, 3, 16, "gemv_pairs") is None
-    assert "no fp16-pair schedule" in spqr_matmul.unsupported_reason(64, 3, 4, "gemv_pairs")
-    assert "no fp16-pair schedule" in spqr_matmul.unsupported_reason(64, 6, 16, "gemv_pairs")
+    assert reach.unsupported_reason(64, 3, 16, "gemv_pairs") is None
+    assert "no fp16-pair schedule" in reach.unsupported_reason(64, 3, 4, "gemv_pairs")
+    assert "no fp16-pair schedule" in reach.unsupported_reason(64, 6, 16, "gemv_pairs")
     assert gemv_pairs.supports(torch.float16, 3, 16)
     layer = _layer(32, 64, get_preset("spqr-w3"))
     assert gemv_pairs.supports(torch.bfloat16, 3, 16) and not gemv_pairs.supports(torch.float32, 3, 16)
     with pytest.raises(ValueError, match="1..2 rows of fp16 / bf16 x"):
-        gemv_pairs.gemv_pairs(torch.randn(3, 64, device=DEVICE).half(), *layer.kernel_tensors(), None, 32,
-                              *layer.kernel_layout())
+        gemv_pairs.gemv_pairs(torch.randn(3, 64, device=DEVICE).half(), layer.packed_layer())
 
 
 @pytest.mark.parametrize("wbits,group,nch", [(3, 16, 4), (2, 8, 8), (4, 0, 2)])
@@ -109,7 +108,7 @@ def test_gather_x_pairs_is_the_reference(wbits, group, nch):
     torch.testing.assert_close(xs, rxs, rtol=1e-6, atol=1e-3)
 
 
-@pytest.mark.parametrize("wbits,beta1,beta2", GRID)
+@pytest.mark.parametrize("wbits,beta1,beta2", sweep(GRID, GRID_CPU))
 def test_gemv_pairs_every_layout(wbits, beta1, beta2):
     cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
     out, n_in = (beta2 * 2, 200) if not on_cuda else (beta2 * 40, 1000)
@@ -135,8 +134,7 @@ def test_gemv_pairs_outlier_extremes(outlier_share, dense_rows, empty_rows):
     x = torch.randn(2, 128, device=DEVICE).half()
     _check(layer, x, MATMULS["gemv_pairs"](layer, x))
     for late in (True, False):  # (the first outlier step inside the loop, or loaded before it and added after)
-        y = gemv_pairs.gemv_pairs(x[:1], *layer.kernel_tensors(), None, 48, *layer.kernel_layout(), chunks=2,
-                                  outliers_late=late)
+        y = gemv_pairs.gemv_pairs(x[:1], layer.packed_layer(), chunks=2, outliers_late=late)
         _check(layer, x[:1], y)
 
 
@@ -155,25 +153,29 @@ def test_gemv_pairs_large_activations_do_not_overflow_the_fp16_sums(wbits):
     _check(layer, x[:1], MATMULS["gemv_pairs"](layer, x[:1]))
 
 
-@pytest.mark.parametrize("wbits,beta1,beta2", GRID[::3])
+@pytest.mark.parametrize("wbits,beta1,beta2", sweep(GRID[::3], GRID[:1]))
 def test_gemv_pairs_tiles_and_split(wbits, beta1, beta2):
     cfg = QuantConfig(wbits=wbits, beta1=beta1, beta2=beta2, scale_bits=3, zero_bits=3)
     layer = _layer(beta2 * 2, 1100 if on_cuda else 300, cfg, dense_rows=3, empty_rows=5)
-    x = torch.randn(1, layer.in_features, device=DEVICE).half()
-    args = (x, *layer.kernel_tensors(), layer.bias, layer.out_features, *layer.kernel_layout())
-    for opts in ({"chunks": 4, "split": 1}, {"chunks": 4, "split": 2}, {"chunks": 4, "split": 3},
-                 {"chunks": 4, "split": 100}, {"block_rows": 8, "chunks": 8, "num_warps": 4},
-                 {"block_rows": 2, "chunks": 16, "bases": layer.outlier_bases()},
-                 {"chunks": 4, "pdl": True}, {"chunks": 4, "split": 2, "rows_in_thread": True},
-                 {"chunks": 4, "split": 3, "outliers_late": True}, {"block_rows": 2, "outliers_late": False},
-                 {"chunks": 4, "split": 2, "rows_in_thread": False}):  # both tile orientations (`chunk_major_tile`)
-        _check(layer, x, gemv_pairs.gemv_pairs(*args, **opts))
-    x2 = torch.randn(2, layer.in_features, device=DEVICE).half()  # two rows of x
-    for opts in ({"chunks": 4, "split": 1}, {"chunks": 4, "split": 3, "bases": layer.outlier_bases()},
-                 {"block_rows": 2, "chunks": 8, "num_warps": 2, "rows_in_thread": True},
-                 {"chunks": 4, "split": 2, "rows_in_thread": False, "max_registers": None},
-                 {"chunks": 4, "split": 2, "outliers_late": True, "bases": layer.outlier_bases()}):
-        _check(layer, x2, gemv_pairs.gemv_pairs(x2, *args[1:], **opts))
+    one_row = [{"chunks": 4, "split": 3}, {"block_rows": 8, "chunks": 8, "num_warps": 4},
+               {"block_rows": 2, "chunks": 16, "bases": layer.outlier_bases()},
+               {"chunks": 4, "split": 2, "rows_in_thread": True},
+               {"chunks": 4, "split": 3, "outliers_late": True}, {"block_rows": 2, "outliers_late": False},
+               {"chunks": 4, "split": 2, "rows_in_thread": False}]  # both tile orientations (`chunk_major_tile`)
+    two_rows = [{"chunks": 4, "split": 3, "bases": layer.outlier_bases()},
+                {"block_rows": 2, "chunks": 8, "num_warps": 2, "rows_in_thread": True},
+                {"chunks": 4, "split": 2, "rows_in_thread": False, "max_registers": None},
+                {"chunks": 4, "split": 2, "outliers_late": True, "bases": layer.outlier_bases()}]
+    if on_cuda:  # (no split is every other test's path; 100 is capped to 3 on the CPU's 3 tiles; PDL and register
+        # caps are compiled-only)
+        one_row += [{"chunks": 4, "split": 1}, {"chunks": 4, "split": 2}, {"chunks": 4, "split": 100},
+                    {"chunks": 4, "pdl": True}]
+        two_rows += [{"chunks": 4, "split": 1}]
+    for rows, cases in ((1, one_row), (2, two_rows)):
+        x = torch.randn(rows, layer.in_features, device=DEVICE).half()
+        for opts in cases:
+            p = layer.packed_layer(opts.pop("bases", None))
+            _check(layer, x, gemv_pairs.gemv_pairs(x, p, layer.bias, **opts))
 
 
 def test_gemv_pairs_custom_op_and_torch_compile(monkeypatch):
@@ -182,15 +184,16 @@ def test_gemv_pairs_custom_op_and_torch_compile(monkeypatch):
     layer = _layer(32, 64, get_preset("spqr-w3"))
     x = torch.randn(3, 64, device=DEVICE).half()
     bases = layer.outlier_bases()
-    torch.library.opcheck(ops.fused_matmul, (x, *layer.kernel_tensors(), layer.bias, 32, *layer.kernel_layout(),
-                                             "gemv_pairs", bases), test_utils=("test_schema", "test_faketensor"))
-    monkeypatch.setenv(linear_mod.MATMUL_ENV, "gemv_pairs")
+    torch.library.opcheck(ops.fused_matmul_op, ops.fused_matmul_args(x, layer.packed_layer(bases), layer.bias,
+                                                                    "gemv_pairs"),
+                          test_utils=("test_schema", "test_faketensor"))
+    monkeypatch.setenv(select.MATMUL_ENV, "gemv_pairs")
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True, backend="inductor" if on_cuda else "aot_eager")
     _check(layer, x, compiled(x))
 
 
-@pytest.mark.parametrize("wbits,beta1,beta2", GRID[1::4])
+@pytest.mark.parametrize("wbits,beta1,beta2", sweep(GRID[1::4], GRID[1:2]))
 def test_gemv_pairs_bf16_activations(wbits, beta1, beta2):
     """bf16 x, multiplied as fp16 after the x kernel's per-chunk scaling (which also takes |x| far past fp16's
     range), y in bf16."""

@@ -47,7 +47,7 @@ def test_sass_report(tmp_path):
     assert dot["mix"].get("FADD", 0) <= 0.5 * report["dot 16 rows"]["weights_per_iteration"]
     # dot's outlier kernel: each outlier's 8 x values in one vector load, its term added elementwise (a sum over the
     # step's outliers cost 7 barriers per step); at its default 4 rows x 32 outliers a step, 4 barriers move the
-    # step's columns and values into the terms' layout (measured faster than 1 x 64 without any: spqr_matmul.dot_stages)
+    # step's columns and values into the terms' layout (measured faster than 1 x 64 without any: dot.dot_stages)
     outliers = report["dot outliers 8"]["loops"][0]
     assert outliers["barriers"] <= 4 and outliers["mix"].get("LDG", 0) <= 8
     # gemv_pairs (the batch-1 choice for fp16 x): two weights per fp16-pair instruction. Per pair one LOP3 (the or-ed

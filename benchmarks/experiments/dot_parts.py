@@ -1,4 +1,4 @@
-"""Where the time of the tensor-core `dot` kernel (or `dot_pairs`, `--kernel`) goes: each of its three launches (`spqr_matmul.dot_stages`: the x
+"""Where the time of the tensor-core `dot` kernel (or `dot_pairs`, `--kernel`) goes: each of its three launches (`dot.dot_stages`: the x
 gather, the dense part on the tensor cores, the outlier kernel) timed alone, against the whole call and fp16 cuBLAS,
 on the LLaMA-2 shapes, with 1% outliers and with none.
 
@@ -24,13 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
 import kernel_speed as ks
 
 from spqrkit.config import get_preset
-from spqrkit.kernels import spqr_matmul
+from spqrkit.kernels import dot
 from spqrkit.modules.linear import MATMULS
 
 
 def stages(layer, x, kernel="dot"):
-    return spqr_matmul.dot_stages(x, *layer.kernel_tensors(), None, layer.out_features, *layer.kernel_layout(),
-                                  bases=layer.outlier_bases(), pairs=kernel == "dot_pairs")[0]
+    return dot.dot_stages(x, layer.packed_layer(layer.outlier_bases()), None, pairs=kernel == "dot_pairs")[0]
 
 
 def main(argv=None) -> int:

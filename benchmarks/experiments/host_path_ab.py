@@ -40,14 +40,14 @@ def old_key(tensors):
 
 
 def old_bases(self, key=None):
-    tensors = self.kernel_tensors()[:8]
+    tensors = self.packed_layer().stored_tensors()
     if torch.compiler.is_compiling():
         if self._bases is not None:
             return self._bases[1]
-        return ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
+        return ops.outlier_bases(self.packed_layer())
     key = L.tensors_key(tensors) if key is None else key
     if self._bases is None or self._bases[0] != key:
-        self._bases = (key, ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout()))
+        self._bases = (key, ops.outlier_bases(self.packed_layer()))
     return self._bases[1]
 
 

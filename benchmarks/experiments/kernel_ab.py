@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
 from kernel_speed import ACT_DTYPE, SHAPES, copies_for, copy_bandwidth, layer_bytes, make_layers, time_graph
 
 from spqrkit.config import get_preset
-from spqrkit.kernels import dot_pairs, gemv_pairs, spqr_matmul
+from spqrkit.kernels import dot, gemv, gemv_pairs
 from spqrkit.modules.linear import MATMULS
 
-LAUNCHERS = {"gemv_pairs": gemv_pairs.gemv_pairs, "dot_pairs": dot_pairs.dot_pairs, "gemv_seg": spqr_matmul.gemv,
-             "dot": spqr_matmul.dot}
+LAUNCHERS = {"gemv_pairs": gemv_pairs.gemv_pairs, "dot_pairs": dot.dot_pairs, "gemv_seg": gemv.gemv,
+             "dot": dot.dot}
 FIXED = {"gemv_seg": {"segments": True}}  # options that make the launcher that kernel
 
 
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
             def call(lay, opts, x=x, out=out):
                 opts = dict(opts)
                 kernel = opts.pop("kernel", args.kernel)  # (a variant may name another kernel)
-                return LAUNCHERS[kernel](x, *lay.kernel_tensors(), None, out, *lay.kernel_layout(),
-                                         bases=lay.outlier_bases(), **FIXED.get(kernel, {}), **opts)
+                return LAUNCHERS[kernel](x, lay.packed_layer(lay.outlier_bases()), None, **FIXED.get(kernel, {}),
+                                         **opts)
 
             live = {}
             for v, opts in variants.items():

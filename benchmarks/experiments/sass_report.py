@@ -30,9 +30,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from spqrkit.kernels import dequantize as dq
+from spqrkit.kernels import dot as dk
 from spqrkit.kernels import dot_pairs as dp
+from spqrkit.kernels import gemv as gk
 from spqrkit.kernels import gemv_pairs as gp
-from spqrkit.kernels import spqr_matmul as m
+from spqrkit.kernels import plan as kplan
 from spqrkit.kernels.pair_schedule import pair_plan
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -50,38 +53,38 @@ SPQR_W3 = {"WB": 3, "GROUP": 16, "SB": 3, "ZB": 3, "HAS_BIAS": False, "KO": 64}
 
 def kernels():
     """(name, jit function, constexprs, num_warps, weights per thread per main-loop iteration) of the selector's
-    kernels at their default tiles, spqr-w3 (`spqr_matmul.gemv` / `dot_stages` / `dequantize_chunked`,
+    kernels at their default tiles, spqr-w3 (`gemv.gemv` / `dot_stages` / `dequantize_chunked`,
     `gemv_pairs.gemv_pairs` on large layers). gemv_pairs' main loop includes its conditional outlier step (run on
     the first tiles only, while a row has outliers left)."""
     plan, types = pair_plan(3, 16)
     return [
         ("gemv_pairs 1 row", gp._gemv_pairs_kernel,
          {k: v for k, v in dict(SPQR_W3, BETA2=16, HAS_BASE=True, PLAN=plan, TYPES=types, BR=4, NCH=64, SEG=16,
-                                SPLIT=False, SHARED2=True, ASM=True, PDL=True, RT=m.chunk_major_tile(), BB=1,
+                                SPLIT=False, SHARED2=True, ASM=True, PDL=True, RT=kplan.chunk_major_tile(), BB=1,
                                 LATE=False).items()
           if k != "KO"}, 2, 4 * 64 * 32 // 64),
-        ("gemv_seg 1 row", m._gemv_seg_kernel,
-         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=m.chunk_major_tile(), PREFETCH=False,
+        ("gemv_seg 1 row", gk._gemv_seg_kernel,
+         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=kplan.chunk_major_tile(), PREFETCH=False,
               PDL=True, HAS_BASE=True), 2, 4 * 32 * 32 // 64),
-        ("gemv_xc 4 rows", m._gemv_kernel, dict(SPQR_W3, BB=4, BR=8, NCH=16, XC=16), 4, 8 * 16 * 32 // 128),
-        ("gemv 1 row", m._gemv_kernel, dict(SPQR_W3, BB=1, BR=4, NCH=32, XC=0), 2, 4 * 32 * 32 // 64),
-        ("dot 16 rows", m._dot_kernel,
+        ("gemv_xc 4 rows", gk._gemv_kernel, dict(SPQR_W3, BB=4, BR=8, NCH=16, XC=16), 4, 8 * 16 * 32 // 128),
+        ("gemv 1 row", gk._gemv_kernel, dict(SPQR_W3, BB=1, BR=4, NCH=32, XC=0), 2, 4 * 32 * 32 // 64),
+        ("dot 16 rows", dk._dot_kernel,
          {k: v for k, v in dict(SPQR_W3, BM=16, BN=64, NCH=8, SEG=16, SHARED2=False, SPLIT=True, IEEE=False,
                                 PDL=True).items() if k not in ("HAS_BIAS", "KO")}, 4, 64 * 8 * 32 // 128),
-        ("dot_pairs 16 rows", dp._dot_pairs_kernel,
-         {k: v for k, v in dict(SPQR_W3, PLAN=plan, TYPES=types, BM=16, BN=64, NCH=m.DOT_PAIRS_CHUNKS, SEG=16,
+        ("dot_pairs 16 rows", dp.dot_pairs_kernel,
+         {k: v for k, v in dict(SPQR_W3, PLAN=plan, TYPES=types, BM=16, BN=64, NCH=kplan.DOT_PAIRS_CHUNKS, SEG=16,
                                 SHARED2=False, SPLIT=True, ASM=True, PDL=True).items() if k not in ("HAS_BIAS", "KO")},
-         4, 64 * m.DOT_PAIRS_CHUNKS * 32 // 128),
-        ("dot outliers 8", m._dot_outliers_kernel,  # per step: 32 outliers of 4 rows, 8 rows of x each
+         4, 64 * kplan.DOT_PAIRS_CHUNKS * 32 // 128),
+        ("dot outliers 8", dk._dot_outliers_kernel,  # per step: 32 outliers of 4 rows, 8 rows of x each
          {k: v for k, v in dict(SPQR_W3, BR=4, KOR=32, BM=8, NCH=8, SEG=16, HAS_BASE=True, ORDERED=False,
                                 PDL=True).items()
           if k != "KO"}, 2, 4 * 32 * 8 // 64),
-        ("dequantize", m._dequantize_kernel,
+        ("dequantize", dq._dequantize_kernel,
          {k: v for k, v in dict(SPQR_W3, BR=8, NCH=32).items() if k not in ("HAS_BIAS", "KO")}, 4, None),
     ]
 
 
-# software-pipelining stages as the launchers pass them (spqr_matmul: gemv_seg and dot's dense kernel 1, gemv_pairs 1;
+# software-pipelining stages as the launchers pass them (gemv_seg and dot's dense kernel 1, gemv_pairs 1;
 # gemv 3; the others Triton's default, 3)
 NUM_STAGES = {"gemv_seg 1 row": 1, "gemv_pairs 1 row": 1, "dot 16 rows": 1, "dot_pairs 16 rows": 1}
 MAX_REGISTERS = {"gemv_pairs 1 row": gp.MAX_REGISTERS}  # (ptxas' cap, as launched)

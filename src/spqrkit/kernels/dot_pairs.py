@@ -1,49 +1,30 @@
-"""The small-batch tensor-core kernel "dot_pairs": y = x W^T (+ b) for 2..64 rows of fp16 x, its weight operand
-decoded in packed fp16 pairs (the selector's pick for 3-32 rows of fp16 x).
+"""The dense kernel of "dot_pairs": `dot`'s tensor-core product with its weight operand decoded in packed fp16 pairs.
 
-`dot` (spqr_matmul) builds its [rows, K] fp16 operand one weight at a time in fp32 (a shift, a LOP3 into the top
-of a mantissa, an FFMA, a conversion, packing: 7.2 instructions per weight offline with its share of loads and
-statistics). Here the weights come two per instruction, as in the batch-1 `gemv_pairs`: one LOP3 puts two codes of
-a chunk (`pair_schedule`) into the mantissas of an fp16 pair, and one `sub.f16x2` + one `fma.rn.f16x2` give the
-pair of weights
-    w = q s16 + c16   (s16 = s, c16 = -s z, each rounded to fp16 once per group: `cvt.rn.f16x2.f32`),
-rounded once to fp16: 3 instructions per two weights, 5.4 per weight in all offline (benchmarks/sass_report.py).
-The pairs are split into halves and joined into two [rows, NCH 16] operands per tile, pairs 0-7 and 8-15 of each
-chunk (joins add a minor dimension held in each thread: no data moves; one operand for the whole chunk kept 167
-registers live and was slower), each followed by one tl.dot with x's slice. x comes in the schedule's pair order,
-segment-major like dot's (`gather_x_cols` with the order); the split-K workspace, the outlier kernel and PDL are
-`dot`'s (`spqr_matmul.dot_stages` with `pairs`). The outlier kernel rounds each outlier's base weight to fp16 from
-its fp32 value, which matches this operand's rounding up to an fp16 ulp or two of that weight (the size of every
-weight's own rounding error here).
-
-Accuracy: each weight rounded to fp16 after an fp16 scale (relative 2**-11 each), products and sums in fp32 on the
-tensor cores: about twice the error of `dot`'s operand, bounded in tests/test_dot_pairs.py like every kernel's.
-Under Triton's interpreter (no inline PTX) the two fp16-pair instructions are emulated in fp64 with one rounding
-(`ASM` off). fp16 x only (a bf16 operand would need another decode): `dot` takes bf16.
-
-Measured (benchmarks/kernel_speed.py, H200, 2026-11-26, spqr-w3, 1% outliers, kernel_speed_dot_pairs_h200.json and
-kernel_speed_dot_pairs_b3_64_h200.json): 1.03x-1.10x faster than `dot` on the six LLaMA-2 shapes at 3, 4, 8 and 16
-rows of x (15.5 against 16.6 us at 4096^2 and 8 rows, 144.4 against 154.3 at 28672x8192), faster on five of six at
-32 rows, within 1% either way at 64; still 0.74x-0.96x of fp16 cuBLAS at 3-16 rows (on an H100, whose slower HBM
-slows fp16 but not this kernel, 0.97x-1.38x at 4, 8 and 16 rows: kernel_speed_pairs_b1_b16_h100.json). 25% fewer
-instructions per weight bought 3-9%: `dot` at 8 rows waits on its loads (Nsight Compute,
-ncu_h200/ncu_dot_b8_4096x4096.txt: one wave of programs, 21% occupancy, long scoreboard the largest stall, 12% of
-DRAM bandwidth; dot_pairs: ncu_h200/ncu_dot_pairs_b8_*.txt, the same picture).
+Where `dot` builds its operand one weight at a time in fp32, here one LOP3 puts two codes of a chunk
+(`pair_schedule`) into the mantissas of an fp16 pair, and one `sub.f16x2` + one `fma.rn.f16x2` give the pair of
+weights w = q s16 + c16 (s16 = s, c16 = -s z, each rounded to fp16 once per group), rounded once to fp16. The pairs
+are split into halves and joined into two [rows, NCH 16] operands per tile (pairs 0-7 and 8-15 of each chunk), each
+followed by one tl.dot with x's slice; x comes in the schedule's pair order (`gather_x_cols` with the order). The
+split-K workspace, the outlier kernel and PDL are `dot`'s (`dot.dot_stages` with `pairs`); the outlier kernel
+rounds each outlier's base weight to fp16 from its fp32 value, which matches this operand's rounding up to an fp16
+ulp or two of that weight. Accuracy: each weight rounded to fp16 after an fp16 scale, products and sums in fp32:
+about twice the error of `dot`'s operand (tests/test_dot_pairs.py bounds it). Under Triton's interpreter the two
+fp16-pair instructions are emulated with one rounding (`ASM` off). fp16 x only: `dot` takes bf16.
 """
 from __future__ import annotations
 
 import functools
 
+import torch
 import triton
 import triton.language as tl
 
-from . import spqr_matmul as sm
-from .gemv_pairs import _pair_stat, _put, _window
+from .decode import pick_word, seg_group
+from .pair_decode import pair_stat, pair_window, put
 from .pair_schedule import pair_order, pair_plan
-from .spqr_matmul import _pick, _seg_group, gdc_launch_dependents, gdc_wait
+from .tile import dot_store, dot_tile, gdc_launch_dependents, gdc_wait, tile_words
 
 
-# ---------------------------------------------------------------------------------------------------- fp16 pairs
 @triton.jit
 def _half64(v, H: tl.constexpr):
     """fp64 value of half H of int32-held fp16 pairs (the interpreter's emulation)."""
@@ -79,15 +60,14 @@ def _pair_weight(v, magic, s, c, ASM: tl.constexpr):
         return (hb << 16) | lb
 
 
-# ---------------------------------------------------------------------------------------------------- the operand
 @triton.jit
 def _pw(N: tl.constexpr, PLAN: tl.constexpr, w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5,
         c0, c1, c2, c3, c4, c5, zero, ASM: tl.constexpr):
     """Pair N of the schedule as fp16 weights [NCH, BN, 2] (low half: code a, high half: code b)."""
     E = PLAN[N]
-    v = (_window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]) | (zero + E[4])
-    u = _pair_weight(v, zero + E[4], _pick(E[5], s0, s1, s2, s3, s4, s5, s5, s5),
-                     _pick(E[5], c0, c1, c2, c3, c4, c5, c5, c5), ASM)
+    v = (pair_window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]) | (zero + E[4])
+    u = _pair_weight(v, zero + E[4], pick_word(E[5], s0, s1, s2, s3, s4, s5, s5, s5),
+                     pick_word(E[5], c0, c1, c2, c3, c4, c5, c5, c5), ASM)
     lo = u.to(tl.int16).to(tl.float16, bitcast=True)
     hi = (u >> 16).to(tl.int16).to(tl.float16, bitcast=True)
     return tl.join(lo, hi)
@@ -132,17 +112,17 @@ def _pair_operand(H: tl.constexpr, PLAN: tl.constexpr, w0, w1, w2, w3, w4, w5, w
 def _group_pair_stats(g: tl.constexpr, swin, zwin, ch, s_ptr, z_ptr, sst32_ptr, zst32_ptr, R, RM, blk, N_CHUNKS,
                       N_GROUPS, BETA2, SEG: tl.constexpr, GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr,
                       SHARED2: tl.constexpr, one):
-    """(s, -s z), fp32 [NCH, BN], of segment g of the tile's chunks (`gemv_pairs._pair_stat`)."""
-    grp, gm1 = _seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
+    """(s, -s z), fp32 [NCH, BN], of segment g of the tile's chunks (`gemv_pairs.pair_stat`)."""
+    grp, gm1 = seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
     G = grp[:, None]
     GM1 = gm1[:, None]
-    s = _pair_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, SB, SHARED2, one)
-    z = _pair_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, ZB, SHARED2, one)
+    s = pair_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, SB, SHARED2, one)
+    z = pair_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, ZB, SHARED2, one)
     return s, -s * z
 
 
 @triton.jit
-def _dot_pairs_kernel(
+def dot_pairs_kernel(
     xk_ptr, stride_xk, ws_ptr,
     codes_ptr, s_ptr, z_ptr, sst32_ptr, zst32_ptr,
     M, OUT, N_CHUNKS, N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, CPS, ZERO, ONE,
@@ -151,7 +131,7 @@ def _dot_pairs_kernel(
     SHARED2: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
 ):
     """Dense part: ws[b, rows] (+)= x W_base^T for a [BN rows, BM rows of x] tile over chunks [pid1 CPS, pid1 CPS +
-    CPS), as `spqr_matmul._dot_kernel` (split K, PDL, tile words and statistic windows) but for its operand
+    CPS), as `dot._dot_kernel` (split K, PDL, tile words and statistic windows) but for its operand
     (`_pair_operand`): per tile the groups' (s, -s z) are packed into fp16 pairs per accumulator type of the schedule
     (TYPES: the groups of the low and high halves), the 16 pairs of each chunk decoded with them, one tl.dot per
     half-chunk operand. x (xk) in the pair order, pairs 0-7 of the tile's chunks then pairs 8-15 (`gather_x_cols`
@@ -159,7 +139,7 @@ def _dot_pairs_kernel(
     LOP3."""
     if PDL:
         gdc_launch_dependents()
-    rows, bb, blk, R, RM, c_begin, c_end = sm._dot_tile(OUT, N_CHUNKS, BETA2, CPS, BN, BM)
+    rows, bb, blk, R, RM, c_begin, c_end = dot_tile(OUT, N_CHUNKS, BETA2, CPS, BN, BM)
     jj = tl.arange(0, NCH)
     kk = tl.arange(0, NCH * 16)
     n_words = N_CHUNKS * WB
@@ -170,7 +150,7 @@ def _dot_pairs_kernel(
     xcol = xk_ptr + kk[:, None] * stride_xk + bb[None, :]  # x's [NCH 16, BM] slice at chunk 0
     wp = codes_ptr + R * n_words + jj[:, None] * WB
     for t in range(c_begin, c_end, NCH):
-        ch, _C, _m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = sm._tile_words(
+        ch, _C, _m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = tile_words(
             t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB, GROUP, NSEG, SB, ZB)
         sg0, cg0 = _group_pair_stats(0, swin, zwin, ch, s_ptr, z_ptr, sst32_ptr, zst32_ptr, R, RM, blk, N_CHUNKS,
                                      N_GROUPS, BETA2, SEG, GROUP, SB, ZB, SHARED2, one)
@@ -183,8 +163,8 @@ def _dot_pairs_kernel(
         for g in tl.static_range(1, NSEG):
             s, c = _group_pair_stats(g, swin, zwin, ch, s_ptr, z_ptr, sst32_ptr, zst32_ptr, R, RM, blk, N_CHUNKS,
                                      N_GROUPS, BETA2, SEG, GROUP, SB, ZB, SHARED2, one)
-            sg0, sg1, sg2, sg3, _, _ = _put(g, s, sg0, sg1, sg2, sg3, sg3, sg3)
-            cg0, cg1, cg2, cg3, _, _ = _put(g, c, cg0, cg1, cg2, cg3, cg3, cg3)
+            sg0, sg1, sg2, sg3, _, _ = put(g, s, sg0, sg1, sg2, sg3, sg3, sg3)
+            cg0, cg1, cg2, cg3, _, _ = put(g, c, cg0, cg1, cg2, cg3, cg3, cg3)
         s0 = zero
         s1 = zero
         s2 = zero
@@ -198,12 +178,12 @@ def _dot_pairs_kernel(
         c4 = zero
         c5 = zero
         for n in tl.static_range(len(TYPES)):  # the pair statistics of each type: (low half's group, high half's)
-            sp = _pack_halves(_pick(TYPES[n][0], sg0, sg1, sg2, sg3, sg3, sg3, sg3, sg3),
-                              _pick(TYPES[n][1], sg0, sg1, sg2, sg3, sg3, sg3, sg3, sg3), ASM)
-            cp = _pack_halves(_pick(TYPES[n][0], cg0, cg1, cg2, cg3, cg3, cg3, cg3, cg3),
-                              _pick(TYPES[n][1], cg0, cg1, cg2, cg3, cg3, cg3, cg3, cg3), ASM)
-            s0, s1, s2, s3, s4, s5 = _put(n, sp, s0, s1, s2, s3, s4, s5)
-            c0, c1, c2, c3, c4, c5 = _put(n, cp, c0, c1, c2, c3, c4, c5)
+            sp = _pack_halves(pick_word(TYPES[n][0], sg0, sg1, sg2, sg3, sg3, sg3, sg3, sg3),
+                              pick_word(TYPES[n][1], sg0, sg1, sg2, sg3, sg3, sg3, sg3, sg3), ASM)
+            cp = _pack_halves(pick_word(TYPES[n][0], cg0, cg1, cg2, cg3, cg3, cg3, cg3, cg3),
+                              pick_word(TYPES[n][1], cg0, cg1, cg2, cg3, cg3, cg3, cg3, cg3), ASM)
+            s0, s1, s2, s3, s4, s5 = put(n, sp, s0, s1, s2, s3, s4, s5)
+            c0, c1, c2, c3, c4, c5 = put(n, cp, c0, c1, c2, c3, c4, c5)
         if PDL:  # (the weight's loads above need nothing from the x kernel: in flight while it finishes)
             gdc_wait()
         for h in tl.static_range(2):
@@ -211,15 +191,12 @@ def _dot_pairs_kernel(
                               c5, zero, ASM)  # [BN, NCH 16]
             xb = tl.load(xcol + (t * 32 + h * NCH * 16) * stride_xk)  # [NCH 16, BM]
             acc = tl.dot(a, xb, acc)
-    sm._dot_store(acc, ws_ptr, rows, bb, M, OUT, SPLIT)
+    dot_store(acc, ws_ptr, rows, bb, M, OUT, SPLIT)
 
 
-# ---------------------------------------------------------------------------------------------------- launcher
 def supports(x_dtype, wbits: int, group: int) -> bool:
     """Whether dot_pairs takes this input dtype and layout: fp16 x and a pair schedule for (wbits, group)
     (`pair_schedule`: 2..4 bits, groups of 8, 16, >= 32 codes or one per row)."""
-    import torch
-
     return x_dtype == torch.float16 and pair_plan(wbits, group) is not None
 
 
@@ -227,25 +204,9 @@ def supports(x_dtype, wbits: int, group: int) -> bool:
 def pair_column_orders(wbits: int, group: int, device):
     """(order, inverse) int32 [32]: the code position of each column of a chunk in the operand (`pair_order`), and
     each code position's column. Kept per device (made once, outside any CUDA-graph capture that may follow)."""
-    import torch
-
     order = pair_order(wbits, group)
     inv = [0] * 32
     for k, c in enumerate(order):
         inv[c] = k
     return (torch.tensor(order, dtype=torch.int32, device=device),
             torch.tensor(inv, dtype=torch.int32, device=device))
-
-
-def dot_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-              out_features, wbits, group, beta2, scale_bits, zero_bits, **options):
-    """y [M, out] = x [M, in] W^T (+ bias) for fp16 x (`supports`): `spqr_matmul.dot_stages` with the pair
-    operand, its three launches in order."""
-    if not supports(x.dtype, wbits, group):
-        raise ValueError(f"dot_pairs takes fp16 x and a layout with a pair schedule; got {x.dtype}, wbits {wbits}, "
-                         f"group {group}")
-    stages, y = sm.dot_stages(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-                              out_features, wbits, group, beta2, scale_bits, zero_bits, pairs=True, **options)
-    for _, launch in stages:
-        launch()
-    return y

@@ -1,101 +1,83 @@
 """The decode kernel "gemv_pairs": y = x W^T (+ b) for one or two rows of x (fp16 or bf16), in packed fp16 pairs.
 
-gemv_seg (spqr_matmul) spends 7.0 instructions per weight in fp32 (mask + or, a subtraction, an FFMA, plus its
-share of loads and statistics) and is issue-bound. Here two weights share each instruction (`pair_schedule`): one
-LOP3 masks two codes out of a 32-bit window of the chunk's words, one in each half's mantissa (bit e of the half)
-under a zero exponent field, which makes the pair the two SUBNORMAL fp16 values q 2**(e - 24), exactly; one
-`fma.rn.f16x2` adds (q_a x''_a, q_b x''_b) to a pair accumulator, x'' = x 2**(24 - e - k) written by the x kernel
-per code position. The codes of a chunk come from 2..5 shifted windows of its words, so the 32 weights of a chunk
-cost 16 x 2 + 4 instructions instead of about 100. Per chunk and group the fp16 pair sums are converted to fp32
-once and combined with the group's statistics:
+Two weights share each instruction (`pair_schedule`): one LOP3 masks two codes out of a 32-bit window of the chunk's
+words, one in each half's mantissa (bit e of the half) under a zero exponent field, which makes the pair the two
+SUBNORMAL fp16 values q 2**(e - 24), exactly; one `fma.rn.f16x2` adds (q_a x''_a, q_b x''_b) to a pair accumulator,
+x'' = x 2**(24 - e - k) written by the x kernel per code position. Per chunk and group the fp16 pair sums are
+converted to fp32 once and combined with the group's statistics:
     y_r += s (2**k P - z X),
 P = sum of q x 2**-k over the group (fp16 pairs), X = sum of x over the group (fp32, from the x kernel), k per chunk
-chosen by the x kernel from the chunk's largest |x| so that every x'' fits fp16 (< 2**15) and the pair sums stay far
-below overflow (`X_SCALE_HEADROOM`); the same scaling brings bf16 x of any range into fp16's (y is then written in
-bf16). Accuracy: x'' is x exactly but for values below 2**-14 of the chunk's largest (fp16 subnormals) and each
-pair sum of at most 16 products is rounded to fp16 once per product (the FMA: relative 2**-11, or 2**-25 of the
-chunk's scale where a sum is subnormal) inside a group; the group sums are added in fp32, so the error stays of the
-order of the output's own fp16 rounding (tests/test_gemv_pairs.py bounds it as tests/test_kernels_matmul.py bounds
-the other kernels). (The first version decoded a code as the normal half 2**(10 - e) + q and subtracted the power
-of two with one `sub.f16x2` per pair, x' = x 2**-k scaled only past |x| >= 256: 5.1 against 4.1 instructions per
-weight offline; in one interleaved A/B it ran at 0.88x-1.05x the subnormal decode's speed at one row of x (faster
-only at 4096^2, by 4%; 0.88x at 8192x28672) and 0.89x-0.95x at two, H200, 2026-11-26, ab_subnormal_b1_h200.json,
-ab_subnormal_b2_h200.json.)
-
-The same arithmetic written by hand in CUDA C++ (NVRTC; commit 07bc94a, `gemv_cuda`, removed after): every offset
-a compile-time constant, 3.1 instructions per weight in its main loop offline, x pairs in 16-byte loads, the words
-loaded one chunk ahead or staged through shared memory by bulk copies. It ran at 0.85x-0.95x this kernel's speed at
-best (H200, 2026-11-27, 3 interleaved rounds on eight shapes, ab_gemv_cuda_v*_b1_h200.json; H100 0.82x-0.92x,
-ab_gemv_cuda_v4_b1_h100.json) and executed as many instructions (Nsight Compute at 28672x8192: 30.5M against 31.7M
-warp instructions; ncu_h200/ncu_gemv_*_b1.txt): what limits batch 1 is the decode's cost per weight and the loads'
-latency, not Triton's code.
+chosen by the x kernel from the chunk's largest |x| so that every x'' fits fp16 and the pair sums stay far below
+overflow (`X_SCALE_HEADROOM`); the same scaling brings bf16 x of any range into fp16's (y is then written in bf16).
+Accuracy: x'' is x exactly but for values below 2**-14 of the chunk's largest (fp16 subnormals), and each pair sum
+of at most 16 products is rounded to fp16 once per product inside a group; the group sums are added in fp32, so the
+error stays of the order of the output's own fp16 rounding (tests/test_gemv_pairs.py bounds it).
 
 Two kernels: `_gather_x_pairs_kernel` writes x'' in the pair order (`pair_order`) as fp16, the chunk scales 2**k,
 the group sums X and x in the permuted order, and zeroes the split-K sums; `_gemv_pairs_kernel` then runs
-gemv_seg's tiling (one program per BR output rows, a [NCH chunks, BR rows] tile, a thread holding one chunk of BR
-rows so that each x pair it loads serves all of them, split K with fp32 atomics on long rows, launched as a
-programmatic dependent of the x kernel where supported) with this arithmetic. Outliers go one per element of the
-tile: element (j, r) adds (value - base) x of outlier j of row r's current step (`_row_outliers`), so no
-[rows, outliers] mask is needed (that cost 96 of 605 instructions per tile).
-
-Measured (benchmarks/kernel_speed.py, H200, 2026-11-26, spqr-w3, 1% outliers; kernel_speed_subnormal_h200.json,
-the subnormal decode and today's tiles): 8.5 / 16.5 / 16.8 / 20.0 / 54.0 / 57.6 us on the six LLaMA-2 shapes against
-14.7 / 26.2 / 28.8 / 40.5 / 133.3 / 133.0 for fp16 cuBLAS in the same run (23-51% of the copy rate); the first
-version (magic decode; kernel_speed_pairs_b1_h200.json, another run) 9.2 / 17.4 / 19.0 / 22.5 / 61.4 / 72.8. Offline
-sm_90a SASS 4.1 instructions per weight in the main loop (benchmarks/sass_report.py; 4.7 then). Nsight Compute at
-28672x8192 (ncu_h200/ncu_pairs_subnormal_b1_28672x8192.txt): 4.4 instructions per weight issued, 52% of DRAM
-bandwidth, an instruction issued in 66% of cycles, long-scoreboard waits 4.9 of 11.3 cycles between issues at 45%
-occupancy (64 registers); the first version, at 96 registers, had 27% occupancy (2.96 of 7.06 cycles waiting on
-global loads, 47% of DRAM bandwidth), hence the cap of MAX_REGISTERS = 64 (then 5.2 instructions per weight, but
-more programs per SM: 2-5% faster). Under Triton's interpreter (no inline PTX) the fp16-pair instructions are
-emulated with the same roundings (`ASM` off); compiled, they are inline PTX. The tile is [NCH, BR] under Triton
-<= 3.6 and [BR, NCH] from 3.7 on (`spqr_matmul.chunk_major_tile`): each version gives the words and the x pairs
-ONE layout (a thread: one chunk of BR rows) in that orientation only, and converts between two through shared
-memory in the other (23 barriers per loop offline under either); timed on the GPU with 3.6 only.
+gemv_seg's tiling (one program per BR output rows, a thread holding one chunk of BR rows so that each x pair it
+loads serves all of them, split K on long rows, PDL after the x kernel where supported) with this arithmetic.
+Outliers go one per element of the tile: element (j, r) adds (value - base) x of outlier j of row r's current step
+(`_row_outliers`), so no [rows, outliers] mask is needed. Under Triton's interpreter (no inline PTX) the fp16-pair
+instructions are emulated with the same roundings (`ASM` off); compiled, they are inline PTX. docs/kernels.md has
+the measurements behind the defaults and what was tried.
 """
 from __future__ import annotations
 
 import os
 
+import torch
 import triton
+
+from ..format.packed_layer import PackedLayer
 import triton.language as tl
 
-from . import spqr_matmul as sm
+from .decode import fp16_half, outlier_base_at, pick_word, seg_group
+from .pair_decode import pair_stat, pair_window, put
 from .pair_schedule import pair_exponents, pair_order, pair_plan
-from .spqr_matmul import (
-    _gemv_store,
-    _pick,
-    _seg_group,
-    _split_add,
-    _zero_share,
+from .plan import (
+    FLOAT_ONE_BITS,
+    chunk_major_tile,
+    has_pdl,
+    int32_pairs,
+    layout_sizes,
+    segment_codes,
+    split_plan,
+    stat_pointers,
+)
+from .reach import PAIRS_MAX_ROWS
+from .tile import (
+    chunk_vec,
     gdc_launch_dependents,
     gdc_wait,
+    gemv_store,
+    row_block,
+    row_vec,
+    split_add,
+    split_last_store,
+    split_share,
+    tile_words,
+    tile_zeros,
+    zero_share,
 )
 
-# Registers per thread (ptxas' cap; 96 without one, no spills at 64): H200, 2026-11-26, tune_pairs5_b1_h200.json:
-# 8.7 against 9.2 us at 4096^2, 17.4 against 17.8 at 11008x4096, 58.2 against 60.8 at 28672x8192 (more programs per
-# SM to hide the loads' latency: 27% occupancy at 96). A later run (tune_pairs6_b1_h200.json) kept the gain at 4096^2
-# (8.6 against 9.1) and 4096x11008 (17.7 against 18.4) but not at 28672x8192 (59.8 against 57.1 without the cap):
-# runs differ by up to 4% there.
-# The same cap with two rows of x: a cap of 96 was 5-7% faster at 28672x8192 (73.5 / 75.1 against 78.9 us) but
-# 1.14x-1.24x slower on the other five shapes (13.1 / 25.6 / 26.6 / 34.1 / 107.5 against 11.4 / 21.8 / 23.4 / 28.9 /
-# 86.5 us; H200, 2026-11-26, tune_pairs_b2_h200.json, kernel_speed_pairs_b2_cap96_h200.json against
-# kernel_speed_pairs_b1_b2_h200.json).
+# Registers per thread (ptxas' cap): more programs per multiprocessor hide the loads' latency (docs/kernels.md).
 MAX_REGISTERS = 64
-# Three and four rows of x per launch (each code pair decoded once, one fma.rn.f16x2 per row) were tried and not kept:
-# on an H100 (2026-11-26, tune_gemv_pairs_b3_b4_h100.json) faster than dot_pairs only at 28672x8192 (129.2 against
-# 140.9 us at four rows), equal or slower on the other five shapes.
-PAIRS_MAX_ROWS = 2  # rows of x one launch takes (BB: one set of pair accumulators each)
+
+
 # The x kernel's chunk scale 2**k: k = floor(log2 max |x|) + X_SCALE_HEADROOM - (the layout's smallest code bit e),
 # so that every x'' = x 2**(24 - e - k) < 2**15 fits fp16 and each product q x 2**-k < 15 x 2**-9 (pair sums of
 # 16 far below fp16's limit); clamped so that 2**k and 2**(24 - e - k) stay normal fp32 (only bf16 chunks with
 # max |x| < 2**-110 or > 2**117 reach the clamps: the first lose their smallest values, the second overflow).
 X_SCALE_HEADROOM = 10
+
+
 X_SCALE_K_MIN = -100
+
+
 X_SCALE_K_MAX = 127
 
 
-# ---------------------------------------------------------------------------------------------------- fp16 pairs
 @triton.jit
 def _halves_bits(lo, hi):
     """int32 fp16 pairs (lo, hi) from two fp32 tensors (each rounded to fp16)."""
@@ -113,8 +95,8 @@ def _pair_mac(acc, q, x, ASM: tl.constexpr):
         return tl.inline_asm_elementwise("fma.rn.f16x2 $0, $2, $3, $1;", "=r,r,r,r", [acc, q, x], dtype=tl.int32,
                                          is_pure=True, pack=1)
     else:
-        return _halves_bits(sm._fp16_half(acc, 0) + sm._fp16_half(q, 0) * sm._fp16_half(x, 0),
-                            sm._fp16_half(acc, 1) + sm._fp16_half(q, 1) * sm._fp16_half(x, 1))
+        return _halves_bits(fp16_half(acc, 0) + fp16_half(q, 0) * fp16_half(x, 0),
+                            fp16_half(acc, 1) + fp16_half(q, 1) * fp16_half(x, 1))
 
 
 @triton.jit
@@ -125,42 +107,13 @@ def _pair_halves(v, ASM: tl.constexpr):
             "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=r,=r,r",
             [v], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
     else:
-        return sm._fp16_half(v, 0), sm._fp16_half(v, 1)
-
-
-@triton.jit
-def _window(E, w0, w1, w2, w3, w4, w5, w6, w7):
-    """The 32-bit window of a plan entry E (`pair_plan`: word, shift, funnel) of each chunk's words."""
-    w = _pick(E[0], w0, w1, w2, w3, w4, w5, w6, w7)
-    if E[2]:
-        w = (w >> E[1]) | (_pick(E[0] + 1, w0, w1, w2, w3, w4, w5, w6, w7) << (32 - E[1]))
-    elif E[1] > 0:
-        w = w >> E[1]
-    return w.to(tl.int32, bitcast=True)
-
-
-@triton.jit
-def _put(T: tl.constexpr, v, a0, a1, a2, a3, a4, a5):
-    """(a0, .., a5) with a_T replaced by v (T a compile-time index; `_pick` reads one)."""
-    if T == 0:
-        a0 = v
-    if T == 1:
-        a1 = v
-    if T == 2:
-        a2 = v
-    if T == 3:
-        a3 = v
-    if T == 4:
-        a4 = v
-    if T == 5:
-        a5 = v
-    return a0, a1, a2, a3, a4, a5
+        return fp16_half(v, 0), fp16_half(v, 1)
 
 
 @triton.jit
 def _group_add(G: tl.constexpr, v, p0, p1, p2, p3):
     """Adds v to the fp32 sum of group G of the chunk (p0..p3)."""
-    p0, p1, p2, p3, _, _ = _put(G, _pick(G, p0, p1, p2, p3, p3, p3, p3, p3) + v, p0, p1, p2, p3, p3, p3)
+    p0, p1, p2, p3, _, _ = put(G, pick_word(G, p0, p1, p2, p3, p3, p3, p3, p3) + v, p0, p1, p2, p3, p3, p3)
     return p0, p1, p2, p3
 
 
@@ -173,32 +126,10 @@ def _type_sums(TYPES: tl.constexpr, a0, a1, a2, a3, a4, a5, like, ASM: tl.conste
     p2 = p0
     p3 = p0
     for n in tl.static_range(len(TYPES)):
-        hl, hh = _pair_halves(_pick(n, a0, a1, a2, a3, a4, a5, a5, a5), ASM)
+        hl, hh = _pair_halves(pick_word(n, a0, a1, a2, a3, a4, a5, a5, a5), ASM)
         p0, p1, p2, p3 = _group_add(TYPES[n][0], hl, p0, p1, p2, p3)
         p0, p1, p2, p3 = _group_add(TYPES[n][1], hh, p0, p1, p2, p3)
     return p0, p1, p2, p3
-
-
-@triton.jit
-def _pair_stat(win, J: tl.constexpr, q_ptr, st_ptr, R, blk, G, gm, gm1, N_GROUPS, BETA2, BITS: tl.constexpr,
-               SHARED2: tl.constexpr, one):
-    """First-level statistic (fp32, the tile's shape) of groups G of rows R, as `spqr_matmul._seg_stat` computes
-    it but decoded at the top of an fp32 mantissa (as the dot kernel's weights): code J of the window `win` is
-    shifted to bits 23 - BITS .. 22 and or-ed into 1.0 (`one`, a runtime FLOAT_ONE_BITS: one LOP3), and one FFMA
-    with (s2 2**BITS, -s2 z2 - s2 2**BITS) gives s2 (q - z2); those two come once per chunk and group for the
-    whole row block when SHARED2."""
-    if BITS > 0:
-        T: tl.constexpr = 23 - BITS
-        if J * BITS >= T:
-            bits = (win >> (J * BITS - T)).to(tl.uint32)
-        else:
-            bits = (win << (T - J * BITS)).to(tl.uint32)
-        m = ((bits & (((1 << BITS) - 1) << T)) | one).to(tl.float32, bitcast=True)
-        s2, z2 = sm._second_level(st_ptr, R, blk, G, gm, gm1, N_GROUPS, BETA2, SHARED2)
-        s8 = s2 * (1 << BITS)
-        return sm._top_weight(m, s8, -s2 * z2 - s8)
-    else:
-        return tl.load(q_ptr + R * N_GROUPS + G, mask=gm, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -223,9 +154,9 @@ def _outlier_terms(step, lo, hi, R, RM, jj, codes_ptr, N_CODE_WORDS, s_ptr, sst_
                    GROUP: tl.constexpr, SB: tl.constexpr, ZB: tl.constexpr, HAS_BASE: tl.constexpr,
                    RT: tl.constexpr):
     """(permuted column, value - base, mask) of outliers lo[r] + step NCH + j (< hi[r]), one per tile element."""
-    k = lo + step * NCH + sm._cv(jj, RT)
+    k = lo + step * NCH + chunk_vec(jj, RT)
     km = RM & (k < hi)
-    col, v, base = sm._outlier_base_at(k, km, R, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
+    col, v, base = outlier_base_at(k, km, R, codes_ptr, N_CODE_WORDS, s_ptr, sst_ptr, z_ptr, zst_ptr, N_GROUPS,
                                        N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, WB, GROUP, SB, ZB,
                                        HAS_BASE)
     return col, v - base, km
@@ -240,7 +171,6 @@ def _add_outlier_terms(acc, acc1, col, dv, km, xo_ptr, XO_ROW, BB: tl.constexpr)
     return acc, acc1
 
 
-# ---------------------------------------------------------------------------------------------------- kernels
 @triton.jit
 def _gather_x_pairs_kernel(x_ptr, stride_xb, xp_ptr, sc_ptr, xs_ptr, xo_ptr, perm_ptr, zero_ptr, IN, N_ZERO, N_PAD,
                            ORDER: tl.constexpr, SEG: tl.constexpr, NCH: tl.constexpr, CB: tl.constexpr,
@@ -255,15 +185,12 @@ def _gather_x_pairs_kernel(x_ptr, stride_xb, xp_ptr, sc_ptr, xs_ptr, xo_ptr, per
     x[perm[32 c + i]] (fp32: the outliers' x at their column, without a lookup of perm). Also zeroes the N_ZERO
     int32 words at zero_ptr (split K's sums and counters). Row b = program_id(1) of x goes to each output's b-th row
     of N_PAD chunks. PDL: let the main kernel launch at once (its loads of the weights before its `gdc_wait` are
-    safe because this kernel starts after the one before it completes: tried and not kept, this kernel launched as
-    a programmatic dependent of that one too, waiting for it first: 1.01x-1.08x per call back to back and within
-    noise end to end, H200, 2026-11-26, ab_gemv_pairs_x_pdl_b1_h200.json, x_pdl_on/off_*_h200.json; as measured it
-    let the main kernel launch before that wait, and so read weights a preceding kernel might still be writing)."""
+    safe because this kernel starts after the one before it completes)."""
     if PDL:
         gdc_launch_dependents()
     pid = tl.program_id(0)
     b = tl.program_id(1)
-    _zero_share(zero_ptr, N_ZERO, b * tl.num_programs(0) + pid, tl.num_programs(0) * tl.num_programs(1))
+    zero_share(zero_ptr, N_ZERO, b * tl.num_programs(0) + pid, tl.num_programs(0) * tl.num_programs(1))
     x_ptr += b * stride_xb
     xp_ptr += b * N_PAD * 32
     sc_ptr += b * N_PAD
@@ -313,54 +240,37 @@ def _gemv_pairs_kernel(
     xo_ptr: x in the permuted order (the outliers' x at their column, `_row_outliers`); PLAN / TYPES:
     `pair_plan(WB, GROUP)` (its magic exponents are dot_pairs': the codes here stay subnormal); ONE
     (FLOAT_ONE_BITS) is a runtime value, so that the compiler keeps the or-ed constant of the statistic decode in a
-    register (`_pair_stat`: ONE LOP3 per mask-and-or); the rest as `spqr_matmul._gemv_seg_kernel` with
-    rows in thread (the tile [NCH, BR] or [BR, NCH]: RT, `spqr_matmul.chunk_major_tile`). Outliers: one step of NCH
+    register (`pair_stat`: ONE LOP3 per mask-and-or); the rest as `gemv._gemv_seg_kernel` with
+    rows in thread (the tile [NCH, BR] or [BR, NCH]: RT, `plan.chunk_major_tile`). Outliers: one step of NCH
     per row (`_row_outliers`) per tile while any are left, the rest after the loop; with SPLIT each program takes a
     share of the steps. LATE: the first step's columns and value - base are loaded before the loop and its terms
     added after it (its chain of dependent loads, row pointers -> outliers -> x at their columns, then overlaps the
     tiles instead of delaying the first).
-    (Loading each tile's words and statistic windows one tile ahead was slower on every shape measured: 128
-    registers, H200, 2026-11-26: 11.1 against 9.2 us at 4096^2, 22.7 against 17.9 at 4096x11008; again with the
-    subnormal decode at 64 / 80 / 96 registers, 0.74x-1.00x at one row of x and 0.70x-0.96x at two,
-    ab_gemv_pairs_prefetch_caps_b1_h200.json, ab_gemv_pairs_prefetch_b2_h200.json, where caps of 56 / 72 / 80
-    registers instead of 64 gave 0.78x-1.03x.
-    Also tried and not kept, H200, 2026-11-27, 4 interleaved rounds on eight LLaMA-2 shapes at one and two rows of
-    x: the x pairs in chunk-major quads, read by four `ld.global.v4` per tile instead of 16 32-bit loads (offline
-    254 -> 243 main-loop instructions at BR 2): 0.95x-1.05x at one row, 0.94x-1.01x at two
-    (ab_gemv_pairs_x_vector_h200.json; with each thread's 64 bytes contiguous, i.e. uncoalesced, 0.94x-1.00x and
-    0.83x-0.87x, ab_gemv_pairs_x_vector_uncoalesced_h200.json); the words fetched into L2 ahead of their loads,
-    by one `cp.async.bulk.prefetch.L2` per row of the program's whole share at its start or by a `prefetch.global.L2`
-    per thread one or two tiles ahead: 0.85x-1.00x (ab_gemv_pairs_l2_prefetch_h200.json). Neither fewer load
-    instructions nor earlier DRAM requests made it faster, which fits the Nsight Compute picture in the module
-    docstring: neither issue (66%) nor DRAM (52%) is saturated at the occupancy that 64 registers allow.)
     BB = 2: two rows of x (M of them exist; each x kernel output holds row 1 N_PAD chunks after row 0): each pair of
-    codes is masked out once and multiplied into a pair accumulator per row (`_pair_mac`); H200, 2026-11-26, before
-    the subnormal decode (kernel_speed_pairs_b1_b2_h200.json): 11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 us at two
-    rows of fp16 x against 13.5 / 25.9 / 28.4 / 35.0 / 96.3 / 106.4 for gemv_seg (1.18x-1.23x) and 13.8 / 28.7 /
-    28.6 / 38.9 / 108.9 / 114.4 for fp16 cuBLAS (1.21x-1.38x)."""
-    rb, rows0, rows, rmask = sm._row_block(OUT, BR)
+    codes is masked out once and multiplied into a pair accumulator per row (`_pair_mac`)."""
+    rb, rows0, rows, rmask = row_block(OUT, BR)
     jj = tl.arange(0, NCH)
     n_words = N_CHUNKS * WB
     NSEG: tl.constexpr = 32 // SEG
     blk = rows0 // BETA2
-    acc = sm._tile_zeros(NCH, BR, RT)
+    acc = tile_zeros(NCH, BR, RT)
     acc1 = acc  # (row 1 of x, BB == 2)
-    R = sm._rv(rows, RT)
-    RM = sm._rv(rmask, RT)
+    R = row_vec(rows, RT)
+    RM = row_vec(rmask, RT)
     lo = tl.load(rowptr_ptr + R, mask=RM, other=0)  # each row's outliers: lo .. hi - 1
     hi = tl.load(rowptr_ptr + R + 1, mask=RM, other=0)
     # this program's chunks and share of the outlier steps (NCH of each row per step)
-    c_begin, c_end, s0, s_end = sm._split_share(CPS, N_CHUNKS, 0, tl.cdiv(tl.max(hi - lo), NCH), SPLIT)
+    c_begin, c_end, s0, s_end = split_share(CPS, N_CHUNKS, 0, tl.cdiv(tl.max(hi - lo), NCH), SPLIT)
     zero2 = tl.zeros(acc.shape, dtype=tl.int32)
     one = ONE.to(tl.uint32, bitcast=True)
-    wp = codes_ptr + R * n_words + sm._cv(jj, RT) * WB
+    wp = codes_ptr + R * n_words + chunk_vec(jj, RT) * WB
     if LATE:  # the first outlier step's columns and value - base: loaded now, applied after the loop
         col0, dv0, km0 = _outlier_terms(s0, lo, hi, R, RM, jj, codes_ptr, n_words, s_ptr, sst_ptr, z_ptr, zst_ptr,
                                         N_GROUPS, N_SWORDS, N_ZWORDS, BETA2, cols_ptr, vals_ptr, bases_ptr, NCH, WB,
                                         GROUP, SB, ZB, HAS_BASE, RT)
         km0 = km0 & (col0 * 0 + s0 < s_end)  # (a split program's share may hold no step)
     for t in range(c_begin, c_end, NCH):
-        ch, C, _m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = sm._tile_words(
+        ch, C, _m2, w0, w1, w2, w3, w4, w5, w6, w7, swin, zwin = tile_words(
             t, jj, wp, RM, s_ptr, z_ptr, R, N_CHUNKS, N_SWORDS, N_ZWORDS, WB, GROUP, NSEG, SB, ZB, not RT)
         if PDL:  # (the weight's loads above need nothing from the x kernel: in flight while it finishes)
             gdc_wait()
@@ -383,32 +293,32 @@ def _gemv_pairs_kernel(
         e5 = zero2
         # this tile's x pairs (pair n of its chunks at xq + n NCH) and group sums (group g at xsq + g NCH), as
         # columns of the tile: loaded in its layout (a [NCH] load made a layout conversion per pair in Triton 3.9)
-        xq = xp_ptr + t * 16 + sm._cv(jj, RT)
-        xsq = xs_ptr + t * NSEG + sm._cv(jj, RT)
+        xq = xp_ptr + t * 16 + chunk_vec(jj, RT)
+        xsq = xs_ptr + t * NSEG + chunk_vec(jj, RT)
         for n in tl.static_range(16):
             E = PLAN[n]
-            q = _window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]  # the subnormal pair (q_a, q_b) 2**(e - 24)
-            a = _pair_mac(_pick(E[5], a0, a1, a2, a3, a4, a5, a5, a5), q, tl.load(xq + n * NCH) + zero2, ASM)
+            q = pair_window(E, w0, w1, w2, w3, w4, w5, w6, w7) & E[3]  # the subnormal pair (q_a, q_b) 2**(e - 24)
+            a = _pair_mac(pick_word(E[5], a0, a1, a2, a3, a4, a5, a5, a5), q, tl.load(xq + n * NCH) + zero2, ASM)
             if BB == 2:
-                e = _pair_mac(_pick(E[5], e0, e1, e2, e3, e4, e5, e5, e5), q,
+                e = _pair_mac(pick_word(E[5], e0, e1, e2, e3, e4, e5, e5, e5), q,
                               tl.load(xq + N_PAD * 16 + n * NCH) + zero2, ASM)
-                e0, e1, e2, e3, e4, e5 = _put(E[5], e, e0, e1, e2, e3, e4, e5)
-            a0, a1, a2, a3, a4, a5 = _put(E[5], a, a0, a1, a2, a3, a4, a5)
+                e0, e1, e2, e3, e4, e5 = put(E[5], e, e0, e1, e2, e3, e4, e5)
+            a0, a1, a2, a3, a4, a5 = put(E[5], a, a0, a1, a2, a3, a4, a5)
         p0, p1, p2, p3 = _type_sums(TYPES, a0, a1, a2, a3, a4, a5, acc, ASM)
         sc = tl.load(sc_ptr + C)
         if BB == 2:
             f0, f1, f2, f3 = _type_sums(TYPES, e0, e1, e2, e3, e4, e5, acc, ASM)
             sc1 = tl.load(sc_ptr + N_PAD + C)
         for g in tl.static_range(NSEG):
-            grp, gm1 = _seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
-            G = sm._cv(grp, RT)
-            GM1 = sm._cv(gm1, RT)
-            s = _pair_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, SB, SHARED2, one)
-            z = _pair_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, ZB, SHARED2, one)
-            pg = _pick(g, p0, p1, p2, p3, p3, p3, p3, p3)
+            grp, gm1 = seg_group(ch, g, SEG, GROUP, N_CHUNKS, N_GROUPS)
+            G = chunk_vec(grp, RT)
+            GM1 = chunk_vec(gm1, RT)
+            s = pair_stat(swin, g, s_ptr, sst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, SB, SHARED2, one)
+            z = pair_stat(zwin, g, z_ptr, zst32_ptr, R, blk, G, RM & GM1, GM1, N_GROUPS, BETA2, ZB, SHARED2, one)
+            pg = pick_word(g, p0, p1, p2, p3, p3, p3, p3, p3)
             acc += s * (sc * pg - z * tl.load(xsq + g * NCH))
             if BB == 2:
-                fg = _pick(g, f0, f1, f2, f3, f3, f3, f3, f3)
+                fg = pick_word(g, f0, f1, f2, f3, f3, f3, f3, f3)
                 acc1 += s * (sc1 * fg - z * tl.load(xsq + N_PAD * NSEG + g * NCH))
     if LATE:
         if PDL:
@@ -424,22 +334,19 @@ def _gemv_pairs_kernel(
     acc1 = tl.sum(acc1, axis=0 if RT else 1)[:, None]
     zero = tl.zeros_like(acc)
     if SPLIT:
-        _split_add(acc, zero, ws_ptr, rows, rmask, OUT, 0, M)
+        split_add(acc, zero, ws_ptr, rows, rmask, OUT, 0, M)
         if BB == 2:
-            _split_add(acc1, zero, ws_ptr, rows, rmask, OUT, 1, M)
-        sm._split_last_store(ws_ptr, cnt_ptr, rb, rows, rmask, OUT, y_ptr, stride_yb, bias_ptr, M, HAS_BIAS, BB)
+            split_add(acc1, zero, ws_ptr, rows, rmask, OUT, 1, M)
+        split_last_store(ws_ptr, cnt_ptr, rb, rows, rmask, OUT, y_ptr, stride_yb, bias_ptr, M, HAS_BIAS, BB)
     else:
-        _gemv_store(acc, acc1, acc, acc, zero, zero, zero, zero, y_ptr, stride_yb, bias_ptr, rows, rmask, M,
+        gemv_store(acc, acc1, acc, acc, zero, zero, zero, zero, y_ptr, stride_yb, bias_ptr, rows, rmask, M,
                     HAS_BIAS, BB)
 
 
-# ---------------------------------------------------------------------------------------------------- launcher
 def supports(x_dtype, wbits: int, group: int) -> bool:
     """Whether gemv_pairs takes this input dtype and layout: fp16 or bf16 x (multiplied as fp16 after the x
     kernel's per-chunk scaling), a pair schedule for (wbits, group) (`pair_schedule`: 2..4 bits, groups of 8, 16,
     >= 32 codes or one per row)."""
-    import torch
-
     return x_dtype in (torch.float16, torch.bfloat16) and pair_plan(wbits, group) is not None
 
 
@@ -449,15 +356,13 @@ def gather_x_pairs(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int,
     n_chunks_pad], each chunk's 2**k; xs fp32 [M, n_chunks_pad * 32 / segment], the group sums, group-major in each
     tile; xo fp32 [M, n_chunks_pad * 32], x in the permuted order. n_chunks_pad: a multiple of nch, and of 32 or a
     power of two. Reference: `pairs_x_reference` (per row)."""
-    import torch
-
-    seg = sm._segment(group)
+    seg = segment_codes(group)
     M = x.shape[0]
     xp = torch.empty(M, n_chunks_pad * 32, dtype=torch.float16, device=x.device)
     sc = torch.empty(M, n_chunks_pad, dtype=torch.float32, device=x.device)
     xs = torch.empty(M, n_chunks_pad * (32 // seg), dtype=torch.float32, device=x.device)
     xo = torch.empty(M, n_chunks_pad * 32, dtype=torch.float32, device=x.device)
-    cb = min(8, n_chunks_pad)  # (8 chunks a program: the x kernel is latency-bound, 3.9 us at 32 on the H200)
+    cb = min(8, n_chunks_pad)  # (8 chunks a program: the x kernel is latency-bound)
     _gather_x_pairs_kernel[(n_chunks_pad // cb, M)](
         x, x.stride(0), xp, sc, xs, xo, perm, zero if zero is not None else perm, x.shape[-1],
         0 if zero is None else zero.numel(), n_chunks_pad,
@@ -473,8 +378,6 @@ def _k_offset(wbits: int, group: int) -> int:
 
 def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: int):
     """Plain-torch reference of `gather_x_pairs` (xs up to summation order), row by row of x."""
-    import torch
-
     if x.shape[0] > 1:
         return tuple(torch.cat(parts) for parts in zip(*(pairs_x_reference(x[b:b + 1], perm, wbits, group, nch,
                                                                             n_chunks_pad)
@@ -487,7 +390,7 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
     f = torch.floor(torch.log2(amax.clamp_min(2.0 ** -126)))
     k = torch.clamp(f + _k_offset(wbits, group), X_SCALE_K_MIN, X_SCALE_K_MAX)
     shift = 24 - torch.tensor(pair_exponents(wbits, group), device=x.device)[None, :] - k[:, None]
-    seg = sm._segment(group)
+    seg = segment_codes(group)
     order = torch.tensor(pair_order(wbits, group), device=x.device)
     xp = torch.ldexp(xv[:, order], shift.float()).to(torch.float16)  # [chunks, 32]
     xp = xp.view(-1, nch, 16, 2).transpose(1, 2).reshape(-1)
@@ -495,70 +398,54 @@ def pairs_x_reference(x, perm, wbits: int, group: int, nch: int, n_chunks_pad: i
     return xp.view(1, -1), torch.exp2(k).view(1, -1), xs, xv.reshape(1, -1)
 
 
-def gemv_pairs(x, codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm, bias,
-               out_features, wbits, group, beta2, scale_bits, zero_bits, *, block_rows=None, chunks=None,
-               num_warps=None, split=None, pdl=None, max_registers=MAX_REGISTERS, bases=None, rows_in_thread=None,
-               outliers_late=None):
+def gemv_pairs(x, p: PackedLayer, bias=None, *, block_rows=None, chunks=None, num_warps=None, split=None, pdl=None,
+               max_registers=MAX_REGISTERS, rows_in_thread=None, outliers_late=None):
     """y [M, out] = x [M, in] W^T (+ bias) for one or two rows of fp16 or bf16 x (`supports`), two kernels (module
     docstring); y in x's dtype.
-    Options as `spqr_matmul.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
+    Options as `gemv.gemv` with segments (split: programs per row block, None = one per SPLIT_CHUNKS
     chunks; pdl: None = where supported); `max_registers`: a cap on registers per thread (ptxas; None: none);
-    `rows_in_thread`: the tile orientation, [NCH, BR] (True) or [BR, NCH] (None: `spqr_matmul.chunk_major_tile`,
+    `rows_in_thread`: the tile orientation, [NCH, BR] (True) or [BR, NCH] (None: `plan.chunk_major_tile`,
     the one in which the installed Triton gives each thread one chunk of every row of its block)."""
-    import torch
-
+    codes, scale, scale_stats, zero, zero_stats, row_ptr, cols, vals, perm = p.flat_tensors()
+    out_features, wbits, group, beta2, scale_bits, zero_bits = (p.out_features, p.wbits, p.group, p.beta2,
+                                                               p.scale_bits, p.zero_bits)
+    bases = p.bases
     M, n_in = x.shape
     if not 1 <= M <= PAIRS_MAX_ROWS or not supports(x.dtype, wbits, group):
         raise ValueError(f"gemv_pairs takes 1..{PAIRS_MAX_ROWS} rows of fp16 / bf16 x and a layout with a pair "
                          f"schedule; got {M} rows of {x.dtype}, wbits {wbits}, group {group}")
-    n_chunks, n_groups, n_sw, n_zw = sm._layout_args(n_in, out_features, wbits, group, scale_bits, zero_bits)
-    # Tiles (benchmarks/kernel_ab.py, H200, 2026-11-26, spqr-w3, subnormal decode, 3 interleaved rounds,
-    # ab_subnormal_tiles_b1_h200.json): 4 rows x 64 chunks, 2 warps from 8192 rows on (2048+ row blocks fill the
-    # GPU): 17.3 / 24.8 / 50.8 / 54.4 us at 12288x4096 / 22016x4096 / 28672x8192 / 8192x28672 against 18.7 / 29.5 /
-    # 53.2 / 54.6 with the earlier 4 x 32, 1 warp (from 2**27 weights) / 2 x 64, 2 warps; below 8192 rows 2 x 64, 2
-    # warps (9.2 at 4096^2 against 9.9 for 4 x 64; 4 x 128 / 4 warps 9.1 / 16.6 at 4096^2 / 4096x11008 against
-    # 9.2 / 17.5, within the rounds' spread at 4096^2). A second sweep (ab_gemv_pairs_tiles2_b1_h200.json, 4 rounds
-    # at 4096^2 / 4096x11008 / 8192^2 / 12288x4096) kept these: 1-row blocks 0.68x-0.81x, 2 / 4 x 128 with 4 warps
-    # 0.84x-1.01x, 2 x 32 with 1 warp 0.82x-0.97x, 4 x 64 at 56 registers 0.86x-0.97x. Split K (`split`) beyond
-    # `split_plan`'s default: 2, 3, 4 or 8 programs per row block, or 32-chunk tiles with 2, at one and two rows of
-    # x: 0.67x-1.01x, the default best or equal on all eight shapes (H200, 2026-11-27, ab_gemv_pairs_split_h200.json);
-    # software-pipelining stages (num_stages 2 or 3) leave the machine code unchanged (no load is pipelined) and
-    # timed 1.00x (ab_gemv_cuda_v1_b1_h200.json).
+    n_chunks, n_groups, n_sw, n_zw = layout_sizes(n_in, out_features, wbits, group, scale_bits, zero_bits)
+    # Tiles: 4 rows x 64 chunks from 8192 rows on (enough row blocks to fill the GPU), 2 x 64 below; 2 warps
+    # (docs/kernels.md, gemv_pairs' defaults).
     wide = out_features >= 8192
     BR = block_rows or (4 if wide else 2)
     NCH = chunks or 64
     num_warps = num_warps or 2
-    # The first outlier step's loads before the loop, its terms after it (`LATE`), at one row of x in 2-row blocks
-    # (H200, 2026-11-26, 4 interleaved rounds, ab_gemv_pairs_outliers_late_b1/b2_h200.json): 8.5 / 17.3 against
-    # 9.3 / 17.7 us at 4096^2 / 4096x11008; in 4-row blocks (8192+ rows) 0.86x-0.94x, at two rows of x 0.84x-1.00x.
+    # The first outlier step's loads before the loop, its terms after it (`LATE`): at one row of x in 2-row blocks
+    # only, where its chain of dependent loads would otherwise delay the first tile.
     if outliers_late is None:
         outliers_late = M == 1 and BR == 2
     y = torch.empty(M, out_features, dtype=x.dtype, device=x.device)
     n_rb = triton.cdiv(out_features, BR)
-    pdl = sm._has_pdl(x.device) if pdl is None else pdl and sm._has_pdl(x.device)
-    split, cps, ws, cnt, zero_buf = sm.split_plan(n_chunks, NCH, split, M * out_features, n_rb, x.device)
+    pdl = has_pdl(x.device) if pdl is None else pdl and has_pdl(x.device)
+    split, cps, ws, cnt, zero_buf = split_plan(n_chunks, NCH, split, M * out_features, n_rb, x.device)
     n_pad = triton.cdiv(n_chunks, NCH) * NCH  # x's chunks, padded to whole programs of the x kernel
     n_pad = triton.cdiv(n_pad, 32) * 32 if n_pad > 32 else triton.next_power_of_2(n_pad)
     xp, sc, xs, xo = gather_x_pairs(x, perm, wbits, group, NCH, n_pad, zero=zero_buf, pdl=pdl)
     plan, types = pair_plan(wbits, group)
-    sp, ssp = sm._stat_ptrs(scale, scale_stats)
-    zp, zsp = sm._stat_ptrs(zero, zero_stats)
-    # BETA2 is a compile-time constant (the row block's second-level block, rows0 // BETA2, is then a shift instead
-    # of a division: 16 instructions fewer per program): H200, 2026-11-27, two alternating runs of kernel_speed.py
-    # each (means): 8.4 / 16.3 / 17.0 / 20.2 / 54.2 / 60.3 / 17.1 / 24.9 us on 7B q/k/v/o, gate/up, down, 70B q/o,
-    # gate/up, down, 7B qkv, gate+up against 8.6 / 16.7 / 17.1 / 20.3 / 54.5 / 58.3 / 17.3 / 25.2 as a runtime argument
-    # (70B down slower by 3%, the rest 0-3% faster); end to end 212.1 / 212.4 against 211.3 / 211.7 tokens/s, within
-    # noise (before_after_beta2_*_h200.json).
+    sp, ssp = stat_pointers(scale, scale_stats)
+    zp, zsp = stat_pointers(zero, zero_stats)
+    # BETA2 is a compile-time constant: the row block's second-level block, rows0 // BETA2, is then a shift.
     _gemv_pairs_kernel[(n_rb, split)](
         xp.view(torch.int32), sc, xs, xo, y, ws if ws is not None else sc, cnt if cnt is not None else perm,
-        codes, sp, ssp, zp, zsp, sm._int32_pairs(ssp, scale_bits), sm._int32_pairs(zsp, zero_bits), row_ptr, cols,
+        codes, sp, ssp, zp, zsp, int32_pairs(ssp, scale_bits), int32_pairs(zsp, zero_bits), row_ptr, cols,
         vals, perm, bases if bases is not None else vals, bias if bias is not None else x,
-        out_features, n_chunks, n_groups, n_sw, n_zw, cps, sm.FLOAT_ONE_BITS, n_pad, y.stride(0), M,
+        out_features, n_chunks, n_groups, n_sw, n_zw, cps, FLOAT_ONE_BITS, n_pad, y.stride(0), M,
         WB=wbits, GROUP=group, SB=scale_bits, ZB=zero_bits, BETA2=max(beta2, 1), HAS_BIAS=bias is not None,
         HAS_BASE=bases is not None,
-        PLAN=plan, TYPES=types, BR=BR, NCH=NCH, SEG=sm._segment(group), SPLIT=split > 1,
+        PLAN=plan, TYPES=types, BR=BR, NCH=NCH, SEG=segment_codes(group), SPLIT=split > 1,
         SHARED2=beta2 > 0 and beta2 % BR == 0, ASM=os.environ.get("TRITON_INTERPRET") != "1", PDL=pdl,
-        RT=sm.chunk_major_tile() if rows_in_thread is None else rows_in_thread, BB=M, LATE=outliers_late,
+        RT=chunk_major_tile() if rows_in_thread is None else rows_in_thread, BB=M, LATE=outliers_late,
         num_warps=num_warps, num_stages=1, **({"launch_pdl": True} if pdl else {}),
         **({"maxnreg": max_registers} if max_registers else {}),
     )

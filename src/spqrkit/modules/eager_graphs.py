@@ -1,13 +1,11 @@
 """Eager calls of the SpQR kernels replayed from per-layer CUDA graphs, to spare the host their launch work.
 
 An eager forward (no torch.compile, no CUDA graph of its own: transformers' default `generate`, most user code) pays
-the host's Python and Triton launch work at every SpQR linear: 110-190 us per call on the H100 machines against 16-39
-us for cuBLAS (benchmarks/host_overhead.py), while the kernels themselves run for 9-16 us at decode sizes, so eager
-decoding is bound by the host (86.6 / 91.5 us per call through these graphs at 1 / 8 rows of a 4096x4096 layer,
-against 185.1 / 187.0 direct, in one run: results/host_overhead_h100.json). Here the second eager call of a layer
-with the same input shape, dtype and device (and the same packed buffers, bias and outlier bases) captures the call
-into a CUDA graph; later calls copy x into the graph's input, replay it and return a copy of its output: three cheap
-host operations instead of two Triton launches and the launchers' argument work.
+the host's Python and Triton launch work at every SpQR linear, several times what the kernels themselves take at
+decode sizes, so eager decoding is bound by the host (docs/kernels.md has the numbers). Here the second eager call
+of a layer with the same input shape, dtype and device (and the same packed buffers, bias and outlier bases)
+captures the call into a CUDA graph; later calls copy x into the graph's input, replay it and return a copy of its
+output: three cheap host operations instead of two Triton launches and the launchers' argument work.
 
 Only small inputs (up to GRAPH_MAX_ROWS rows: decode steps) are captured; prefill-sized inputs, calls made while
 some stream is capturing (a caller's own CUDA graph), traced calls (torch.compile, fake tensors) and
@@ -87,8 +85,8 @@ def _pool(device: torch.device):
     """The shared pool's id. A MemPool object, kept here, holds the device allocator's pool: a pool known only by a
     handle is released when its last graph is freed, and capturing into its handle again then fails inside the
     allocator. torch's pinned-host allocator keeps a pool of the same id, held only by graphs (torch 2.11): a kept
-    one-op anchor graph holds that one (without it, dropping a device's last graph and capturing again failed an
-    internal assert in CachingHostAllocator and left the CUDA generator mid-capture: H200, 2026-11-26)."""
+    one-op anchor graph holds that one (without it, dropping a device's last graph and capturing again fails an
+    internal assert in CachingHostAllocator and leaves the CUDA generator mid-capture)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _pools:
         with torch.cuda.device(index):

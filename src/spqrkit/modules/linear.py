@@ -2,17 +2,16 @@
 
 The packed tensors are buffers named as in the checkpoint (`codes`, `scale_codes`, ..., `perm`), so a state dict
 loads straight into them, and `bias` is an ordinary parameter in the model dtype. `forward` goes through one hook,
-`_matmul`, which asks `select_matmul` for the implementation of this layout, input and device: on CUDA one of the
-Triton kernels of spqrkit.kernels.spqr_matmul (registered as torch custom ops in spqrkit.kernels.ops), elsewhere —
-and for layouts the kernels do not cover — the plain-torch reference (dequantize to fp32, cast to the activation
-dtype, F.linear), which is also the oracle the kernels are tested against. No path caches a dequantized weight; the
-fused kernels take one derived tensor, the outliers' base weights (4 bytes per outlier, `outlier_bases`), computed
-once per layer and device and recomputed when a packed buffer changes.
+`_matmul`, which runs the implementation the kernel selector (`spqrkit.kernels.select`) picks for this layout,
+input and device: a Triton kernel on CUDA (called directly in eager code, through the torch custom ops of
+`spqrkit.kernels.ops` when traced), else the plain-torch reference (dequantize to fp32, cast to the activation dtype,
+F.linear), which is also the oracle the kernels are tested against. No path caches a dequantized weight; the fused
+kernels take one derived tensor, the outliers' base weights (4 bytes per outlier, `outlier_bases`), computed once
+per layer and device and recomputed when a packed buffer changes.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import QuantConfig
+from ..format.packed_layer import PackedLayer
 from ..format.pack import (
     check_layer_tensors,
     dequantize_packed,
@@ -28,6 +28,7 @@ from ..format.pack import (
 )
 from ..format.spec import layer_tensor_specs
 from ..quant.representation import QuantizedWeight
+from ..kernels import select
 from . import eager_graphs
 
 Matmul = Callable[["SpQRLinear", torch.Tensor], torch.Tensor]
@@ -100,46 +101,29 @@ class SpQRLinear(nn.Module):
         """fp32 [out, in], the reference dequantization."""
         return dequantize_packed(self.packed_tensors(), (self.out_features, self.in_features), self.config)
 
-    def kernel_tensors(self) -> tuple:
-        """The packed tensors in the kernels' argument order (spqrkit.kernels.spqr_matmul): codes, scale (codes or
-        fp16), scale_stats or None, zero (codes or fp16), zero_stats or None, row_ptr, cols, values, perm."""
-        b = self._buffers
-        c = self.config
-        return (
-            b["codes"],
-            b["scale_codes"] if c.scale_bits is not None else b["scale"],
-            b["scale_stats"] if c.scale_bits is not None else None,
-            b["zero_codes"] if c.zero_bits is not None else b["zero"],
-            b["zero_stats"] if c.zero_bits is not None else None,
-            b["outlier_row_ptr"], b["outlier_cols"], b["outlier_values"], b["perm"],
-        )
+    def packed_layer(self, bases: torch.Tensor | None = None) -> PackedLayer:
+        """The buffers as the kernels take them (no copies), carrying `bases` (see `outlier_bases`)."""
+        return PackedLayer.from_tensors(self._buffers, self.out_features, self.in_features, self.config, bases)
 
     def outlier_bases(self, key: tuple | None = None) -> torch.Tensor:
-        """fp32 [nnz]: the base weight at each outlier (`spqr_matmul.outlier_bases`), for the fused kernels' outlier
-        steps. Computed on first use and kept, keyed by the buffers' identities and in-place versions (so a moved,
-        reloaded or copied-into buffer recomputes it); under torch.compile the kept tensor is used as it is, or
-        computed inside the graph when there is none. `key`: `tensors_key(self.kernel_tensors()[:8])`, when the
-        caller has it already (an eager call)."""
+        """fp32 [nnz]: the base weight at each outlier (`kernels.dequantize.outlier_bases`), for the fused kernels'
+        outlier steps. Computed on first use and kept, keyed by the buffers' identities and in-place versions (so a
+        moved, reloaded or copied-into buffer recomputes it); under torch.compile the kept tensor is used as it is,
+        or computed inside the graph when there is none. `key`: `tensors_key(self.packed_layer().stored_tensors())`,
+        when the caller has it already (an eager call)."""
         from ..kernels import ops
 
-        tensors = None
+        p = None
         if key is None:
-            tensors = self.kernel_tensors()[:8]
+            p = self.packed_layer()
             if torch.compiler.is_compiling():
                 if self._bases is not None:
                     return self._bases[1]
-                return ops.outlier_bases(*tensors, self.in_features, self.out_features, *self.kernel_layout())
-            key = tensors_key(tensors)
+                return ops.outlier_bases(p)
+            key = tensors_key(p.stored_tensors())
         if self._bases is None or self._bases[0] != key:  # (gathered once: the caller's key, or ours above)
-            tensors = self.kernel_tensors()[:8] if tensors is None else tensors
-            self._bases = (key, ops.outlier_bases(*tensors, self.in_features, self.out_features,
-                                                  *self.kernel_layout()))
+            self._bases = (key, ops.outlier_bases(self.packed_layer() if p is None else p))
         return self._bases[1]
-
-    def kernel_layout(self) -> tuple[int, int, int, int, int]:
-        """(wbits, group (0 = one per row), beta2 (0 = none), scale_bits, zero_bits (0 = fp16)) for the kernels."""
-        c = self.config
-        return c.wbits, c.beta1 or 0, c.beta2 or 0, c.scale_bits or 0, c.zero_bits or 0
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,20 +199,19 @@ def _fused(layer: SpQRLinear, x: torch.Tensor, kernel: str) -> torch.Tensor:
     from ..kernels import ops  # (also registers torch.ops.spqrkit.*)
 
     takes_bases = kernel in ("gemv_seg", "gemv_pairs", "dot", "dot_pairs")
-    tensors = layer.kernel_tensors()
+    p = layer.packed_layer()
     if not ops.eager(x):  # traced (torch.compile, export, fake tensors): the custom op
-        return torch.ops.spqrkit.fused_matmul(x, *tensors, layer.bias, layer.out_features, *layer.kernel_layout(),
-                                              kernel, layer.outlier_bases() if takes_bases else None)
+        return ops.fused_matmul(x, p.with_bases(layer.outlier_bases()) if takes_bases else p, layer.bias, kernel)
     graphs = eager_graphs.wanted(x)
-    key = tensors_key(tensors[:8]) if graphs else None  # (once: the bases' key and the graphs')
-    bases = layer.outlier_bases(key) if takes_bases else None
+    key = tensors_key(p.stored_tensors()) if graphs else None  # (once: the bases' key and the graphs')
+    if takes_bases:
+        p.bases = layer.outlier_bases(key)  # (p is this call's own: set in place, no second structure)
 
-    def run(x):  # the op's implementation directly: the custom op's dispatch costs the host 25-55 us a call
-        return ops.fused_matmul_impl(x, *tensors, layer.bias, layer.out_features, *layer.kernel_layout(), kernel,
-                                     bases)
+    def run(x):  # the op's implementation directly: no custom-op dispatch on the host
+        return ops.fused_matmul_impl(x, p, layer.bias, kernel)
 
     if graphs:  # small inputs: replayed from a CUDA graph of the call (eager_graphs)
-        buffers = key + tensors_key((tensors[8], layer.bias, bases))
+        buffers = key + tensors_key((p.perm, layer.bias, p.bases))
         return eager_graphs.call(layer._graphs, kernel, buffers, x, run)
     return run(x)
 
@@ -266,12 +249,13 @@ def dot_pairs_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
 def dequantize_matmul(layer: SpQRLinear, x: torch.Tensor) -> torch.Tensor:
     """Large batches: the weight dequantized once to x's dtype by a kernel (columns in chunk-major order), then
     cuBLAS on x's columns gathered in the same order."""
-    from ..kernels import ops, spqr_matmul
+    from ..kernels import dequantize as dq
+    from ..kernels import ops
 
     eager = ops.eager(x)  # (the ops' implementations directly when nothing traces, as in `_fused`)
-    dequantize = spqr_matmul.dequantize_chunked if eager else ops.dequantize_chunked
+    dequantize = dq.dequantize_chunked if eager else ops.dequantize_chunked
     gather = ops.gather_x_chunked_impl if eager else ops.gather_x_chunked
-    w = dequantize(*layer.kernel_tensors()[:8], layer.in_features, layer.out_features, *layer.kernel_layout(), x.dtype)
+    w = dequantize(layer.packed_layer(), x.dtype)
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
     return F.linear(gather(x, layer.perm), w, bias)
 
@@ -281,102 +265,23 @@ MATMULS: dict[str, Matmul] = {
     "gemv_pairs": gemv_pairs_matmul, "dot": dot_matmul, "dot_pairs": dot_pairs_matmul,
     "dequantize": dequantize_matmul,
 }
-# Rows of x (batch x tokens) up to which each fused kernel is chosen, from benchmarks/kernel_speed.py on an H200
-# (benchmarks/results/kernel_speed_h200.json, kernel_speed_b2_3_h200.json, kernel_speed_dot_b4_64_h200.json and
-# kernel_speed_b16_64_h200.json, 2026-11-26, spqr-w3, 1% outliers, all six LLaMA-2 shapes, with the outlier bases).
-# gemv_seg (CUDA cores, one pass) is the fastest at one and two rows (10.2 / 13.2 us at 4096^2 against 18.1 / 17.5
-# for dot and 14.3 / 14.4 for fp16 cuBLAS; at two rows on all six shapes); three rows run as four (20.3 us) and its
-# time keeps growing (32.9 at eight). dot (tensor cores) grows slowly with the rows, so it is chosen from three rows
-# on: in stop 11's runs at three rows it was faster on five of the six shapes (17.7 against 20.3 us at 4096^2, 39.8
-# against 53.7 at 4096x11008; 173.3 against 170.9 at 28672x8192 the exception), at four on five too, from eight on
-# all; stop 12's dot is 1.02x-1.36x faster again (16.6 / 16.6 / 17.3 / 21.7 / 29.0 us at 4 / 8 / 16 / 32 / 64 rows
-# at 4096^2). From 16 to 64 rows it beats dequantize + cuBLAS on all six shapes (64 rows: 29.0 against 49.6 us at
-# 4096^2, 278.4 against 584.3 at 8192x28672). Past 64 rows (prefill; not measured beyond) dequantize + cuBLAS, which
-# costs the same at any batch. At one row of fp16 or bf16 x gemv_pairs (packed fp16 pairs, kernels/gemv_pairs.py) is
-# faster still: 8.7 / 17.0 / 17.4 / 22.2 / 59.0 / 64.5 us on the six shapes against 10.1 / 20.6 / 20.8 / 29.1 / 75.7 /
-# 83.5 for gemv_seg in the same run (fp16 x, kernel_speed_pairs_final_h200.json; bf16: 1.18x-1.31x too; with stop
-# 17's subnormal decode 8.5 / 16.5 / 16.8 / 20.0 / 54.0 / 57.6, kernel_speed_subnormal_h200.json), and at two
-# rows (one launch: each code pair decoded once for both) 11.4 / 21.8 / 23.4 / 28.9 / 78.9 / 86.5 against 13.5 / 25.9 /
-# 28.4 / 35.0 / 96.3 / 106.4 (kernel_speed_pairs_b1_b2_h200.json; bf16 at two rows tested, not timed). From 3 rows of
-# fp16 x dot_pairs (dot with its operand decoded in fp16 pairs, kernels/dot_pairs.py) replaces dot up to 32 rows:
-# 1.03x-1.10x faster on all six shapes at 3, 4, 8 and 16 rows (15.5 against 16.6 us at 4096^2 and 8 rows, 144.4
-# against 154.3 at 28672x8192; kernel_speed_dot_pairs_h200.json, kernel_speed_dot_pairs_b3_64_h200.json), still
-# 0.74x-0.96x of fp16 cuBLAS there; at 32 rows faster on five shapes (21.2 against 22.0 us at 4096^2, 200.5 against
-# 199.5 at 8192x28672), at 64 rows within 1% of dot either way (dot kept there).
-GEMV_PAIRS_MAX_ROWS = 2
-GEMV_SEG_MAX_ROWS = 2
-DOT_PAIRS_MAX_ROWS = 32
-DOT_MAX_ROWS = 64
-MATMUL_ENV = "SPQRKIT_MATMUL"  # "auto" (default) or one of MATMULS: force an implementation (tests, benchmarks)
-
-
-def _triton_ready() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def choose_kernel(layer: SpQRLinear, x: torch.Tensor) -> str:
-    """The name (a key of MATMULS) of the implementation for this layer and input.
-
-    SPQRKIT_MATMUL forces one (an error if the layout is outside that kernel's reach). Otherwise: the reference
-    off CUDA, without Triton, for empty inputs, for dtypes other than fp16/bf16/fp32 and for layouts the kernels
-    do not cover; on CUDA `gemv_pairs` up to GEMV_PAIRS_MAX_ROWS rows of fp16 / bf16 x, `gemv_seg` up to
-    GEMV_SEG_MAX_ROWS rows of x, `dot_pairs` up to DOT_PAIRS_MAX_ROWS rows of fp16 x, `dot` up to DOT_MAX_ROWS,
-    `dequantize` beyond; a layout the chosen kernel does not cover (gemv_pairs and dot_pairs: 2..4-bit codes in
-    groups of 8, 16, >= 32 or one per row; dot: groups under 8) falls back to the next of dot, gemv_seg (up to its
-    8 rows per launch), dequantize; dot only for fp16 / bf16 x. `gemv` and `gemv_xc` are forced-only baselines."""
-    wbits, group = layer.config.wbits, layer.config.beta1 or 0
-    forced = os.environ.get(MATMUL_ENV, "auto")
-    if forced != "auto":
-        if forced not in MATMULS:
-            raise ValueError(f"{MATMUL_ENV}={forced!r}: expected auto or one of {sorted(MATMULS)}")
-        if forced == "reference":
-            return forced
-        if not _triton_ready():
-            raise ValueError(f"{MATMUL_ENV}={forced}: Triton is not installed")
-        from ..kernels.spqr_matmul import unsupported_reason
-
-        reason = unsupported_reason(layer.in_features, wbits, group, forced)
-        if reason:
-            raise ValueError(f"{MATMUL_ENV}={forced}: {reason}")
-        return forced
-    if x.device.type != "cuda" or x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or not _triton_ready():
-        return "reference"
-    rows = x.numel() // max(x.shape[-1], 1)
-    if rows == 0:
-        return "reference"
-    from ..kernels.spqr_matmul import rows_per_launch, unsupported_reason
-
-    if rows <= GEMV_PAIRS_MAX_ROWS and x.dtype in (torch.float16, torch.bfloat16):
-        wanted = ["gemv_pairs", "gemv_seg", "dot", "dequantize"]
-    elif rows <= GEMV_SEG_MAX_ROWS:
-        wanted = ["gemv_seg", "dot", "dequantize"]
-    elif rows <= DOT_MAX_ROWS:  # (gemv_seg as the fallback only within one launch)
-        wanted = ["dot", "gemv_seg", "dequantize"] if rows <= rows_per_launch("gemv_seg") else ["dot", "dequantize"]
-        if x.dtype == torch.float16 and rows <= DOT_PAIRS_MAX_ROWS:
-            wanted.insert(0, "dot_pairs")
-    else:
-        wanted = ["dequantize"]
-    if x.dtype == torch.float32:  # (dot would multiply fp32 without the tensor cores: tl.dot's "ieee" precision)
-        wanted = [k for k in wanted if k != "dot"]
-    for kernel in wanted:
-        if unsupported_reason(layer.in_features, wbits, group, kernel) is None:
-            return kernel
-    return "reference"
+    """The name (a key of MATMULS) of the implementation for this layer and input: the kernel selector's
+    (`spqrkit.kernels.select`: its table, SPQRKIT_MATMUL forcing, the reference as the fallback)."""
+    return select.choose_kernel(x, layer.in_features, layer.config.wbits, layer.config.beta1 or 0)
 
 
 def select_matmul(layer: SpQRLinear, x: torch.Tensor) -> Matmul:
     """The matmul for this layer's layout and this input (see `choose_kernel`). The pick depends on the layer's
     layout (fixed), x's rows, dtype and device type and SPQRKIT_MATMUL only, so eager calls keep it per layer under
     those (`layer._choices`, at most 64: prefill row counts vary): an eager decode step asks at every linear, and
-    choose_kernel's checks cost the host about 7 us a call (benchmarks/host_overhead.py). Traced calls
+    choose_kernel's checks cost the host microseconds a call. Traced calls
     (torch.compile) ask each time: no dict side effects in traced code, and a compiled graph asks once anyway."""
     if torch.compiler.is_compiling():
         return MATMULS[choose_kernel(layer, x)]
-    key = (x.numel() // max(x.shape[-1], 1), x.dtype, x.device.type, os.environ.get(MATMUL_ENV))
+    key = (x.numel() // max(x.shape[-1], 1), x.dtype, x.device.type, select.forced())
     kernel = layer._choices.get(key)
     if kernel is None:
         if len(layer._choices) >= 64:
