@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The kernel and CUDA tests on the GPU machine, compiled, in N parallel pytest processes (Triton's compilation is
+# The kernel, solver-kernel and CUDA tests on the GPU machine, compiled, in N parallel pytest processes (Triton's compilation is
 # CPU-bound and single-threaded per process). On CUDA the gpu_sweep tests (every layout, larger shapes; skipped on
 # the CPU, see tests/conftest.py) run with the rest.
 #   bash benchmarks/gpu_tests.sh [N=14] [results dir]      # logs: $out/tests_shard.*.log
@@ -12,7 +12,7 @@ source "$(dirname "$0")/gpu_env.sh" "${2:-${OUT:-gpu_results}}"
 ids=$(mktemp)
 python3 -m pytest -q -p no:cacheprovider --collect-only ${TESTS_K:+-k "$TESTS_K"} ${TESTS_M:+-m "$TESTS_M"} tests/test_kernels_matmul.py \
   tests/test_gemv_pairs.py tests/test_dot_pairs.py tests/test_cuda.py tests/test_fusion.py tests/test_eager_graphs.py \
-  tests/test_sass_report.py 2>/dev/null \
+  tests/test_sass_report.py tests/test_solver_triton.py 2>/dev/null \
   | grep "::" > "$ids"
 echo "collected $(wc -l < "$ids") tests, $n shards"
 split -n "r/$n" "$ids" "$ids.shard."
