@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 
@@ -66,9 +68,8 @@ def _symmetric_gram(x: torch.Tensor) -> torch.Tensor:
     n_features = x.shape[1]
     G = torch.empty(n_features, n_features, dtype=x.dtype, device=x.device)  # [in, in]
     bounds = [n_features * k // _GRAM_BLOCKS for k in range(_GRAM_BLOCKS + 1)]
-    blocks = [x[:, a:b] for a, b in zip(bounds, bounds[1:])]  # [n, in / 4] each
-    for i, (xi, (a, b)) in enumerate(zip(blocks, zip(bounds, bounds[1:]))):
-        G[a:b, a:] = xi.t() @ x[:, a:]
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        G[a:b, a:] = x[:, a:b].t() @ x[:, a:]  # [in / 4, in - a]
         for j in range(i + 1, _GRAM_BLOCKS):
             c, d = bounds[j], bounds[j + 1]
             G[c:d, a:b] = G[a:b, c:d].t()
