@@ -152,3 +152,30 @@ def test_config_overrides_from_the_command_line():
     assert not cfg.act_order and cfg.skip_modules == ("down_proj",)
     default = cli.config_from_args(cli.build_parser().parse_args(["quantize", "m", "--out", "o"]))
     assert default == cli.get_preset("spqr-w3")
+
+
+def test_eval_dequantizes_a_checkpoint_once_on_the_cpu(tiny_llama_dir, tmp_path):
+    """On the CPU `eval` decodes each compressed layer once into a plain linear: the same logits and perplexity as
+    the compressed layers' own (per-forward) path, which --no-dequantize keeps."""
+    from spqrkit.modules.linear import SpQRLinear
+
+    out = tmp_path / "q"
+    assert cli.main(["quantize", str(tiny_llama_dir), "--preset", "spqr-w3", "--out", str(out), "--beta1", "8",
+                     *QUICK]) == 0
+    dense, _ = workflows.load_for_eval(out)
+    compressed, tokenizer = workflows.load_for_eval(out, dequantize=False)
+    assert not any(isinstance(m, SpQRLinear) for m in dense.modules())
+    assert sum(isinstance(m, SpQRLinear) for m in compressed.modules()) == 2 * 7
+    ids = torch.randint(0, len(tokenizer), (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(dense(ids).logits, compressed(ids).logits)
+
+    text = tmp_path / "eval.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
+    results = {}
+    for flag in ("--dequantize", "--no-dequantize"):
+        path = tmp_path / f"{flag}.json"
+        assert cli.main(["eval", str(out), "--corpus", str(text), "--seqlen", "64", "--max-windows", "3", "--quiet",
+                         flag, "--json", str(path)]) == 0
+        results[flag] = json.loads(path.read_text())["ppl"]
+    assert results["--dequantize"] == results["--no-dequantize"]

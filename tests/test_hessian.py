@@ -23,3 +23,13 @@ def test_bad_inputs():
         acc.add(torch.tensor([[float("nan")] * 8]))
     with pytest.raises(ValueError, match="no calibration inputs"):
         HessianAccumulator(8).finalize()
+
+
+def test_wide_cpu_gram_uses_the_symmetric_blocks_and_equals_the_full_product():
+    from spqrkit.quant import hessian
+
+    x = torch.randn(96, hessian.SYMMETRIC_GRAM_MIN_FEATURES + 6, generator=torch.Generator().manual_seed(1))
+    G = hessian.gram_fp32(x)
+    torch.testing.assert_close(G, x.t() @ x, rtol=1e-5, atol=1e-4)
+    k = x.shape[1] // 4
+    assert torch.equal(G[:k, -k:], G[-k:, :k].t())  # mirrored, not multiplied again

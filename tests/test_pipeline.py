@@ -175,6 +175,46 @@ def test_true_sequential_hessians_come_from_quantized_inputs(monkeypatch: pytest
     assert not torch.allclose(flat_h[1], acc.finalize(), rtol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt_neox", "falcon", "phi"])
+def test_stubbed_stage_passes_give_the_hessians_of_full_passes(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    hessians = _record_hessians(monkeypatch)
+    ids = calib()
+    stubbed = tiny_model(kind)
+    quantize_model(stubbed, ids, SPQR, batch_size=3, progress=False)
+    stubbed_h = list(hessians)
+    hessians.clear()
+
+    class FullPasses(pipeline._Stubs):
+        """The stand-ins always run the real linear: every stage pass is a full pass of the block."""
+
+        passthrough = property(lambda self: True, lambda self, value: None)
+
+    monkeypatch.setattr(pipeline, "_Stubs", FullPasses)
+    full = tiny_model(kind)
+    quantize_model(full, ids, SPQR, batch_size=3, progress=False)
+    assert len(hessians) == len(stubbed_h) > 2
+    for H_stubbed, H_full in zip(stubbed_h, hessians):
+        torch.testing.assert_close(H_stubbed, H_full, rtol=1e-5, atol=1e-7)
+    for (name, p_stubbed), p_full in zip(stubbed.named_parameters(), full.parameters()):
+        torch.testing.assert_close(p_stubbed, p_full, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_stubs_are_removed_after_each_pass() -> None:
+    model = tiny_model("llama")
+    quantize_model(model, calib(), SPQR, progress=False)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_error_windows_change_no_weight() -> None:
+    a, b = tiny_model("llama"), tiny_model("llama")
+    ra = quantize_model(a, calib(), SPQR, batch_size=3, error_windows=1, progress=False)
+    rb = quantize_model(b, calib(), SPQR, batch_size=3, error_windows=None, progress=False)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), name
+    assert all(0 < x.output_error < 0.5 for x in ra.blocks + rb.blocks)
+    assert [x.output_error for x in ra.blocks] != [x.output_error for x in rb.blocks]
+
+
 def test_shared_input_sets_are_solved_together(monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[list[tuple[int, int]]] = []
     real = pipeline.quantize_matrices
@@ -324,6 +364,10 @@ def test_skipping_everything_is_refused() -> None:
 
 def test_bad_batch_size_is_refused() -> None:
     _unchanged_after_error(tiny_model("llama"), PipelineError, "batch_size", calib(), SPQR, batch_size=0)
+
+
+def test_bad_error_windows_are_refused() -> None:
+    _unchanged_after_error(tiny_model("llama"), PipelineError, "error_windows", calib(), SPQR, error_windows=0)
 
 
 def test_mixed_attention_types_are_refused() -> None:

@@ -68,6 +68,8 @@ def _add_runtime_args(p: argparse.ArgumentParser, batch_size: int = 1) -> None:
     p.add_argument("--batch-size", type=int, default=batch_size,
                    help=f"calibration windows per forward pass (default {batch_size})")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-block log lines")
+    p.add_argument("--autocast", choices=("none", "bfloat16", "float16"), default="none",
+                   help="run the calibration passes of the blocks under torch.autocast to this dtype (default none)")
 
 
 def _add_eval_args(p: argparse.ArgumentParser, max_windows: int | None) -> None:
@@ -120,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=16,
                    help="requests per forward where choices do not share a context (default 16)")
     e.add_argument("--device", default=None)
+    e.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode each compressed layer once before evaluating (default: on the CPU only; the same "
+                        "outputs, at the memory of the unquantized model)")
     e.add_argument("--quiet", action="store_true")
 
     d = sub.add_parser("demo", help="baseline vs RTN vs GPTQ vs SpQR on the embedded default model")
@@ -206,12 +211,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         device=_resolve_device(args.device), batch_size=args.batch_size,
         offload_activations=args.offload_activations, progress=not args.quiet,
         dequantized=args.dequantized, dense_dtype=_dense_dtype(args.dense_dtype),
-        max_shard_bytes=int(args.max_shard_gb * (1 << 30)),
+        max_shard_bytes=int(args.max_shard_gb * (1 << 30)), autocast_dtype=_autocast_dtype(args.autocast),
     )
     print(report.summary())
     print(f"wrote {args.out}" + (" (dequantized weights)" if args.dequantized else ""))
     _write_json(args.json, report.to_dict())
     return 0
+
+
+def _autocast_dtype(name: str):
+    return None if name == "none" else _dense_dtype(name)
 
 
 def _dense_dtype(name: str | None):
@@ -235,7 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     if args.tasks is None:
         result = evaluate(args.model, corpus=args.corpus or "wiki", seqlen=args.seqlen, max_windows=args.max_windows,
-                          device=device, progress=not args.quiet)
+                          device=device, progress=not args.quiet, dequantize=args.dequantize)
         ppl = result
     else:
         from .data.tasks import TASK_NAMES
@@ -244,7 +253,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tasks = list(TASK_NAMES) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
         result = evaluate_tasks(args.model, tasks, limit=args.limit, batch_size=args.batch_size, corpus=args.corpus,
                                 seqlen=args.seqlen, max_windows=args.max_windows, device=device,
-                                progress=not args.quiet)
+                                progress=not args.quiet, dequantize=args.dequantize)
         scope = "full splits" if args.limit is None else f"first {args.limit} items per task"
         print(f"zero-shot accuracy of {args.model} ({scope}; acc_norm where lm-eval reports it):")
         print(format_zero_shot(result["zero_shot"]))
@@ -265,7 +274,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         calib=args.calib, calib_windows=args.calib_windows, calib_seqlen=args.calib_seqlen, seed=args.seed,
         device=_resolve_device(args.device), batch_size=args.batch_size,
         offload_activations=args.offload_activations, progress=not args.quiet,
-        tasks_limit=args.tasks_limit,
+        tasks_limit=args.tasks_limit, autocast_dtype=_autocast_dtype(args.autocast),
     )
     print(format_table(result))
     _write_json(args.json, result)
@@ -280,7 +289,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_generation_args(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_p=args.top_p)
     device = _resolve_device(None if args.device == "auto" else args.device)
-    model, tokenizer = load_for_eval(args.model, device=device)
+    # Decoded below, if asked, so that the notice can count the layers.
+    model, tokenizer = load_for_eval(args.model, device=device, dequantize=False)
     if args.dequantize:
         from .modules.linear import dequantize_layers
 

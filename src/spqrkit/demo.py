@@ -77,6 +77,7 @@ def run_demo(
     offload_activations: bool = False,
     tasks_limit: int = DEFAULT_TASKS_LIMIT,
     progress: bool = True,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Run the demo rows and return every figure: settings, environment and one dict per row.
 
@@ -109,7 +110,8 @@ def run_demo(
         if config is not None:
             entry["config"] = config.to_dict()
             report = quantize_model(model, calib_ids, config, device=device, batch_size=batch_size,
-                                    offload_activations=offload_activations, progress=progress)
+                                    offload_activations=offload_activations, progress=progress,
+                                    autocast_dtype=autocast_dtype)
             entry.update(
                 avg_bits_paper=report.avg_paper_bits,
                 avg_bits_real=report.avg_real_bits,
@@ -136,7 +138,8 @@ def run_demo(
         "model": str(model_ref),
         "eval": {"corpus": corpus, "seqlen": seqlen, "max_windows": max_windows},
         "zero_shot": {"tasks": list(TASK_NAMES) if tasks_limit else [], "limit": tasks_limit, "average_of": "acc"},
-        "calibration": {"corpus": calib, "windows": calib_windows, "seqlen": calib_seqlen, "seed": seed},
+        "calibration": {"corpus": calib, "windows": calib_windows, "seqlen": calib_seqlen, "seed": seed,
+                        "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).replace("torch.", "")},
         "device": device,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -19,6 +19,7 @@ from .models.compressed import load as spqrkit_load
 from .models.compressed import save_checkpoint
 from .models.pipeline import QuantizationReport, quantize_model
 from .models.source import load_model, load_tokenizer, resolve_model_ref
+from .modules.linear import dequantize_layers
 
 QUANTIZATION_FILE = "spqrkit_quantization.json"
 
@@ -39,6 +40,7 @@ def quantize_and_save(
     dequantized: bool = False,
     dense_dtype: torch.dtype | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    autocast_dtype: torch.dtype | None = None,
 ) -> QuantizationReport:
     """Quantize a model and write it to `out` with its tokenizer and the quantization record.
 
@@ -53,10 +55,12 @@ def quantize_and_save(
     model, tokenizer = load_model(model_ref)
     calib_ids = calibration_windows(tokenizer, calib, n_windows=calib_windows, seqlen=calib_seqlen, seed=seed)
     report = quantize_model(model, calib_ids, config, device=device, batch_size=batch_size,
-                            offload_activations=offload_activations, progress=progress)
+                            offload_activations=offload_activations, progress=progress,
+                            autocast_dtype=autocast_dtype)
     record = {
         "config": config.to_dict(),
-        "calibration": {"corpus": str(calib), "windows": calib_windows, "seqlen": calib_seqlen, "seed": seed},
+        "calibration": {"corpus": str(calib), "windows": calib_windows, "seqlen": calib_seqlen, "seed": seed,
+                        "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).replace("torch.", "")},
         "source_model": str(model_ref),
         "report": report.to_dict(),
     }
@@ -93,10 +97,21 @@ def source_dtype(model_ref: str | os.PathLike) -> torch.dtype | None:
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(name)
 
 
-def load_for_eval(model_ref: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) of "default", a .gguf file, a Hugging Face folder or a compressed spqrkit checkpoint."""
+def load_for_eval(model_ref: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  dequantize: bool | None = None):
+    """(model, tokenizer) of "default", a .gguf file, a Hugging Face folder or a compressed spqrkit checkpoint.
+
+    dequantize: decode each compressed layer of a checkpoint once into an ordinary linear of `dtype` (the same
+    outputs as the compressed layer's reference path, at the memory of the unquantized model) instead of on every
+    forward; None = only on the CPU, which has no fused kernels.
+    """
     if is_checkpoint(model_ref):
-        return spqrkit_load(model_ref, device=device, dtype=dtype), load_tokenizer(model_ref)
+        model = spqrkit_load(model_ref, device=device, dtype=dtype)
+        if dequantize is None:
+            dequantize = torch.device(device).type == "cpu"
+        if dequantize:
+            dequantize_layers(model, dtype=dtype)
+        return model, load_tokenizer(model_ref)
     return load_model(model_ref, dtype=dtype, device=device)
 
 
@@ -110,10 +125,13 @@ def evaluate(
     progress: bool = True,
     model=None,
     tokenizer=None,
+    dequantize: bool | None = None,
 ) -> dict:
-    """Perplexity of a model (loaded from `model_ref` unless `model` and `tokenizer` are given) as a flat dict."""
+    """Perplexity of a model (loaded from `model_ref` unless `model` and `tokenizer` are given) as a flat dict.
+
+    dequantize: see `load_for_eval`."""
     if model is None:
-        model, tokenizer = load_for_eval(model_ref, device=device)
+        model, tokenizer = load_for_eval(model_ref, device=device, dequantize=dequantize)
     result = corpus_perplexity(model, tokenizer, corpus, seqlen=seqlen, max_windows=max_windows, progress=progress)
     return {
         "model": str(model_ref),
@@ -141,6 +159,7 @@ def evaluate_tasks(
     max_windows: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    dequantize: bool | None = None,
 ) -> dict:
     """Zero-shot accuracy on `tasks` (see `spqrkit.eval.zeroshot`), plus perplexity on `corpus` when one is given.
 
@@ -149,7 +168,7 @@ def evaluate_tasks(
     """
     for task in tasks:
         task_spec(task)  # an unknown name fails before the model loads
-    model, tokenizer = load_for_eval(model_ref, device=device)
+    model, tokenizer = load_for_eval(model_ref, device=device, dequantize=dequantize)
     result = {
         "model": str(model_ref),
         "zero_shot": zero_shot(model, tokenizer, tasks, limit=limit, batch_size=batch_size, progress=progress),

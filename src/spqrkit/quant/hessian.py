@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 
@@ -50,4 +52,25 @@ def gram_fp32(x: torch.Tensor) -> torch.Tensor:
     if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
         return torch.mm(x.t(), x, out_dtype=torch.float32)
     x = x.float()
-    return x.t() @ x
+    if x.is_cuda or x.shape[1] < SYMMETRIC_GRAM_MIN_FEATURES:
+        return x.t() @ x
+    return _symmetric_gram(x)
+
+
+# From this many features on, the CPU Gram product multiplies only the column blocks on and above the diagonal.
+SYMMETRIC_GRAM_MIN_FEATURES = 1024
+_GRAM_BLOCKS = 4
+
+
+def _symmetric_gram(x: torch.Tensor) -> torch.Tensor:
+    """x^T x for fp32 x [n, in] from the blocks on and above the diagonal of a 4 x 4 block grid, the others being
+    their transposes: 10 of the 16 block products (a BLAS matmul does not exploit the symmetry)."""
+    n_features = x.shape[1]
+    G = torch.empty(n_features, n_features, dtype=x.dtype, device=x.device)  # [in, in]
+    bounds = [n_features * k // _GRAM_BLOCKS for k in range(_GRAM_BLOCKS + 1)]
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        G[a:b, a:] = x[:, a:b].t() @ x[:, a:]  # [in / 4, in - a]
+        for j in range(i + 1, _GRAM_BLOCKS):
+            c, d = bounds[j], bounds[j + 1]
+            G[c:d, a:b] = G[a:b, c:d].t()
+    return G
