@@ -29,7 +29,7 @@ eager with a warning, and the table and the JSON say so (`--strict-graph` fails 
     python benchmarks/generate.py --compile --json out.json             # decode step compiled by torch.compile
     python benchmarks/generate.py --fuse both --json out.json           # also with q/k/v and gate/up fused
     python benchmarks/generate.py --fuse on --profile 20 --json out.json  # + GPU time per kernel of a decode step
-    SPQRKIT_MATMUL=reference python benchmarks/generate.py ...           # force one SpQR matmul (spqrkit.modules.linear)
+    SPQRKIT_MATMUL=reference python benchmarks/generate.py ...           # force one SpQR matmul (kernels/select.py)
 
 `--compile` runs the decode step's forward through torch.compile (inductor, static shapes; prefill stays eager) before
 the capture, for both models: the norms, rotary embedding, cache update and activations become a few fused kernels
@@ -536,7 +536,8 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
     }
 
-    print(f"\nGreedy decode, LLaMA-shaped {config.num_hidden_layers} x {config.hidden_size}/{config.intermediate_size}, "
+    print(f"\nGreedy decode, LLaMA-shaped {config.num_hidden_layers} x {config.hidden_size}/"
+          f"{config.intermediate_size}, "
           f"prompt {args.prompt_len} + {args.new_tokens} new tokens, static KV cache, {name}")
     print(f"SpQR {args.preset}: {8 * spqr_bytes / numel:.3f} bits per weight with {100 * n_outliers / numel:.2f}% "
           "outliers")

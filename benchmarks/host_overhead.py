@@ -61,8 +61,12 @@ def launch_paths(layer: SpQRLinear, dense: torch.nn.Linear, x: torch.Tensor, ker
     if eager_graphs.wanted(x) and kernel != "dequantize":
         packed = layer.packed_layer()
         paths["  choose_kernel"] = lambda: choose_kernel(layer, x)  # (eager calls keep its pick: select_matmul)
-        paths["  its buffers' key"] = lambda: tensors_key(packed.stored_tensors()) + tensors_key((packed.perm, layer.bias, bases))
-        impl = lambda v: ops.fused_matmul_impl(v, p, layer.bias, kernel)
+        paths["  its buffers' key"] = lambda: (tensors_key(packed.stored_tensors())
+                                                + tensors_key((packed.perm, layer.bias, bases)))
+
+        def impl(v):
+            return ops.fused_matmul_impl(v, p, layer.bias, kernel)
+
         impl(x)  # (compiles, and makes the constants a capture cannot copy from the host, as the layer's first call)
         entry = eager_graphs._capture(x, impl)
 

@@ -74,8 +74,8 @@ def main() -> None:
         "benchmark": "paper_protocol", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda")
                     else f"{platform.machine()}, {torch.get_num_threads()} threads") + f", torch {torch.__version__}",
-        "device": args.device, "calibration": {"corpus": "lambada", "windows": args.calib_windows, "seqlen": args.seqlen,
-                                               "seed": 0},
+        "device": args.device,
+        "calibration": {"corpus": "lambada", "windows": args.calib_windows, "seqlen": args.seqlen, "seed": 0},
         "eval": {"corpus": "wiki", "windows": args.max_windows, "seqlen": args.seqlen}, "rows": [],
     }
     baseline = None

@@ -142,7 +142,7 @@ def main() -> None:
         print(f"| {k} | {split[k]:.2f} | {share} | {AUTHORS_H100.get(k, '-')} |")
     print(f"dominant stage: {dominant}; block output error {report.blocks[0].output_error:.4f}, "
           f"outliers {100 * report.outlier_share:.2f}%, {report.avg_paper_bits:.3f} bits (Eq. 4)")
-    print("\nsolver only (median of %d), seconds per input-sharing set:" % args.repeats)
+    print(f"\nsolver only (median of {args.repeats}), seconds per input-sharing set:")
     kernels = list(solver)
     print("| set | " + " | ".join(kernels) + " |")
     print("|---|" + "---|" * len(kernels))

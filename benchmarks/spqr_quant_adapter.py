@@ -169,7 +169,7 @@ def _load() -> tuple[object | None, str | None]:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", DEFAULT_EXTENSIONS_DIR)
     try:
         module = importlib.import_module("spqr_quant")  # compiles spqr_cuda on first import (a minute or two)
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
+    except Exception as exc:
         return None, f"import spqr_quant failed (kernel build?): {type(exc).__name__}: {str(exc).strip()[-2000:]}"
     return module, None
 
@@ -379,7 +379,10 @@ def decode_spqr_quant_tensors(
     w = w.reshape(out_f, ct)
     sq = (w & 7).to(torch.float16)
     zq = ((w >> 3) & 7).to(torch.float16)
-    rep = lambda t: t.repeat_interleave(TILE, 0)
+
+    def rep(t):
+        return t.repeat_interleave(TILE, 0)
+
     s16 = _hmul(rep(ss), _hsub(sq, rep(sz)))
     z16 = _hmul(rep(zs), _hsub(zq, rep(zz)))
     q = torch.stack([(w >> (2 * BITS + BITS * j)) & 7 for j in range(TILE)], dim=-1).reshape(out_f, in_f)

@@ -10,8 +10,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from spqrkit.data.corpora import join_documents, load_corpus  # noqa: E402
-from spqrkit.models.source import DEFAULT_MODEL, load_model, load_tokenizer  # noqa: E402
+from spqrkit.data.corpora import join_documents, load_corpus
+from spqrkit.models.source import DEFAULT_MODEL, load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")

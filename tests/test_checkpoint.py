@@ -11,6 +11,7 @@ import struct
 import pytest
 import torch
 import transformers
+from test_families import TINY_CONFIGS, tiny_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import spqrkit
@@ -22,7 +23,6 @@ from spqrkit.format.spec import MANIFEST_FILE, SHARD_INDEX_FILE, FormatError
 from spqrkit.models.compressed import save_checkpoint
 from spqrkit.models.pipeline import quantize_model
 from spqrkit.modules.linear import SpQRLinear
-from test_families import TINY_CONFIGS, tiny_model
 
 CASES = {
     # Llama with tied embeddings and the paper's 3-bit SpQR config (outliers, 3-bit statistics).
@@ -42,7 +42,7 @@ def ids(seed: int = 0, n: int = 2, seqlen: int = 24) -> torch.Tensor:
     return torch.randint(3, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def quantized(case: str):
     """(model with dequantized weights written back, report), quantized in memory once per session."""
     kind, config, overrides = CASES[case]
@@ -55,8 +55,8 @@ def quantized(case: str):
     return model, report
 
 
-@functools.lru_cache(maxsize=None)
-def saved(case: str, tmp_root, **kwargs) -> "checkpoint.CheckpointInfo":
+@functools.cache
+def saved(case: str, tmp_root, **kwargs) -> checkpoint.CheckpointInfo:
     model, report = quantized(case)
     return save_checkpoint(tmp_root / case, model, report.quantized, report.config, **kwargs)
 

@@ -14,7 +14,6 @@ from spqrkit.kernels.pair_schedule import pair_order
 from spqrkit.modules.linear import MATMULS
 
 triton = pytest.importorskip("triton")
-from spqrkit.kernels import dot, dot_pairs, gather, ops, reach, select
 from test_kernels_matmul import (
     DEVICE,
     GRID,
@@ -23,9 +22,11 @@ from test_kernels_matmul import (
     STAT_VARIANTS,
     _check,
     _layer,
-    sweep,
     on_cuda,
+    sweep,
 )
+
+from spqrkit.kernels import dot, dot_pairs, gather, ops, reach, select
 
 
 def _run(layer, x, **options):

@@ -22,7 +22,6 @@ from spqrkit.kernels.pair_schedule import (
 from spqrkit.modules.linear import MATMULS
 
 triton = pytest.importorskip("triton")
-from spqrkit.kernels import gemv_pairs, ops, reach, select
 from test_kernels_matmul import (
     DEVICE,
     GRID,
@@ -31,9 +30,11 @@ from test_kernels_matmul import (
     STAT_VARIANTS,
     _check,
     _layer,
-    sweep,
     on_cuda,
+    sweep,
 )
+
+from spqrkit.kernels import gemv_pairs, ops, reach, select
 
 
 @pytest.mark.parametrize("key", sorted(SCHEDULES))

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import transformers
+from test_families import TINY_CONFIGS, tiny_model
 from torch import nn
 
 from spqrkit.config import get_preset
@@ -21,7 +22,6 @@ from spqrkit.models.pipeline import (
     run_block,
 )
 from spqrkit.quant.hessian import HessianAccumulator
-from test_families import TINY_CONFIGS, tiny_model
 
 SPQR = get_preset("spqr-w3")
 RTN = get_preset("rtn-w3")

@@ -1,10 +1,10 @@
-"""benchmarks/experiments/sass_report.py compiles the inference kernels for sm_90a without a GPU: they must compile, and the
-one-row decode kernel (the selector's batch-1 choice) must keep its main loop free of barriers and of register spills
-(the structure the H100 measurements of issue 4 were won with) and decode a weight with one LOP3; gemv_pairs (batch 1,
-fp16 x) must decode two weights per LOP3 and multiply them with one HFMA2; the tensor-core dot
-kernel must run wgmma with at most one barrier per operand (4 per tile of two segments), without spills and without a
-subtraction per weight, and its outlier kernel load each outlier's x values as one vector. The kernels are compiled
-as launched: tiles, stages, and pointers and strides divisible by 16."""
+"""benchmarks/experiments/sass_report.py compiles the inference kernels for sm_90a without a GPU: they must compile,
+and the one-row decode kernel (the selector's batch-1 choice) must keep its main loop free of barriers and of
+register spills and decode a weight with one LOP3; gemv_pairs (batch 1, fp16 x) must decode two weights per LOP3 and
+multiply them with one HFMA2; the tensor-core dot kernel must run wgmma with at most one barrier per operand (4 per
+tile of two segments), without spills and without a subtraction per weight, and its outlier kernel load each
+outlier's x values as one vector. The kernels are compiled as launched: tiles, stages, and pointers and strides
+divisible by 16."""
 
 import json
 import os
@@ -22,7 +22,8 @@ def test_sass_report(tmp_path):
     out = tmp_path / "sass.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile for real, not interpret
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "experiments" / "sass_report.py"), "--json", str(out)],
+    script = ROOT / "benchmarks" / "experiments" / "sass_report.py"
+    run = subprocess.run([sys.executable, str(script), "--json", str(out)],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     if run.returncode == 2 and "cuobjdump" in run.stderr:
         pytest.skip(run.stderr.strip())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from test_families import TINY_CONFIGS
 
 from spqrkit.cli import main
 from spqrkit.data import tasks as tasks_module
@@ -22,7 +23,6 @@ from spqrkit.eval.zeroshot import (
     score_token_requests,
     zero_shot,
 )
-from test_families import TINY_CONFIGS
 
 SPLITS = {"piqa": ("validation", 1838), "hellaswag": ("validation", 10042), "winogrande": ("validation", 1267),
           "arc_easy": ("test", 2376), "arc_challenge": ("test", 1172)}
@@ -352,8 +352,8 @@ def test_lm_eval_on_a_spqrkit_checkpoint_agrees_with_the_built_in_scorer(tiny_di
     out = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={checkpoint},dtype=float32", tasks=[f"local_{t}" for t in TASK_NAMES],
         # Our task files include lm-eval's own by path: indexing its thousands of built-in task files is not needed.
-        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False), batch_size=8, device="cpu", log_samples=True,
-        bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False), batch_size=8, device="cpu",
+        log_samples=True, bootstrap_iters=0,
     )
 
     model, tokenizer = load_for_eval(checkpoint)

@@ -1,6 +1,6 @@
-"""Where the time of the tensor-core `dot` kernel (or `dot_pairs`, `--kernel`) goes: each of its three launches (`dot.dot_stages`: the x
-gather, the dense part on the tensor cores, the outlier kernel) timed alone, against the whole call and fp16 cuBLAS,
-on the LLaMA-2 shapes, with 1% outliers and with none.
+"""Where the time of the tensor-core `dot` kernel (or `dot_pairs`, `--kernel`) goes: each of its three launches
+(`dot.dot_stages`: the x gather, the dense part on the tensor cores, the outlier kernel) timed alone, against the
+whole call and fp16 cuBLAS, on the LLaMA-2 shapes, with 1% outliers and with none.
 
 Timing as in benchmarks/kernel_speed.py (CUDA graphs over weight copies that exceed the L2 cache, median replay);
 a stage timed alone runs without the one before it, so the sum of the stages can differ from the whole call (the

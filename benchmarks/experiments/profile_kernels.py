@@ -10,6 +10,7 @@ kernels named, on a random spqr-w3 layer with 1% outliers (`--outlier-share`), a
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -45,9 +46,9 @@ def main(argv=None) -> int:
 
             tensors = {k: v.cpu() for k, v in layer.packed_tensors().items()}
             theirs = to_spqr_quant(tensors, (out, n_in), get_preset(args.preset))
-            call = lambda theirs=theirs: spqr_quant_matvec(theirs, x)
+            call = functools.partial(spqr_quant_matvec, theirs, x)
         else:
-            call = lambda name=name: MATMULS[name](layer, x)
+            call = functools.partial(MATMULS[name], layer, x)
         for _ in range(args.calls):
             y = call()
         torch.cuda.synchronize()

@@ -64,8 +64,8 @@ def kernels():
                                 LATE=False).items()
           if k != "KO"}, 2, 4 * 64 * 32 // 64),
         ("gemv_seg 1 row", gk._gemv_seg_kernel,
-         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=kplan.chunk_major_tile(), PREFETCH=False,
-              PDL=True, HAS_BASE=True), 2, 4 * 32 * 32 // 64),
+         dict(SPQR_W3, BB=1, BR=4, NCH=32, SEG=16, SPLIT=False, SHARED2=True, RT=kplan.chunk_major_tile(),
+              PREFETCH=False, PDL=True, HAS_BASE=True), 2, 4 * 32 * 32 // 64),
         ("gemv_xc 4 rows", gk._gemv_kernel, dict(SPQR_W3, BB=4, BR=8, NCH=16, XC=16), 4, 8 * 16 * 32 // 128),
         ("gemv 1 row", gk._gemv_kernel, dict(SPQR_W3, BB=1, BR=4, NCH=32, XC=0), 2, 4 * 32 * 32 // 64),
         ("dot 16 rows", dk._dot_kernel,

@@ -36,7 +36,8 @@ class QuantConfig:
     percdamp: damping, as a fraction of mean(diag H) added to the diagonal of H.
     blocksize: GPTQ's lazy-update block width (rounded up to a multiple of beta1; does not change the result).
     algorithm: "gptq" sweeps the columns with Hessian error feedback; "rtn" rounds to nearest (no Hessian).
-    true_sequential: quantize sublayers of a block group by group, each from inputs of the already quantized earlier ones.
+    true_sequential: quantize sublayers of a block group by group, each from inputs of the already quantized
+        earlier ones.
     skip_modules: names (suffixes) of linear sublayers left unquantized.
     """
 
@@ -127,7 +128,7 @@ class QuantConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
+    def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
@@ -141,10 +142,10 @@ class QuantConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, s: str) -> "QuantConfig":
+    def from_json(cls, s: str) -> QuantConfig:
         return cls.from_dict(json.loads(s))
 
-    def replace(self, **overrides: Any) -> "QuantConfig":
+    def replace(self, **overrides: Any) -> QuantConfig:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = set(overrides) - known
         if unknown:

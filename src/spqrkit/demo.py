@@ -24,7 +24,7 @@ from .eval.perplexity import perplexity
 from .eval.zeroshot import zero_shot
 from .models.pipeline import quantize_model
 from .models.source import load_model
-
+from .workflows import dtype_label
 
 DEFAULT_TASKS_LIMIT = 15  # items per zero-shot task and row: about 11 s a row on 2 idle CPU cores (20: 15 s)
 
@@ -139,7 +139,7 @@ def run_demo(
         "eval": {"corpus": corpus, "seqlen": seqlen, "max_windows": max_windows},
         "zero_shot": {"tasks": list(TASK_NAMES) if tasks_limit else [], "limit": tasks_limit, "average_of": "acc"},
         "calibration": {"corpus": calib, "windows": calib_windows, "seqlen": calib_seqlen, "seed": seed,
-                        "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).replace("torch.", "")},
+                        "autocast_dtype": dtype_label(autocast_dtype)},
         "device": device,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

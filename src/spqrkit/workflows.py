@@ -24,6 +24,11 @@ from .modules.linear import dequantize_layers
 QUANTIZATION_FILE = "spqrkit_quantization.json"
 
 
+def dtype_label(dtype: torch.dtype | None) -> str | None:
+    """A dtype as records name it ("bfloat16"), or None."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def quantize_and_save(
     model_ref: str | os.PathLike,
     out: str | os.PathLike,
@@ -60,7 +65,7 @@ def quantize_and_save(
     record = {
         "config": config.to_dict(),
         "calibration": {"corpus": str(calib), "windows": calib_windows, "seqlen": calib_seqlen, "seed": seed,
-                        "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).replace("torch.", "")},
+                        "autocast_dtype": dtype_label(autocast_dtype)},
         "source_model": str(model_ref),
         "report": report.to_dict(),
     }

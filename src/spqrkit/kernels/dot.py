@@ -16,10 +16,9 @@ import os
 
 import torch
 import triton
-
-from ..format.packed_layer import PackedLayer
 import triton.language as tl
 
+from ..format.packed_layer import PackedLayer
 from .decode import chunk_code_top, outlier_base_at, seg_group, seg_stat, top_weight
 from .dot_pairs import dot_pairs_kernel, pair_column_orders
 from .dot_pairs import supports as pairs_supported

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import torch
 import triton
-
-from ..format.packed_layer import PackedLayer
 import triton.language as tl
 
+from ..format.packed_layer import PackedLayer
 from .decode import (
     chunk_code,
     chunk_code_scaled,

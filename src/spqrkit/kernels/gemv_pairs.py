@@ -28,10 +28,9 @@ import os
 
 import torch
 import triton
-
-from ..format.packed_layer import PackedLayer
 import triton.language as tl
 
+from ..format.packed_layer import PackedLayer
 from .decode import fp16_half, outlier_base_at, pick_word, seg_group
 from .pair_decode import pair_stat, pair_window, put
 from .pair_schedule import pair_exponents, pair_order, pair_plan

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

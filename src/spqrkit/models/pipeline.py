@@ -9,6 +9,8 @@
    cost of the linears whose outputs nobody needs yet. The first pass of a block runs its first batches unstubbed
    and unquantized: their outputs are the reference for the block's output error.
 3. The block's outputs are recomputed with the quantized block and become the next block's inputs.
+Parts of the block whose linears are all quantized compute the same outputs in every later pass: those outputs are
+recorded once and replayed (`spqrkit.models.reuse`) where the forward is the cost (on the CPU, by default).
 
 Every check that can fail (`spqrkit.models.plan`) runs before the first weight is written.
 """
@@ -44,6 +46,7 @@ from .block_inputs import (
 from .families import decoder_blocks
 from .plan import SharedInputSet, StagePlan, check_calibration, plan_model
 from .report import BlockReport, LayerReport, QuantizationReport
+from .reuse import FinishedParts
 
 __all__ = [
     "BlockCall", "BlockInputs", "BlockReport", "LayerReport", "PipelineError", "QuantizationReport",
@@ -68,6 +71,7 @@ def quantize_model(
     progress: bool = True,
     error_windows: int | None = DEFAULT_ERROR_WINDOWS,
     autocast_dtype: torch.dtype | None = None,
+    reuse_outputs: bool | None = None,
 ) -> QuantizationReport:
     """Quantize every decoder-block linear of a causal LM in place (weights become their dequantized values).
 
@@ -80,12 +84,16 @@ def quantize_model(
     autocast_dtype: run the block passes under `torch.autocast` to this dtype (e.g. torch.bfloat16 on a CPU with
         bf16 dot products: matmuls and attention about twice as fast); None runs them in the model's dtype. The
         Hessians are accumulated in fp32 either way, and the weights are solved and written in fp32.
+    reuse_outputs: replay the outputs of a block's finished parts in its later passes instead of recomputing them
+        (`spqrkit.models.reuse`: the same values, at the memory of about two more copies of the block's calibration
+        activations per finished part); None = on when the block passes run on the CPU.
     Returns the per-layer and per-block report, with every layer's QuantizedWeight (on the CPU) in `.quantized`.
     """
     start = time.perf_counter()
     if error_windows is not None and (not isinstance(error_windows, int) or error_windows < 1):
         raise PipelineError(f"error_windows must be a positive integer or None, got {error_windows!r}")
-    if autocast_dtype is not None and not (isinstance(autocast_dtype, torch.dtype) and autocast_dtype.is_floating_point):
+    floating = isinstance(autocast_dtype, torch.dtype) and autocast_dtype.is_floating_point
+    if autocast_dtype is not None and not floating:
         raise PipelineError(f"autocast_dtype must be a floating-point torch.dtype or None, got {autocast_dtype!r}")
     plan = plan_model(model, config)
     check_calibration(model, calib_ids, config, plan, batch_size)
@@ -106,7 +114,8 @@ def quantize_model(
             report.capture_seconds = time.perf_counter() - tic
             blocks = decoder_blocks(model)
             for index in tqdm(range(len(blocks)), desc="quantizing", unit="block", disable=not progress):
-                passes = _Passes(device, n_reference, autocast_dtype)
+                passes = _Passes(device, n_reference, autocast_dtype,
+                                 device.type == "cpu" if reuse_outputs is None else reuse_outputs)
                 block_report = _quantize_block(blocks[index], index, plan[index], inputs, config, passes, report)
                 report.blocks.append(block_report)
                 logger.info(
@@ -133,6 +142,7 @@ def _quantize_block(
     first_layer = len(report.layers)
     has_targets = any(stage.sets for stage in stages)
     devices = tensor_devices(block)
+    parts = FinishedParts(block, stages[0].downstream if stages and passes.reuse_outputs else ())
     try:
         device = passes.device
         block.to(device)
@@ -149,7 +159,7 @@ def _quantize_block(
             if config.algorithm == "gptq":
                 tic = time.perf_counter()
                 hessians, outputs = _stage_pass(block, index, stage, inputs, passes,
-                                                passes.n_reference if reference is None else 0)
+                                                passes.n_reference if reference is None else 0, parts)
                 reference = outputs if reference is None else reference
                 report.hessian_seconds += time.perf_counter() - tic
             for shared, H in zip(stage.sets, hessians):
@@ -157,19 +167,21 @@ def _quantize_block(
 
         tic = time.perf_counter()
         error_sq, reference_sq = 0.0, 0.0
-        for b, (hidden, call) in enumerate(zip(inputs.hidden, inputs.calls)):
-            with passes.autocast():
-                y = call_block(block, hidden.to(device), call)  # [batch, seqlen, hidden]
-            if reference is not None and b < len(reference):
-                y_fp = reference[b].to(device)
-                error_sq += (y.float() - y_fp.float()).pow(2).sum().item()
-                reference_sq += y_fp.float().pow(2).sum().item()
-            # Batch b's input is no longer needed: its slot takes the next block's input.
-            inputs.hidden[b] = y.to(inputs.store_device)
+        with parts.pass_((), record=False):
+            for b, (hidden, call) in enumerate(zip(inputs.hidden, inputs.calls)):
+                with passes.autocast():
+                    y = call_block(block, hidden.to(device), call)  # [batch, seqlen, hidden]
+                if reference is not None and b < len(reference):
+                    y_fp = reference[b].to(device)
+                    error_sq += (y.float() - y_fp.float()).pow(2).sum().item()
+                    reference_sq += y_fp.float().pow(2).sum().item()
+                # Batch b's input is no longer needed: its slot takes the next block's input.
+                inputs.hidden[b] = y.to(inputs.store_device)
         if not all(torch.isfinite(h).all() for h in inputs.hidden):
             raise PipelineError(f"the outputs of {'quantized ' if has_targets else ''}block {index} contain NaN or Inf")
         report.recompute_seconds += time.perf_counter() - tic
     finally:
+        parts.clear()
         restore_devices(block, devices)
 
     layers = report.layers[first_layer:]
@@ -189,6 +201,7 @@ class _Passes:
     device: torch.device
     n_reference: int  # leading batches whose full-precision outputs are the reference for the output error
     autocast_dtype: torch.dtype | None  # None: the model's own dtype
+    reuse_outputs: bool  # replay the outputs of the block's finished parts (spqrkit.models.reuse)
 
     def autocast(self) -> torch.autocast:
         dtype = self.autocast_dtype
@@ -217,6 +230,7 @@ def _stage_pass(
     inputs: BlockInputs,
     passes: _Passes,
     n_reference: int,
+    parts: FinishedParts,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One Hessian per input-sharing set of the stage, from one pass over all batches, with the stage's downstream
     linears stubbed; the first `n_reference` batches run unstubbed and their block outputs are returned too (the
@@ -224,7 +238,8 @@ def _stage_pass(
     accumulators = [HessianAccumulator(shared.linears[0].in_features) for shared in stage.sets]
     recorders = {id(shared.linears[0]): acc for shared, acc in zip(stage.sets, accumulators)}
     reference = []
-    with _Stubs(stage.downstream, recorders, passes.device.type) as stubs, passes.autocast():
+    with (_Stubs(stage.downstream, recorders, passes.device.type) as stubs, passes.autocast(),
+          parts.pass_(stage.downstream, record=True)):
         for b, (hidden, call) in enumerate(zip(inputs.hidden, inputs.calls)):
             stubs.passthrough = b < n_reference
             y = call_block(block, hidden.to(passes.device), call)

@@ -19,16 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import QuantConfig
-from ..format.packed_layer import PackedLayer
 from ..format.pack import (
     check_layer_tensors,
     dequantize_packed,
     pack_layer,
     unpack_layer,
 )
+from ..format.packed_layer import PackedLayer
 from ..format.spec import layer_tensor_specs
-from ..quant.representation import QuantizedWeight
 from ..kernels import select
+from ..quant.representation import QuantizedWeight
 from . import eager_graphs
 
 Matmul = Callable[["SpQRLinear", torch.Tensor], torch.Tensor]
@@ -170,7 +170,7 @@ def dequantize_layers(model: nn.Module, dtype: torch.dtype | None = None) -> int
     forward dominates the time: the model then needs the memory of an unquantized one. `dtype`: the weights' dtype
     (default: each layer's bias dtype, else torch's default). The outputs equal the reference path's."""
     replaced = 0
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if not isinstance(child, SpQRLinear):
                 continue

@@ -114,7 +114,7 @@ class QuantizedWeight:
         )
         return rows, self.outlier_cols.long()
 
-    def to(self, device: torch.device | str) -> "QuantizedWeight":
+    def to(self, device: torch.device | str) -> QuantizedWeight:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return QuantizedWeight(**moved)
 

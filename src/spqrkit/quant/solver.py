@@ -72,7 +72,7 @@ class _StatStore:
     stats: torch.Tensor | None  # fp16 [rows // beta2, n_groups, 2]
 
     @classmethod
-    def empty(cls, rows: int, n_groups: int, bits: int | None, beta2: int | None, device) -> "_StatStore":
+    def empty(cls, rows: int, n_groups: int, bits: int | None, beta2: int | None, device) -> _StatStore:
         if bits is None:
             return cls(torch.empty(rows, n_groups, dtype=torch.float16, device=device), None, None)
         return cls(
@@ -99,7 +99,7 @@ class _StatStore:
 
 def fit_group_reference(
     wg: torch.Tensor, dg: torch.Tensor, threshold: torch.Tensor | None, config: QuantConfig, maxq: int,
-    scales: "_StatStore", zeros: "_StatStore", group: int,
+    scales: _StatStore, zeros: _StatStore, group: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit one column group's statistics on its current weights wg [rows, g] and store them (as codes + second-level
     stats, or fp16) in column `group` of `scales` / `zeros`. Returns the dequantized scale and zero [rows, 1], which
