@@ -3,7 +3,7 @@ kernel, with the plain-torch reference (dequantize to fp32, cast, F.linear) as t
 kernel is tested against.
 
 A call picks the first row of `SELECTION` whose row limit and dtype match x, then the first kernel of that row that
-covers the layer's layout (`plan.unsupported_reason`: power-of-two groups; `dot` needs groups of >= 8;
+covers the layer's layout (`reach.unsupported_reason`: power-of-two groups; `dot` needs groups of >= 8;
 `gemv_pairs` / `dot_pairs` need a pair schedule: 2..4-bit codes in groups of 8, 16, >= 32 or one per row). The
 reference runs off CUDA, without Triton, for empty inputs, for other dtypes and for layouts no kernel of the row
 covers. `SPQRKIT_MATMUL=<name>` forces one implementation (tests, benchmarks); a forced kernel outside its reach is
