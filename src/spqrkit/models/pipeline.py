@@ -44,6 +44,7 @@ from .block_inputs import (
     tensor_devices,
 )
 from .families import decoder_blocks
+from .forward_swap import ForwardSwap
 from .plan import SharedInputSet, StagePlan, check_calibration, plan_model
 from .report import BlockReport, LayerReport, QuantizationReport
 from .reuse import FinishedParts
@@ -255,35 +256,20 @@ def _stage_pass(
     return [acc.finalize() for acc in accumulators], reference
 
 
-class _Stubs:
+class _Stubs(ForwardSwap):
     """Within a `with`, the given linears run a stand-in forward: the first linear of each input-sharing set of the
     stage feeds its input to the set's Hessian; every one returns zeros of its output's shape, or its real output
-    while `passthrough` is set. The linears' own forward (and any wrapper an instance carried) comes back on exit."""
+    while `passthrough` is set."""
 
     def __init__(self, linears: Sequence[nn.Linear], recorders: dict[int, HessianAccumulator],
                  device_type: str) -> None:
-        self.linears = list({id(linear): linear for linear in linears}.values())
+        super().__init__(linears)
         self.recorders = recorders
         self.device_type = device_type
         self.passthrough = False
-        self._saved: list[tuple[nn.Linear, Any]] = []
 
-    def __enter__(self):  # -> the stubs, whose `passthrough` the caller sets per batch
-        for linear in self.linears:
-            self._saved.append((linear, linear.__dict__.get("forward")))
-            linear.forward = self._stand_in(linear, self.recorders.get(id(linear)), linear.forward)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for linear, saved in reversed(self._saved):
-            if saved is None:
-                del linear.forward
-            else:
-                linear.forward = saved
-        self._saved.clear()
-
-    def _stand_in(self, linear: nn.Linear, acc: HessianAccumulator | None,
-                  forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def wrap(self, linear: nn.Linear, forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        acc = self.recorders.get(id(linear))
         out_features = linear.out_features
 
         def stand_in(*args: Any, **kwargs: Any) -> torch.Tensor:

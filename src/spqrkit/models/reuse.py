@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from .forward_swap import ForwardSwap
+
 _PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device)
 
 
@@ -75,26 +77,14 @@ class FinishedParts:
         self._records.clear()
 
 
-class _Pass:
+class _Pass(ForwardSwap):
     def __init__(self, owner: FinishedParts, parts: list[nn.Module], record: bool) -> None:
+        super().__init__(parts)
         self.owner = owner
-        self.parts = parts
         self.record = record
-        self._saved: list[tuple[nn.Module, Any]] = []
 
-    def __enter__(self) -> _Pass:
-        for part in self.parts:
-            self._saved.append((part, part.__dict__.get("forward")))
-            part.forward = self._replaying(part, part.forward)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for part, saved in reversed(self._saved):
-            if saved is None:
-                del part.forward
-            else:
-                part.forward = saved
-        self._saved.clear()
+    def wrap(self, part: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        return self._replaying(part, forward)
 
     def _replaying(self, part: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
         records = self.owner._records.setdefault(id(part), [])
