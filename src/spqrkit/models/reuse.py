@@ -84,9 +84,6 @@ class _Pass(ForwardSwap):
         self.record = record
 
     def wrap(self, part: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
-        return self._replaying(part, forward)
-
-    def _replaying(self, part: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
         records = self.owner._records.setdefault(id(part), [])
         recorded = len(records)  # records from earlier passes; this pass's calls are matched against them in order
         calls = 0
