@@ -130,7 +130,8 @@ def test_gemv_pairs_statistics_variants(config):
 
 @pytest.mark.parametrize("outlier_share,dense_rows,empty_rows", [(0.0, 0, 0), (0.3, 8, 0), (0.01, 0, 30)])
 def test_gemv_pairs_outlier_extremes(outlier_share, dense_rows, empty_rows):
-    layer = _layer(48, 128, get_preset("spqr-w3"), outlier_share=outlier_share, dense_rows=dense_rows,
+    rows = 48 if on_cuda else 32  # (two or three groups of beta2 rows; the interpreter's time grows with the rows)
+    layer = _layer(rows, 128, get_preset("spqr-w3"), outlier_share=outlier_share, dense_rows=dense_rows,
                    empty_rows=empty_rows, bias=False)
     x = torch.randn(2, 128, device=DEVICE).half()
     _check(layer, x, MATMULS["gemv_pairs"](layer, x))
